@@ -1,0 +1,392 @@
+"""The DuckDB-indexed data store: the projection of one or more logs.
+
+DuckDB holds the index, one row per reference (segment or higher-level reference): its
+level, size, liveness, the (hlc, origin) of the event that last won it, its location in a
+pack file, and the children of a higher-level reference. Segment bytes live in pack files
+(``dssync.consumers.packs``). Per source log the store keeps the next offset to apply, in the
+same transaction as the rows it covers: that is what makes apply exactly-once.
+
+Apply is last-writer-wins per reference on (hlc, origin), with a store reset dropping every
+event older than it, so any order and any repetition of the same events give the same rows
+(the digest ignores pack locations, which are local). Only one process may open the file
+(DuckDB's rule); it publishes ``status.json`` after each commit for tools that cannot open it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from dssync.errors import CorruptStoreError, LockedError, NotFoundError, ResourceError
+from dssync.log.base import LogRecord
+from dssync.consumers.packs import Packs
+from dssync.schemas import REF_SIZE, Event, decode_fast
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS refs (
+    ref BLOB PRIMARY KEY,
+    level UTINYINT NOT NULL,
+    size UBIGINT NOT NULL,
+    live BOOLEAN NOT NULL,
+    hlc UBIGINT NOT NULL,
+    origin VARCHAR NOT NULL,
+    pack INTEGER,
+    pos UBIGINT,
+    children BLOB
+);
+CREATE TABLE IF NOT EXISTS offsets (source VARCHAR PRIMARY KEY, next_offset UBIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+"""
+
+ROW_SCHEMA = pa.schema([
+    ("ref", pa.binary()), ("level", pa.uint8()), ("size", pa.uint64()), ("live", pa.bool_()),
+    ("hlc", pa.uint64()), ("origin", pa.string()), ("pack", pa.int32()), ("pos", pa.uint64()),
+    ("children", pa.binary()),
+])
+
+DIGEST_SQL = """
+SELECT count(*), coalesce(sum(CASE WHEN live AND level = 0 THEN size ELSE 0 END), 0),
+       coalesce(md5(string_agg(
+           hex(ref) || ':' || level || ':' || size || ':' || live || ':' || hlc || ':' || origin
+           || ':' || coalesce(hex(children), ''), ',' ORDER BY ref)), md5(''))
+FROM refs
+"""
+
+
+@dataclass(frozen=True)
+class Digest:
+    """An order-independent summary of a store's rows (pack locations excluded)."""
+
+    rows: int
+    live_bytes: int
+    md5: str
+
+
+@dataclass
+class ApplyResult:
+    applied: int = 0
+    skipped: int = 0
+    won: int = 0
+    bytes_written: int = 0
+
+
+Row = tuple[bytes, int, int, bool, int, str, int | None, int | None, bytes | None]
+
+
+def _beats(hlc: int, origin: str, old_hlc: int, old_origin: str) -> bool:
+    return (hlc, origin) > (old_hlc, old_origin)
+
+
+class Store:
+    """A data store at ``directory`` (``store.duckdb`` plus ``packs/``)."""
+
+    def __init__(
+        self, directory: str, *, create: bool = False, fsync: bool = True,
+        pack_bytes: int = 64 << 20, read_only: bool = False,
+    ) -> None:
+        self.directory = directory
+        self.path = os.path.join(directory, "store.duckdb")
+        if not os.path.exists(self.path) and not create:
+            raise NotFoundError(f"no store at {directory}")
+        os.makedirs(directory, exist_ok=True)
+        try:
+            self.con = duckdb.connect(self.path, read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise LockedError(
+                    f"the store at {directory} is open in another process",
+                    hint="stop the dssync process that owns this home, or use its status output",
+                ) from None
+            raise CorruptStoreError(f"cannot open the store at {directory}: {exc}") from None
+        self.read_only = read_only
+        if not read_only:
+            self.con.execute(SCHEMA)
+        self.packs = Packs(os.path.join(directory, "packs"), pack_bytes, fsync)
+        meta = self.meta()
+        if not read_only:
+            self.packs.truncate_to(int(meta.get("pack_id", 0)), int(meta.get("pack_end", 0)))
+        self.reset_hlc = int(meta.get("reset_hlc", 0))
+
+    # ------------------------------------------------------------------ reading
+
+    def _one(self, sql: str, params: list[Any] | None = None) -> tuple[Any, ...] | None:
+        """The first row of a query, consuming the whole result (DuckDB 2 requires it)."""
+        rows = self.con.execute(sql, params or []).fetchall()
+        return tuple(rows[0]) if rows else None
+
+    def meta(self) -> dict[str, str]:
+        return dict(self.con.execute("SELECT key, value FROM meta").fetchall())
+
+    def committed(self, source: str) -> int:
+        """Next offset to apply from ``source`` (0 if never applied)."""
+        row = self._one("SELECT next_offset FROM offsets WHERE source = ?", [source])
+        return int(row[0]) if row else 0
+
+    def offsets(self) -> dict[str, int]:
+        return {s: int(o) for s, o in self.con.execute("SELECT source, next_offset FROM offsets").fetchall()}
+
+    def known(self, refs: list[bytes]) -> set[bytes]:
+        """Which of ``refs`` the store holds live, in one query."""
+        if not refs:
+            return set()
+        keys = pa.table({"ref": pa.array(refs, pa.binary())})
+        self.con.register("_keys", keys)
+        try:
+            rows = self.con.execute(
+                "SELECT r.ref FROM refs r JOIN _keys k ON r.ref = k.ref WHERE r.live"
+            ).fetchall()
+        finally:
+            self.con.unregister("_keys")
+        return {bytes(r[0]) for r in rows}
+
+    def _existing(self, refs: list[bytes]) -> dict[bytes, Row]:
+        if not refs:
+            return {}
+        self.con.register("_keys", pa.table({"ref": pa.array(refs, pa.binary())}))
+        try:
+            rows = self.con.execute(
+                "SELECT r.ref, r.level, r.size, r.live, r.hlc, r.origin, r.pack, r.pos, r.children "
+                "FROM refs r JOIN _keys k ON r.ref = k.ref"
+            ).fetchall()
+        finally:
+            self.con.unregister("_keys")
+        return {bytes(r[0]): r for r in rows}
+
+    def digest(self) -> Digest:
+        row = self._one(DIGEST_SQL)
+        assert row is not None
+        rows, live_bytes, md5 = row
+        return Digest(int(rows), int(live_bytes), str(md5))
+
+    def stats(self) -> dict[str, Any]:
+        row = self._one(
+            "SELECT count(*), count(*) FILTER (live), count(*) FILTER (live AND level = 0), "
+            "coalesce(sum(size) FILTER (live AND level = 0), 0), count(*) FILTER (level > 0 AND live) FROM refs"
+        )
+        assert row is not None
+        meta = self.meta()
+        return {
+            "store_id": meta.get("store_id", ""),
+            "chunker": meta.get("chunker", ""),
+            "rows": int(row[0]),
+            "live_refs": int(row[1]),
+            "live_segments": int(row[2]),
+            "live_segment_bytes": int(row[3]),
+            "live_higher_refs": int(row[4]),
+            "pack_bytes": self.packs.total_bytes(),
+            "packs": len(self.packs.ids()),
+            "offsets": self.offsets(),
+            "max_hlc": int(meta.get("max_hlc", 0)),
+        }
+
+    def segment_bytes(self, ref: bytes) -> bytes:
+        row = self._one("SELECT pack, pos, size, live FROM refs WHERE ref = ? AND level = 0", [ref])
+        if row is None or not row[3] or row[0] is None:
+            raise NotFoundError(f"segment {ref.hex()} is not in the store")
+        return self.packs.read(int(row[0]), int(row[1]), int(row[2]))
+
+    def iter_live_segments(self, batch: int = 10_000) -> Iterator[tuple[bytes, int, int, int]]:
+        """(ref, pack, pos, size) of every live segment, in pack order."""
+        cur = self.con.cursor()  # its own cursor: the caller may query the store meanwhile
+        try:
+            cur.execute("SELECT ref, pack, pos, size FROM refs WHERE live AND level = 0 ORDER BY pack, pos")
+            while True:
+                rows = cur.fetchmany(batch)
+                if not rows:
+                    return
+                for r in rows:
+                    yield bytes(r[0]), int(r[1]), int(r[2]), int(r[3])
+        finally:
+            cur.close()
+
+    def rows(self, limit: int | None = None) -> list[Row]:
+        sql = "SELECT ref, level, size, live, hlc, origin, pack, pos, children FROM refs ORDER BY ref"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [(bytes(r[0]), *r[1:]) for r in self.con.execute(sql).fetchall()]  # type: ignore[misc]
+
+    # ------------------------------------------------------------------ applying
+
+    def apply(self, source: str, records: Iterable[LogRecord]) -> ApplyResult:
+        """Apply records of ``source`` in one transaction, exactly once (module docstring).
+
+        Records below the committed offset were applied before and are skipped; the new
+        committed offset is one past the last record, written with the rows.
+        """
+        committed = self.committed(source)
+        result = ApplyResult()
+        winners: dict[bytes, Event] = {}
+        resets: list[Event] = []
+        next_offset = committed
+        for rec in records:
+            if rec.offset < committed:
+                result.skipped += 1
+                continue
+            ev = decode_fast(rec.value)
+            next_offset = rec.offset + 1
+            result.applied += 1
+            if ev["type"] == "StoreReset":
+                resets.append(ev)
+                continue
+            if "ref" not in ev:
+                continue  # an event kind with no row (heartbeats and the like)
+            ref = ev["ref"]
+            cur = winners.get(ref)
+            if cur is None or _beats(ev["hlc"], ev["origin"], cur["hlc"], cur["origin"]):
+                winners[ref] = ev
+        if result.applied == 0:
+            return result
+        reset_hlc = max([self.reset_hlc] + [r["hlc"] for r in resets])
+        events = [e for e in winners.values() if e["hlc"] >= reset_hlc]
+        existing = self._existing([e["ref"] for e in events])
+        rows = self._resolve(events, existing, result)
+        self._commit(source, next_offset, rows, resets, reset_hlc, max([0] + [e["hlc"] for e in events]))
+        return result
+
+    def _resolve(self, events: list[Event], existing: dict[bytes, Row], result: ApplyResult) -> list[Row]:
+        rows: list[Row] = []
+        to_write: list[tuple[int, bytes]] = []
+        groups: list[int] = []
+        for ev in events:
+            ref, hlc, origin = ev["ref"], ev["hlc"], ev["origin"]
+            old = existing.get(ref)
+            if old is not None and not _beats(hlc, origin, old[4], old[5]):
+                continue
+            kind = ev["type"]
+            if kind == "SegmentStored":
+                data = ev["data"]
+                if old is not None and old[3] and old[6] is not None:
+                    rows.append((ref, 0, len(data), True, hlc, origin, old[6], old[7], None))
+                else:
+                    to_write.append((len(rows), data))
+                    rows.append((ref, 0, len(data), True, hlc, origin, None, None, None))
+            elif kind == "ReferenceStored":
+                groups.append(len(rows))
+                rows.append((ref, ev["level"], ev["size"], True, hlc, origin, None, None, ev["children"]))
+            elif kind == "SegmentEvicted":
+                # A tombstone is the same row whatever it replaced, so the order of arrival
+                # cannot show in the digest.
+                rows.append((ref, 0, 0, False, hlc, origin, None, None, None))
+            result.won += 1
+        if to_write:
+            locations = self.packs.append([d for _, d in to_write])
+            for (i, data), (pack, pos) in zip(to_write, locations, strict=True):
+                r = rows[i]
+                rows[i] = (r[0], r[1], r[2], r[3], r[4], r[5], pack, pos, r[8])
+                result.bytes_written += len(data)
+        if groups:
+            self._place_groups(rows, groups)
+        return rows
+
+    def _place_groups(self, rows: list[Row], groups: list[int]) -> None:
+        """Place a higher-level reference in the oldest pack any of its children is in, so
+        that wrapping past that pack drops it with its first missing child. If a child is
+        not held here yet (events from a peer arrive in any order) the pack stays NULL and
+        the next wrap drops the reference: a lost saving at worst, never a dangling one.
+        Liveness stays event-driven, so placement never shows in the digest."""
+        local = {r[0]: r[6] for r in rows if r[6] is not None}
+        wanted: set[bytes] = set()
+        for i in groups:
+            kids = rows[i][8] or b""
+            wanted.update(kids[k : k + REF_SIZE] for k in range(0, len(kids), REF_SIZE))
+        missing = [k for k in wanted if k not in local]
+        for ref, row in self._existing(missing).items():
+            if row[6] is not None:
+                local[ref] = row[6]
+        # children that are groups themselves resolve in level order
+        for i in sorted(groups, key=lambda j: rows[j][1]):
+            r = rows[i]
+            kids = r[8] or b""
+            packs = [local.get(kids[k : k + REF_SIZE]) for k in range(0, len(kids), REF_SIZE)]
+            known = [p for p in packs if p is not None]
+            pack = min(known) if known and len(known) == len(packs) else None
+            rows[i] = (r[0], r[1], r[2], r[3], r[4], r[5], pack, None, r[8])
+            if pack is not None:
+                local[r[0]] = pack
+
+    def _commit(
+        self, source: str, next_offset: int, rows: list[Row], resets: list[Event], reset_hlc: int, max_hlc: int
+    ) -> None:
+        self.packs.sync()
+        con = self.con
+        try:
+            con.execute("BEGIN")
+            if reset_hlc > self.reset_hlc:
+                con.execute("DELETE FROM refs WHERE hlc < ?", [reset_hlc])
+            if rows:
+                cols = list(zip(*rows, strict=True))
+                tbl = pa.Table.from_arrays(
+                    [pa.array(c, type=f.type) for c, f in zip(cols, ROW_SCHEMA, strict=True)], schema=ROW_SCHEMA
+                )
+                con.register("_rows", tbl)
+                con.execute("INSERT OR REPLACE INTO refs SELECT * FROM _rows")
+                con.unregister("_rows")
+            con.execute("INSERT OR REPLACE INTO offsets VALUES (?, ?)", [source, next_offset])
+            meta = {"pack_id": str(self.packs.current), "pack_end": str(self.packs.end)}
+            if reset_hlc > self.reset_hlc:
+                meta["reset_hlc"] = str(reset_hlc)
+            for r in sorted(resets, key=lambda e: e["hlc"]):
+                if r["hlc"] >= reset_hlc:
+                    meta["store_id"] = r["store_id"]
+                    if r.get("chunker"):
+                        meta["chunker"] = r["chunker"]
+            old_max = int(self.meta().get("max_hlc", 0))
+            if max_hlc > old_max:
+                meta["max_hlc"] = str(max_hlc)
+            con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(meta.items()))
+            con.execute("COMMIT")
+        except duckdb.IOException as exc:
+            con.execute("ROLLBACK")
+            raise ResourceError(f"the store could not commit: {exc}") from None
+        except BaseException:
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass
+            raise
+        self.reset_hlc = max(self.reset_hlc, reset_hlc)
+
+    # ------------------------------------------------------------------ wrapping
+
+    def wrap_candidates(self, capacity_bytes: int) -> tuple[int | None, list[bytes]]:
+        """When packs exceed ``capacity_bytes``: the oldest pack and the live refs in it."""
+        ids = self.packs.ids()
+        if len(ids) < 2 or self.packs.total_bytes() <= capacity_bytes:
+            return None, []
+        oldest = ids[0]
+        refs = [bytes(r[0]) for r in self.con.execute(
+            "SELECT ref FROM refs WHERE live AND (pack <= ? OR (level > 0 AND pack IS NULL))",
+            [oldest]).fetchall()]
+        return oldest, refs
+
+    def drop_dead_packs(self) -> int:
+        """Delete packs (except the current one) that no live segment points into."""
+        live = {int(r[0]) for r in self.con.execute(
+            "SELECT DISTINCT pack FROM refs WHERE live AND pack IS NOT NULL").fetchall()}
+        freed = 0
+        for pid in self.packs.ids():
+            if pid != self.packs.current and pid not in live:
+                freed += self.packs.delete(pid)
+        return freed
+
+    def publish_status(self, extra: dict[str, Any]) -> None:
+        """Write ``status.json`` atomically: what tools show while another process owns the store."""
+        doc = {"written_at_ms": time.time_ns() // 1_000_000, **self.stats(), **extra}
+        tmp = os.path.join(self.directory, "status.json.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(doc, f)
+        os.replace(tmp, os.path.join(self.directory, "status.json"))
+
+    def close(self) -> None:
+        self.packs.close()
+        try:
+            self.con.close()
+        except duckdb.Error:
+            pass

@@ -1,0 +1,224 @@
+"""One appliance: its home directory, its local log, its store, its optimization path.
+
+A home holds ``dssync.toml``, ``log/`` (the appliance's own append-only log) and ``store/``
+(the DuckDB-indexed data store and its packs). Opening an appliance takes the log's writer
+lock, so exactly one process at a time owns a home for writing; the log's recovery runs, and
+the store catches up with whatever the log holds beyond the store's committed offset (the
+tail a crash left unapplied).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+from dssync import config as cfgmod
+from dssync.consumers.consumer import Consumer
+from dssync.consumers.store import Store
+from dssync.errors import DssyncError, UsageError, from_os_error
+from dssync.hlc import HybridLogicalClock
+from dssync.log.filelog import FileLog
+from dssync.producers.chunker import Chunker, ChunkerSpec
+from dssync.producers.optimizer import IngestStats, Optimizer
+from dssync.schemas import decode, encode
+
+
+def log_dir(home: str) -> str:
+    return os.path.join(home, "log")
+
+
+def store_dir(home: str) -> str:
+    return os.path.join(home, "store")
+
+
+def source_name(appliance: str) -> str:
+    """The name under which a store records its offset in ``appliance``'s own log."""
+    return f"log:{appliance}"
+
+
+def open_log(home: str, cfg: cfgmod.Config, writer: bool, create: bool = False) -> FileLog:
+    lc = cfg.log
+    return FileLog(
+        log_dir(home), writer=writer, create=create, fsync=lc.fsync, fsync_interval_ms=lc.fsync_interval_ms,
+        segment_bytes=lc.segment_bytes, retention_bytes=lc.retention_bytes, retention_ms=lc.retention_ms,
+    )
+
+
+def open_store(directory: str, cfg: cfgmod.Config, create: bool = False) -> Store:
+    return Store(directory, create=create, fsync=cfg.log.fsync != "never", pack_bytes=cfg.store.pack_bytes)
+
+
+class Appliance:
+    """An open appliance home (see the module docstring). Use as a context manager."""
+
+    def __init__(self, home: str) -> None:
+        self.home = home
+        self.config = cfgmod.load(home)
+        _finish_interrupted_replay(home)
+        self.log = open_log(home, self.config, writer=True)
+        try:
+            self.store = open_store(store_dir(home), self.config, create=True)
+            self.source = source_name(self.config.name)
+            self.consumer = Consumer(self.log, self.store, self.source)
+            self.hlc = HybridLogicalClock(self._last_hlc())
+            self.chunker = Chunker(ChunkerSpec.parse(self.config.chunker))
+            self.optimizer = Optimizer(self.config.name, self.chunker, self.hlc, self)
+            self._wrapping = False
+            self.consumer.catch_up()
+        except BaseException:
+            self.log.close()
+            raise
+
+    @classmethod
+    def create(
+        cls, home: str, name: str, model: str, software_version: str,
+        chunker: ChunkerSpec | None = None, **log_options: Any,
+    ) -> Appliance:
+        """Create a new home with an empty store and a StoreReset event; return it opened."""
+        if os.path.exists(os.path.join(home, cfgmod.FILENAME)):
+            raise UsageError(f"{home} is already an appliance home", hint="choose another directory")
+        cfg = cfgmod.Config(
+            name=name, model=model, software_version=software_version, store_id=str(uuid.uuid4()),
+            chunker=str(chunker or ChunkerSpec()),
+        )
+        for k, v in log_options.items():
+            if hasattr(cfg.log, k):
+                setattr(cfg.log, k, v)
+            elif hasattr(cfg.store, k):
+                setattr(cfg.store, k, v)
+            else:
+                raise UsageError(f"unknown option {k}")
+        cfg.validate()
+        Chunker(ChunkerSpec.parse(cfg.chunker))  # refuse early if only pure-Python FastCDC exists
+        try:
+            os.makedirs(home, exist_ok=True)
+            cfgmod.save(home, cfg)
+            open_log(home, cfg, writer=True, create=True).close()
+        except OSError as exc:
+            raise from_os_error(exc, f"creating {home}") from exc
+        app = cls(home)
+        app.log.append([encode("StoreReset", {
+            "origin": name, "hlc": app.hlc.now(), "store_id": cfg.store_id, "chunker": cfg.chunker,
+            "model": model, "software_version": software_version,
+        })])
+        app.applied()
+        return app
+
+    def _last_hlc(self) -> int:
+        last = int(self.store.meta().get("max_hlc", 0))
+        end = self.log.end_offset()
+        if end > self.log.start_offset():
+            for rec in self.log.read(max(self.log.start_offset(), end - 1)):
+                last = max(last, int(decode(rec.value)["hlc"]))
+        return last
+
+    # ---------------------------------------------------------------- the sink the optimizer writes to
+
+    def known(self, refs: list[bytes]) -> set[bytes]:
+        return self.store.known(refs)
+
+    def append(self, values: list[bytes]) -> int:
+        return self.log.append(values)
+
+    def applied(self) -> None:
+        """Bring the store up to the log, then wrap it if it outgrew its capacity."""
+        self.consumer.catch_up()
+        if self._wrapping:
+            return
+        self._wrapping = True
+        try:
+            while True:
+                oldest, refs = self.store.wrap_candidates(self.config.store.capacity_bytes)
+                if oldest is None:
+                    break
+                if refs:
+                    self.optimizer.evict(refs)
+                if not self.store.drop_dead_packs():
+                    break
+        finally:
+            self._wrapping = False
+
+    # ---------------------------------------------------------------- operations
+
+    def ingest(self, stream: BinaryIO, progress: Callable[[int], None] | None = None) -> IngestStats:
+        return self.optimizer.ingest(stream, progress)
+
+    def replay(self, from_offset: int | None = None, progress: Callable[[int], None] | None = None) -> int:
+        """Rebuild the store from the log into a new directory, then swap it in atomically."""
+        start = self.log.start_offset() if from_offset is None else from_offset
+        if start < self.log.start_offset() or start > self.log.end_offset():
+            raise UsageError(
+                f"--from-offset {start} is outside the log ({self.log.start_offset()}..{self.log.end_offset()})",
+                hint="see the range with 'dssync inspect log HOME'",
+            )
+        target = store_dir(self.home) + ".replay"
+        shutil.rmtree(target, ignore_errors=True)
+        fresh = open_store(target, self.config, create=True)
+        try:
+            applied = 0
+            pos = start
+            end = self.log.end_offset()
+            while pos < end:
+                records = self.log.read(pos, 50_000)
+                if not records:
+                    break
+                fresh.apply(self.source, records)
+                applied += len(records)
+                pos = records[-1].offset + 1
+                if progress:
+                    progress(len(records))
+        except BaseException:
+            fresh.close()
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        fresh.close()
+        self.store.close()
+        old = store_dir(self.home) + ".old"
+        os.rename(store_dir(self.home), old)
+        os.rename(target, store_dir(self.home))
+        shutil.rmtree(old, ignore_errors=True)
+        self.store = open_store(store_dir(self.home), self.config)
+        self.consumer = Consumer(self.log, self.store, self.source)
+        self.store.publish_status(self.status_extra())
+        return applied
+
+    def status_extra(self) -> dict[str, Any]:
+        return {
+            "name": self.config.name, "model": self.config.model,
+            "software_version": self.config.software_version,
+            "log_start_offset": self.log.start_offset(), "log_end_offset": self.log.end_offset(),
+            "log_bytes": self.log.size_bytes(), "log_segments": len(self.log.segments()),
+        }
+
+    def status(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {**self.status_extra(), **self.store.stats()}
+        doc["applied_offset"] = self.store.committed(self.source)
+        doc["apply_lag_records"] = max(0, doc["log_end_offset"] - doc["applied_offset"])
+        doc["source"] = "live"
+        return doc
+
+    def close(self) -> None:
+        try:
+            self.store.publish_status(self.status_extra())
+        except (OSError, DssyncError):
+            pass
+        self.store.close()
+        self.log.close()
+
+    def __enter__(self) -> Appliance:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _finish_interrupted_replay(home: str) -> None:
+    """Undo or complete a replay that was killed between its two renames."""
+    store, old = store_dir(home), store_dir(home) + ".old"
+    if not os.path.exists(store) and os.path.exists(old):
+        os.rename(old, store)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(store + ".replay", ignore_errors=True)

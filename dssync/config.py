@@ -1,0 +1,116 @@
+"""An appliance's configuration: ``dssync.toml`` in its home.
+
+Values come from the file; a few can be overridden per run with ``DSSYNC_*`` environment
+variables (``DSSYNC_FSYNC``). The file is written by ``dssync init`` and is meant to be read
+and edited by operators, so it is plain TOML with one key per line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from dssync.errors import NotFoundError, UsageError
+
+FILENAME = "dssync.toml"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+@dataclass
+class LogConfig:
+    fsync: str = "always"
+    fsync_interval_ms: int = 1000
+    segment_bytes: int = 64 << 20
+    retention_bytes: int = 0
+    retention_ms: int = 0
+
+
+@dataclass
+class StoreConfig:
+    capacity_bytes: int = 8 << 30
+    pack_bytes: int = 64 << 20
+
+
+@dataclass
+class Config:
+    name: str
+    model: str
+    software_version: str
+    store_id: str
+    chunker: str = "fastcdc2020/avg=8192/min=2048/max=65536"
+    log: LogConfig = field(default_factory=LogConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+
+    def validate(self) -> None:
+        if not _NAME.match(self.name):
+            raise UsageError(
+                f"invalid appliance name {self.name!r}",
+                hint="use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit",
+            )
+        if not self.model or not self.software_version:
+            raise UsageError("model and software version must not be empty")
+        if self.log.fsync not in ("always", "interval", "never"):
+            raise UsageError(f"unknown fsync policy {self.log.fsync!r}", hint="use always, interval or never")
+        if self.store.capacity_bytes < self.store.pack_bytes * 2:
+            raise UsageError("store capacity must hold at least two packs", hint="raise capacity_bytes")
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{s}"'
+
+
+def dumps(cfg: Config) -> str:
+    doc = asdict(cfg)
+    lines = ["# dssync appliance configuration (see 'dssync init --help')"]
+    tables = {k: v for k, v in doc.items() if isinstance(v, dict)}
+    for k, v in doc.items():
+        if not isinstance(v, dict):
+            lines.append(f"{k} = {_toml_value(v)}")
+    for t, values in tables.items():
+        lines.append(f"\n[{t}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items())
+    return "\n".join(lines) + "\n"
+
+
+def load(home: str) -> Config:
+    path = os.path.join(home, FILENAME)
+    if not os.path.isdir(home):
+        raise NotFoundError(f"no appliance home at {home}", hint=f"create one with 'dssync init {home} --name NAME'")
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise NotFoundError(
+            f"{home} is not an appliance home (no {FILENAME})",
+            hint=f"create one with 'dssync init {home} --name NAME'",
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path} is not valid TOML: {exc}", hint="fix the file by hand") from None
+    try:
+        cfg = Config(
+            name=doc["name"], model=doc["model"], software_version=doc["software_version"],
+            store_id=doc["store_id"], chunker=doc.get("chunker", Config.chunker),
+            log=LogConfig(**doc.get("log", {})), store=StoreConfig(**doc.get("store", {})),
+        )
+    except (KeyError, TypeError) as exc:
+        raise UsageError(f"{path} is missing or has an unknown key: {exc}", hint="compare with 'dssync init' output") from None
+    if "DSSYNC_FSYNC" in os.environ:
+        cfg.log.fsync = os.environ["DSSYNC_FSYNC"]
+    cfg.validate()
+    return cfg
+
+
+def save(home: str, cfg: Config) -> None:
+    cfg.validate()
+    tmp = os.path.join(home, FILENAME + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(dumps(cfg))
+    os.replace(tmp, os.path.join(home, FILENAME))

@@ -1,0 +1,136 @@
+"""The on-disk record batch: the unit the file log writes, checks, indexes and mirrors.
+
+Layout (little-endian), 40-byte header then payload::
+
+    magic        4s   b"DSB1"
+    length       u32  bytes after this field (header rest + payload)
+    crc          u32  CRC32C of every byte after this field
+    base_offset  u64  offset of the first record
+    count        u32  number of records
+    timestamp_ms u64  append time, shared by every record of the batch
+    codec        u8   0 = none, 1 = lz4 block
+    flags        u8   reserved, 0
+    reserved     u16  0
+    raw_len      u32  payload length before compression
+    payload           count x (u32 length, value bytes), compressed by codec
+
+A batch is self-checking: a reader recomputes the CRC before trusting a single byte, so a
+torn or flipped batch is never returned. Mirrors copy batches byte for byte (``raw``).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import crc32c
+import lz4.block
+
+from dssync.errors import CorruptLogError
+
+MAGIC = b"DSB1"
+HEADER = struct.Struct("<4sIIQIQBBHI")
+HEADER_SIZE = HEADER.size  # 40
+CRC_START = 12  # the CRC covers bytes [12, end)
+CODEC_NONE = 0
+CODEC_LZ4 = 1
+_LEN = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A validated batch: its header fields and its bytes exactly as stored."""
+
+    base_offset: int
+    count: int
+    timestamp_ms: int
+    raw: bytes
+
+    @property
+    def next_offset(self) -> int:
+        return self.base_offset + self.count
+
+    @property
+    def size(self) -> int:
+        return len(self.raw)
+
+    def values(self) -> list[bytes]:
+        """Decompress and split the payload into record values."""
+        _, _, _, _, count, _, codec, _, _, raw_len = HEADER.unpack_from(self.raw)
+        body = memoryview(self.raw)[HEADER_SIZE:]
+        if codec == CODEC_LZ4:
+            try:
+                payload = lz4.block.decompress(body, uncompressed_size=raw_len)
+            except lz4.block.LZ4BlockError as exc:  # CRC passed, so this is a writer bug
+                raise CorruptLogError(
+                    f"batch at offset {self.base_offset} does not decompress: {exc}"
+                ) from exc
+        else:
+            payload = bytes(body)
+        values: list[bytes] = []
+        pos = 0
+        unpack = _LEN.unpack_from
+        for _ in range(count):
+            (n,) = unpack(payload, pos)
+            pos += 4
+            values.append(payload[pos : pos + n])
+            pos += n
+        if pos != len(payload):
+            raise CorruptLogError(f"batch at offset {self.base_offset} has a malformed payload")
+        return values
+
+
+def encode(base_offset: int, timestamp_ms: int, values: list[bytes], compress: bool = True) -> bytes:
+    """Build the bytes of one batch holding ``values``."""
+    parts: list[bytes] = []
+    pack = _LEN.pack
+    for v in values:
+        parts.append(pack(len(v)))
+        parts.append(v)
+    payload = b"".join(parts)
+    codec = CODEC_NONE
+    body = payload
+    if compress and payload:
+        packed = lz4.block.compress(payload, store_size=False)
+        if len(packed) < len(payload):
+            codec, body = CODEC_LZ4, packed
+    header = HEADER.pack(
+        MAGIC, HEADER_SIZE - 8 + len(body), 0, base_offset, len(values), timestamp_ms,
+        codec, 0, 0, len(payload),
+    )
+    crc = crc32c.crc32c(header[CRC_START:])
+    crc = crc32c.crc32c(body, crc)
+    return header[:8] + struct.pack("<I", crc) + header[CRC_START:] + body
+
+
+class Incomplete(Exception):
+    """Fewer bytes than the batch needs: a torn tail, or a write still in progress."""
+
+
+def check_header(head: bytes | memoryview) -> tuple[int, int, int, int]:
+    """Parse a 40-byte header; return (total size, base offset, count, timestamp).
+
+    Raises ``CorruptLogError`` when the header cannot be a batch header.
+    """
+    magic, length, _crc, base, count, ts, codec, _flags, _res, _raw_len = HEADER.unpack_from(head)
+    if magic != MAGIC or length < HEADER_SIZE - 8 or codec > CODEC_LZ4:
+        raise CorruptLogError("bad batch header")
+    return length + 8, base, count, ts
+
+
+def parse(buf: bytes | memoryview, pos: int = 0) -> Batch:
+    """Validate and return the batch starting at ``buf[pos]``.
+
+    Raises ``Incomplete`` if ``buf`` ends inside the batch and ``CorruptLogError`` if the
+    bytes are there but are not a valid batch.
+    """
+    if len(buf) - pos < HEADER_SIZE:
+        raise Incomplete()
+    total, base, count, ts = check_header(buf[pos : pos + HEADER_SIZE])
+    if len(buf) - pos < total:
+        raise Incomplete()
+    raw = bytes(buf[pos : pos + total])
+    (stored_crc,) = struct.unpack_from("<I", raw, 8)
+    if crc32c.crc32c(memoryview(raw)[CRC_START:]) != stored_crc:
+        raise CorruptLogError(f"batch at offset {base} fails its CRC32C")
+    return Batch(base, count, ts, raw)
