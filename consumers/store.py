@@ -80,6 +80,12 @@ class ApplyResult:
 Row = tuple[bytes, int, int, bool, int, str, int | None, int | None, bytes | None]
 
 
+def _arrow(rows: list[Row]) -> pa.Table:
+    cols = list(zip(*rows, strict=True))
+    return pa.Table.from_arrays([pa.array(c, type=f.type) for c, f in zip(cols, ROW_SCHEMA, strict=True)],
+                                schema=ROW_SCHEMA)
+
+
 def _beats(hlc: int, origin: str, old_hlc: int, old_origin: str) -> bool:
     return (hlc, origin) > (old_hlc, old_origin)
 
@@ -247,7 +253,9 @@ class Store:
         events = [e for e in winners.values() if e["hlc"] >= reset_hlc]
         existing = self._existing([e["ref"] for e in events])
         rows = self._resolve(events, existing, result)
-        self._commit(source, next_offset, rows, resets, reset_hlc, max([0] + [e["hlc"] for e in events]))
+        fresh = [r for r in rows if r[0] not in existing]
+        replaced = [r for r in rows if r[0] in existing] if len(fresh) < len(rows) else []
+        self._commit(source, next_offset, fresh, replaced, resets, reset_hlc, max([0] + [e["hlc"] for e in events]))
         return result
 
     def _resolve(self, events: list[Event], existing: dict[bytes, Row], result: ApplyResult) -> list[Row]:
@@ -312,22 +320,21 @@ class Store:
                 local[r[0]] = pack
 
     def _commit(
-        self, source: str, next_offset: int, rows: list[Row], resets: list[Event], reset_hlc: int, max_hlc: int
+        self, source: str, next_offset: int, fresh: list[Row], replaced: list[Row], resets: list[Event],
+        reset_hlc: int, max_hlc: int,
     ) -> None:
+        """One transaction: new rows (plain insert, the fast path), replaced rows, offset, meta."""
         self.packs.sync()
         con = self.con
         try:
             con.execute("BEGIN")
             if reset_hlc > self.reset_hlc:
                 con.execute("DELETE FROM refs WHERE hlc < ?", [reset_hlc])
-            if rows:
-                cols = list(zip(*rows, strict=True))
-                tbl = pa.Table.from_arrays(
-                    [pa.array(c, type=f.type) for c, f in zip(cols, ROW_SCHEMA, strict=True)], schema=ROW_SCHEMA
-                )
-                con.register("_rows", tbl)
-                con.execute("INSERT OR REPLACE INTO refs SELECT * FROM _rows")
-                con.unregister("_rows")
+            for rows, verb in ((fresh, "INSERT"), (replaced, "INSERT OR REPLACE")):
+                if rows:
+                    con.register("_rows", _arrow(rows))
+                    con.execute(f"{verb} INTO refs SELECT * FROM _rows")
+                    con.unregister("_rows")
             con.execute("INSERT OR REPLACE INTO offsets VALUES (?, ?)", [source, next_offset])
             meta = {"pack_id": str(self.packs.current), "pack_end": str(self.packs.end)}
             if reset_hlc > self.reset_hlc:

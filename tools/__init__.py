@@ -1,0 +1,1 @@
+"""What operators run: the ``dssync`` command line, verification, workloads and benchmarks."""

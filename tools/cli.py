@@ -1,0 +1,178 @@
+"""The ``dssync`` command line.
+
+Every foreseeable failure is a ``DssyncError``; ``main`` prints it as ``error:`` and ``hint:``
+lines on stderr and exits with its code. Nothing foreseeable prints a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+import click
+
+from dssync import __version__
+from dssync.appliance import Appliance
+from dssync.errors import DssyncError, NotFoundError, UsageError, from_os_error
+from dssync.producers.chunker import ChunkerSpec
+from dssync.producers.optimizer import IngestStats
+from dssync.tools import bench, inspect_cmd, verify
+from dssync.tools.output import emit_json, human_bytes, progress, table
+from dssync.tools.status import status_cmd
+
+HOME = click.argument("home", type=click.Path(file_okay=False, path_type=str))
+
+
+class DssyncGroup(click.Group):
+    """A click group that turns DssyncError and OSError into one-line errors."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DssyncError as exc:
+            _fail(exc)
+        except OSError as exc:
+            _fail(from_os_error(exc, "running the command"))
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+def _fail(exc: DssyncError) -> None:
+    click.echo(f"error: {exc.message}", err=True)
+    click.echo(f"hint: {exc.hint}", err=True)
+    sys.exit(exc.exit_code)
+
+
+@click.group(cls=DssyncGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dssync")
+def cli() -> None:
+    """Keep the data stores of two paired WAN-optimization appliances synchronized.
+
+    An appliance home holds the appliance's configuration, its append-only log and its
+    DuckDB-indexed data store. Start with 'dssync init', push traffic with 'dssync ingest',
+    and check everything with 'dssync verify'.
+    """
+
+
+@cli.command()
+@HOME
+@click.option("--name", required=True, help="Appliance name (letters, digits, '.', '_', '-').")
+@click.option("--model", default="dssync-virtual", show_default=True, help="Hardware or virtual model.")
+@click.option("--version", "software_version", default=__version__, show_default=True, help="Software version.")
+@click.option("--chunker", default=str(ChunkerSpec()), show_default=True, help="Chunker spec; both peers must match.")
+@click.option("--fsync", type=click.Choice(["always", "interval", "never"]), default="always", show_default=True,
+              help="When the log and packs are flushed to disk.")
+@click.option("--capacity", "capacity_bytes", type=int, default=8 << 30, show_default=True,
+              help="Store capacity in bytes; beyond it the store wraps (evicts oldest).")
+@click.option("--retention-bytes", type=int, default=0, help="Log retention by size (0 = keep all).")
+@click.option("--retention-ms", type=int, default=0, help="Log retention by age (0 = keep all).")
+def init(home: str, name: str, model: str, software_version: str, chunker: str, fsync: str,
+         capacity_bytes: int, retention_bytes: int, retention_ms: int) -> None:
+    """Create an appliance home: configuration, empty log, empty store.
+
+    \b
+    Example:
+      dssync init /var/lib/dssync/sh1 --name sh1 --model SH-7080 --version 9.14.2
+    """
+    spec = ChunkerSpec.parse(chunker)
+    with Appliance.create(home, name, model, software_version, spec, fsync=fsync, capacity_bytes=capacity_bytes,
+                          retention_bytes=retention_bytes, retention_ms=retention_ms) as app:
+        click.echo(f"created appliance {name} at {home} (store {app.config.store_id})")
+
+
+def _inputs(paths: tuple[str, ...]) -> Iterator[tuple[str, int | None]]:
+    for p in paths:
+        if p == "-":
+            yield "-", None
+        elif os.path.isdir(p):
+            for root, dirs, files in os.walk(p):
+                dirs.sort()
+                for f in sorted(files):
+                    full = os.path.join(root, f)
+                    if os.path.isfile(full):
+                        yield full, os.path.getsize(full)
+        elif os.path.isfile(p):
+            yield p, os.path.getsize(p)
+        else:
+            raise NotFoundError(f"no such file or directory: {p}", hint="pass files, directories, or - for stdin")
+
+
+@cli.command()
+@HOME
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the accounting as JSON.")
+def ingest(home: str, paths: tuple[str, ...], as_json: bool) -> None:
+    """Push files, directories or stdin (-) through the optimization path.
+
+    Prints bytes in, bytes that would cross the WAN, and the savings.
+
+    \b
+    Example:
+      dssync ingest /var/lib/dssync/sh1 ./release-1.2.tar ./docs/
+      tar c src | dssync ingest /var/lib/dssync/sh1 -
+    """
+    inputs = list(_inputs(paths))  # validate every path before touching the appliance
+    total = IngestStats()
+    known_size = sum(s for _, s in inputs if s is not None)
+    with Appliance(home) as app, progress("ingest", known_size or None) as step:
+        for path, _size in inputs:
+            stream: BinaryIO
+            if path == "-":
+                total.add(app.ingest(sys.stdin.buffer, step))
+            else:
+                with open(path, "rb") as stream:
+                    total.add(app.ingest(stream, step))
+    doc = total.as_dict()
+    if as_json:
+        emit_json(doc)
+        return
+    table([
+        ("bytes in", f"{total.bytes_in} ({human_bytes(total.bytes_in)})"),
+        ("wire bytes", f"{total.wire_bytes} ({human_bytes(total.wire_bytes)})"),
+        ("savings", f"{total.savings * 100:.2f}%"),
+        ("segments", f"{total.segments} ({total.new_segments} new)"),
+        ("new higher references", total.new_higher_refs),
+        ("events written", total.events),
+    ])
+
+
+@cli.command()
+@HOME
+@click.option("--from-offset", type=int, default=None, help="First log offset to replay (default: log start).")
+@click.option("--json", "as_json", is_flag=True)
+def replay(home: str, from_offset: int | None, as_json: bool) -> None:
+    """Rebuild the store from the log (into a new store, swapped in when complete).
+
+    \b
+    Example:
+      dssync replay /var/lib/dssync/sh1
+    """
+    with Appliance(home) as app:
+        start = app.log.start_offset() if from_offset is None else from_offset
+        with progress("replay", max(0, app.log.end_offset() - start)) as step:
+            n = app.replay(from_offset, step)
+        digest = app.store.digest()
+    if as_json:
+        emit_json({"records": n, "digest": digest.md5, "rows": digest.rows})
+    else:
+        click.echo(f"replayed {n} records; store digest {digest.md5} ({digest.rows} rows)")
+
+
+cli.add_command(inspect_cmd.inspect)
+cli.add_command(verify.verify_cmd)
+cli.add_command(status_cmd)
+cli.add_command(bench.bench)
+
+
+def main() -> None:
+    cli(prog_name="dssync")
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["UsageError", "cli", "main"]

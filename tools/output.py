@@ -1,0 +1,39 @@
+"""Shared output helpers: JSON or human text, byte sizes, and progress bars on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+
+def emit_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2, sort_keys=True, default=str))
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def table(rows: list[tuple[str, Any]]) -> None:
+    width = max((len(k) for k, _ in rows), default=0)
+    for k, v in rows:
+        click.echo(f"{k.ljust(width)}  {v}")
+
+
+@contextmanager
+def progress(label: str, total: int | None, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr (only on a terminal); yields the function that advances it."""
+    if not enabled or not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True) as bar:
+        yield bar.update
