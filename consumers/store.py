@@ -86,8 +86,13 @@ def _arrow(rows: list[Row]) -> pa.Table:
                                 schema=ROW_SCHEMA)
 
 
-def _beats(hlc: int, origin: str, old_hlc: int, old_origin: str) -> bool:
-    return (hlc, origin) > (old_hlc, old_origin)
+def _beats(hlc: int, origin: str, live: bool, old_hlc: int, old_origin: str, old_live: bool) -> bool:
+    """Last-writer-wins order: (hlc, origin), then an eviction over a store at an equal clock.
+
+    One appliance never reuses a clock value, so the last tie-break only matters for
+    hand-made or replayed logs; it keeps the order total all the same.
+    """
+    return (hlc, origin, not live) > (old_hlc, old_origin, not old_live)
 
 
 class Store:
@@ -245,7 +250,8 @@ class Store:
                 continue  # an event kind with no row (heartbeats and the like)
             ref = ev["ref"]
             cur = winners.get(ref)
-            if cur is None or _beats(ev["hlc"], ev["origin"], cur["hlc"], cur["origin"]):
+            if cur is None or _beats(ev["hlc"], ev["origin"], ev["type"] != "SegmentEvicted",
+                                     cur["hlc"], cur["origin"], cur["type"] != "SegmentEvicted"):
                 winners[ref] = ev
         if result.applied == 0:
             return result
@@ -265,9 +271,9 @@ class Store:
         for ev in events:
             ref, hlc, origin = ev["ref"], ev["hlc"], ev["origin"]
             old = existing.get(ref)
-            if old is not None and not _beats(hlc, origin, old[4], old[5]):
-                continue
             kind = ev["type"]
+            if old is not None and not _beats(hlc, origin, kind != "SegmentEvicted", old[4], old[5], old[3]):
+                continue
             if kind == "SegmentStored":
                 data = ev["data"]
                 if old is not None and old[3] and old[6] is not None:
