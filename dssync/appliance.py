@@ -67,7 +67,7 @@ class Appliance:
             self.chunker = Chunker(ChunkerSpec.parse(self.config.chunker))
             self.optimizer = Optimizer(self.config.name, self.chunker, self.hlc, self)
             self._wrapping = False
-            self.consumer.catch_up()
+            self.caught_up = self.consumer.catch_up()
         except BaseException:
             self.log.close()
             raise

@@ -161,6 +161,30 @@ def replay(home: str, from_offset: int | None, as_json: bool) -> None:
         click.echo(f"replayed {n} records; store digest {digest.md5} ({digest.rows} rows)")
 
 
+@cli.command()
+@HOME
+@click.option("--json", "as_json", is_flag=True)
+def recover(home: str, as_json: bool) -> None:
+    """Open a home after a crash: cut a torn log tail, catch the store up, report both.
+
+    Every command that writes does this on its own; run it to see what a crash left.
+
+    \b
+    Example:
+      dssync recover /var/lib/dssync/sh1
+    """
+    with Appliance(home) as app:
+        rec = app.log.recovery
+        assert rec is not None
+        doc = {"log_bytes_cut": rec.bytes_cut, "log_problem": rec.problem, "segments_deleted": rec.segments_deleted,
+               "records_applied": app.caught_up, "log_end_offset": app.log.end_offset()}
+    if as_json:
+        emit_json(doc)
+    else:
+        cut = f"cut {rec.bytes_cut} bytes ({rec.problem})" if rec.bytes_cut else "log intact"
+        click.echo(f"{cut}; applied {app.caught_up} records the store had not yet applied")
+
+
 cli.add_command(inspect_cmd.inspect)
 cli.add_command(verify.verify_cmd)
 cli.add_command(status_cmd)

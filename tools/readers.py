@@ -27,11 +27,18 @@ def open_log_reader(home: str) -> FileLog:
 
 
 def open_store_reader(home: str) -> Store | None:
-    """The store opened read-only, or None when another process owns it."""
-    if not os.path.exists(os.path.join(store_dir(home), "store.duckdb")):
-        raise NotFoundError(f"no store in {home}", hint="create the home with 'dssync init'")
+    """The store opened read-only, or None when another process owns it.
+
+    A replay swaps the rebuilt store in with two renames; between them the previous store
+    sits in ``store.old`` and is read from there.
+    """
+    directory = store_dir(home)
+    if not os.path.exists(os.path.join(directory, "store.duckdb")):
+        directory += ".old"
+        if not os.path.exists(os.path.join(directory, "store.duckdb")):
+            raise NotFoundError(f"no store in {home}", hint="create the home with 'dssync init'")
     try:
-        return Store(store_dir(home), read_only=True)
+        return Store(directory, read_only=True)
     except LockedError:
         return None
 
