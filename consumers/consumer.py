@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from dssync.consumers.store import ApplyResult, Store
-from dssync.errors import OffsetOutOfRangeError
 from dssync.log.base import Log
+
+from dssync.errors import OffsetOutOfRangeError
 
 
 class Consumer:

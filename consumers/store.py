@@ -14,6 +14,7 @@ event older than it, so any order and any repetition of the same events give the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -23,11 +24,11 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+from dssync.consumers.packs import Packs
+from dssync.log.base import LogRecord
+from dssync.schemas import REF_SIZE, Event, decode_fast
 
 from dssync.errors import CorruptStoreError, LockedError, NotFoundError, ResourceError
-from dssync.log.base import LogRecord
-from dssync.consumers.packs import Packs
-from dssync.schemas import REF_SIZE, Event, decode_fast
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS refs (
@@ -221,7 +222,7 @@ class Store:
         sql = "SELECT ref, level, size, live, hlc, origin, pack, pos, children FROM refs ORDER BY ref"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return [(bytes(r[0]), *r[1:]) for r in self.con.execute(sql).fetchall()]  # type: ignore[misc]
+        return [(bytes(r[0]), *r[1:]) for r in self.con.execute(sql).fetchall()]
 
     # ------------------------------------------------------------------ applying
 
@@ -359,10 +360,8 @@ class Store:
             con.execute("ROLLBACK")
             raise ResourceError(f"the store could not commit: {exc}") from None
         except BaseException:
-            try:
+            with contextlib.suppress(duckdb.Error):
                 con.execute("ROLLBACK")
-            except duckdb.Error:
-                pass
             raise
         self.reset_hlc = max(self.reset_hlc, reset_hlc)
 
@@ -399,7 +398,5 @@ class Store:
 
     def close(self) -> None:
         self.packs.close()
-        try:
+        with contextlib.suppress(duckdb.Error):
             self.con.close()
-        except duckdb.Error:
-            pass

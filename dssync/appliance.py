@@ -9,6 +9,7 @@ tail a crash left unapplied).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -201,10 +202,8 @@ class Appliance:
         return doc
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError, DssyncError):
             self.store.publish_status(self.status_extra())
-        except (OSError, DssyncError):
-            pass
         self.store.close()
         self.log.close()
 

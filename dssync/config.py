@@ -101,7 +101,9 @@ def load(home: str) -> Config:
             log=LogConfig(**doc.get("log", {})), store=StoreConfig(**doc.get("store", {})),
         )
     except (KeyError, TypeError) as exc:
-        raise UsageError(f"{path} is missing or has an unknown key: {exc}", hint="compare with 'dssync init' output") from None
+        raise UsageError(
+            f"{path} is missing or has an unknown key: {exc}", hint="compare with 'dssync init' output"
+        ) from None
     if "DSSYNC_FSYNC" in os.environ:
         cfg.log.fsync = os.environ["DSSYNC_FSYNC"]
     cfg.validate()

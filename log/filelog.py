@@ -17,11 +17,17 @@ it cut in ``recovery``.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+
+from dssync.log import batch as batchfmt
+from dssync.log import segment as seg
+from dssync.log.base import LogRecord
 
 from dssync.errors import (
     CorruptLogError,
@@ -32,9 +38,6 @@ from dssync.errors import (
     UsageError,
     from_os_error,
 )
-from dssync.log import batch as batchfmt
-from dssync.log import segment as seg
-from dssync.log.base import LogRecord
 
 FSYNC_POLICIES = ("always", "interval", "never")
 LOCK = "LOCK"
@@ -213,10 +216,8 @@ class FileLog:
                 written += os.write(self._fd, data[written:])
         except OSError as exc:
             # Undo a partial write so the tail stays valid for readers and for recovery.
-            try:
+            with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._active_size)
-            except OSError:
-                pass
             raise from_os_error(exc, f"appending to the log at {self.directory}") from exc
         pos = self._active_size
         self._active_size += len(data)
@@ -224,10 +225,8 @@ class FileLog:
         self._last_ts = ts
         entry = (base, pos, ts)
         self._entries.append(entry)
-        try:
+        with contextlib.suppress(OSError):  # the index is a hint; recovery rebuilds it
             os.write(self._index_fd, seg.INDEX_ENTRY.pack(*entry))
-        except OSError:
-            pass  # the index is a hint; recovery rebuilds it
         self._maybe_sync()
         return base
 
@@ -289,10 +288,8 @@ class FileLog:
 
     def close(self) -> None:
         if self._fd is not None:
-            try:
+            with contextlib.suppress(DssyncError):
                 self._sync()
-            except DssyncError:
-                pass
         self._close_fd("_fd")
         self._close_fd("_index_fd")
         self._close_fd("_lock_fd")
@@ -340,10 +337,8 @@ class FileLog:
     def size_bytes(self) -> int:
         total = 0
         for b in self._bases():
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 total += os.path.getsize(seg.segment_path(self.directory, b))
-            except FileNotFoundError:
-                pass
         return total
 
     def segments(self) -> list[int]:
@@ -363,7 +358,7 @@ class FileLog:
         expected = None
         for j in range(i, len(bases)):
             base = bases[j]
-            entries = self._entries if (self._fd is not None and j == len(bases) - 1) else seg.read_index(self.directory, base)
+            entries = self._index_of(base)
             pos = seg.seek_position(entries, from_offset) if j == i else 0
             path = seg.segment_path(self.directory, base)
             for b in seg.iter_batches(path, pos, is_last=(j == len(bases) - 1)):
@@ -385,12 +380,18 @@ class FileLog:
                 break
         return out[:max_records]
 
+    def _index_of(self, base: int) -> list[tuple[int, int, int]]:
+        """A segment's index: the writer's in-memory copy for its active segment, else the file."""
+        if self._fd is not None and base == self._segments[-1]:
+            return self._entries
+        return seg.read_index(self.directory, base)
+
     def offset_for_time(self, timestamp_ms: int) -> int:
         for base in self._bases():
-            entries = self._entries if (self._fd is not None and base == self._segments[-1]) else seg.read_index(self.directory, base)
-            for b_off, _pos, ts in entries:
-                if ts >= timestamp_ms:
-                    return b_off
+            entries = self._index_of(base)
+            if entries and entries[-1][2] >= timestamp_ms:
+                i = bisect_left(entries, timestamp_ms, key=lambda e: e[2])
+                return entries[i][0]
         return self.end_offset()
 
 
@@ -411,7 +412,5 @@ def _last_timestamp(directory: str, base: int) -> int:
 
 
 def _unlink_quiet(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass

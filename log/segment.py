@@ -17,8 +17,9 @@ from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from dssync.errors import CorruptLogError
 from dssync.log import batch as batchfmt
+
+from dssync.errors import CorruptLogError
 
 INDEX_ENTRY = struct.Struct("<QQQ")
 SUFFIX = ".log"
@@ -79,7 +80,7 @@ def scan(path: str, base_offset: int, prev_timestamp: int = 0) -> ScanResult:
             try:
                 if len(head) < batchfmt.HEADER_SIZE:
                     raise batchfmt.Incomplete()
-                total, base, _count, _ts = batchfmt.check_header(head)
+                total, _base, _count, _ts = batchfmt.check_header(head)
                 rest = f.read(total - batchfmt.HEADER_SIZE)
                 b = batchfmt.parse(head + rest)
             except batchfmt.Incomplete:

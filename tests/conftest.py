@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from dssync.tools.cli import cli
 
 
@@ -25,7 +24,8 @@ def make_home(tmp_path: Path) -> Callable[..., str]:
 
     def make(name: str = "sh1", *extra: str) -> str:
         home = str(tmp_path / name)
-        result = CliRunner().invoke(cli, ["init", home, "--name", name, "--model", "SH-7080", "--version", "9.14", *extra])
+        args = ["init", home, "--name", name, "--model", "SH-7080", "--version", "9.14", *extra]
+        result = CliRunner().invoke(cli, args)
         assert result.exit_code == 0, result.output
         return home
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
-from dssync.appliance import log_dir, store_dir
 from dssync.log import segment as seg
 from dssync.log.filelog import FileLog
 from dssync.tools.cli import cli
+
+from dssync.appliance import log_dir, store_dir
 from tests.conftest import run_dssync
 
 MakeHome = Callable[..., str]
@@ -181,7 +181,8 @@ def test_verify_catches_a_segment_whose_bytes_changed(runner: CliRunner, make_ho
     assert code == 9 and "do not match the reference" in out and "verify: FAILED" in out
 
 
-def test_verify_catches_a_store_that_differs_from_its_log(runner: CliRunner, make_home: MakeHome, tmp_path: Path) -> None:
+def test_verify_catches_a_store_that_differs_from_its_log(
+        runner: CliRunner, make_home: MakeHome, tmp_path: Path) -> None:
     home = make_home("sh1")
     _invoke(runner, "ingest", home, _sample(tmp_path))
     import duckdb
@@ -218,7 +219,8 @@ def test_an_unknown_schema_in_the_log_stops_replay_with_an_upgrade_hint(
     assert code == 5 and "unknown event schema" in err and "upgrade" in hint
 
 
-def test_a_home_in_use_is_refused_for_writing_and_status_reads_the_snapshot(make_home: MakeHome, tmp_path: Path) -> None:
+def test_a_home_in_use_is_refused_for_writing_and_status_reads_the_snapshot(
+        make_home: MakeHome, tmp_path: Path) -> None:
     home = make_home("sh1")
     run_dssync("ingest", home, _sample(tmp_path))
     holder = subprocess.Popen([sys.executable, "-c",

@@ -28,7 +28,6 @@ import time
 from typing import Any
 
 import click
-
 from dssync.tools.output import emit_json
 
 MB = 1_000_000
@@ -69,8 +68,9 @@ def _baseline_ingest(data: bytes, directory: str, fsync: str, window: int) -> fl
 
 
 def _system_ingest(streams: list[bytes], directory: str, fsync: str) -> tuple[float, dict[str, Any]]:
-    from dssync.appliance import Appliance
     from dssync.producers.optimizer import IngestStats
+
+    from dssync.appliance import Appliance
 
     home = os.path.join(directory, "home")
     Appliance.create(home, "bench", "bench", "0", fsync=fsync).close()
@@ -161,7 +161,7 @@ def _replay_case(baseline: bool, events: int, directory: str) -> dict[str, Any]:
         # The same index rows, prepared before the clock starts: the limit is read + insert.
         store = Store(os.path.join(directory, "probe"), create=True, fsync=False)
         store.apply("log:bench", log.read(0, events + 1))
-        rows = store.con.execute("SELECT * FROM refs").to_arrow_table().cast(ROW_SCHEMA)
+        rows = store.con.sql("SELECT * FROM refs").to_arrow_table().cast(ROW_SCHEMA)
         store.close()
         assert isinstance(rows, pa.Table)
         con = duckdb.connect(os.path.join(directory, "baseline.duckdb"))

@@ -6,7 +6,6 @@ import os
 from typing import Any
 
 import click
-
 from dssync.log import segment as seg
 from dssync.schemas import decode
 from dssync.tools.output import emit_json, human_bytes, table
@@ -49,7 +48,7 @@ def inspect_log(home: str, records: int, from_offset: int | None, as_json: bool)
     """
     open_config(home)
     log = open_log_reader(home)
-    segments = []
+    segments: list[dict[str, Any]] = []
     for base in log.segments():
         entries = seg.read_index(log.directory, base)
         path = seg.segment_path(log.directory, base)

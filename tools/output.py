@@ -35,5 +35,6 @@ def progress(label: str, total: int | None, enabled: bool = True) -> Iterator[Ca
     if not enabled or not sys.stderr.isatty():
         yield lambda n: None
         return
+    bar: Any
     with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True) as bar:
         yield bar.update

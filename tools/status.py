@@ -6,10 +6,10 @@ import time
 from typing import Any
 
 import click
-
-from dssync.appliance import source_name
 from dssync.tools.output import emit_json, human_bytes, table
 from dssync.tools.readers import open_config, open_log_reader, open_store_reader, snapshot
+
+from dssync.appliance import source_name
 
 
 def collect(home: str) -> dict[str, Any]:
@@ -25,7 +25,7 @@ def collect(home: str) -> dict[str, Any]:
     store = open_store_reader(home)
     if store is None:
         snap = snapshot(home)
-        store_doc = {k: snap[k] for k in (
+        store_doc: dict[str, Any] = {k: snap[k] for k in (
             "store_id", "rows", "live_refs", "live_segments", "live_segment_bytes", "live_higher_refs",
             "pack_bytes", "packs", "offsets", "max_hlc", "written_at_ms") if k in snap}
         store_doc["source"] = "snapshot"
