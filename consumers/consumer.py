@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from dssync.consumers.store import ApplyResult, Store
-from dssync.log.base import Log
-
 from dssync.errors import OffsetOutOfRangeError
+from dssync.log.base import Log
 
 
 class Consumer:

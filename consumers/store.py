@@ -24,11 +24,11 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+
 from dssync.consumers.packs import Packs
+from dssync.errors import CorruptStoreError, LockedError, NotFoundError, ResourceError
 from dssync.log.base import LogRecord
 from dssync.schemas import REF_SIZE, Event, decode_fast
-
-from dssync.errors import CorruptStoreError, LockedError, NotFoundError, ResourceError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS refs (

@@ -25,10 +25,6 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from dssync.log import batch as batchfmt
-from dssync.log import segment as seg
-from dssync.log.base import LogRecord
-
 from dssync.errors import (
     CorruptLogError,
     DssyncError,
@@ -38,6 +34,9 @@ from dssync.errors import (
     UsageError,
     from_os_error,
 )
+from dssync.log import batch as batchfmt
+from dssync.log import segment as seg
+from dssync.log.base import LogRecord
 
 FSYNC_POLICIES = ("always", "interval", "never")
 LOCK = "LOCK"

@@ -17,9 +17,8 @@ from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from dssync.log import batch as batchfmt
-
 from dssync.errors import CorruptLogError
+from dssync.log import batch as batchfmt
 
 INDEX_ENTRY = struct.Struct("<QQQ")
 SUFFIX = ".log"

@@ -18,11 +18,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO, Protocol
 
+from dssync.hlc import HybridLogicalClock
 from dssync.producers.chunker import Chunker
 from dssync.producers.hierarchy import build_groups, segment_ref
 from dssync.schemas import encode, encode_segment_stored, origin_field
-
-from dssync.hlc import HybridLogicalClock
 
 WIRE_REF = 17
 WIRE_LITERAL = 5

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
 from dssync.tools.cli import cli
 
 
@@ -40,3 +41,13 @@ def run_dssync(*args: str, check: bool = True, env: dict[str, str] | None = None
     if check and proc.returncode != 0:
         raise AssertionError(f"dssync {' '.join(args)} failed ({proc.returncode}): {proc.stderr.decode()}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> object:
+    """One real broker for the whole session (site A)."""
+    from tests.kafka_broker import start_broker
+
+    broker = start_broker("site-a", scram=True)
+    yield broker
+    broker.stop()

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
+from dssync.appliance import log_dir, store_dir
 from dssync.log import segment as seg
 from dssync.log.filelog import FileLog
 from dssync.tools.cli import cli
-
-from dssync.appliance import log_dir, store_dir
 from tests.conftest import run_dssync
 
 MakeHome = Callable[..., str]

@@ -17,11 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from dssync.appliance import log_dir
 from dssync.log.filelog import FileLog
 from dssync.schemas import decode
 from dssync.tools import workload
-
-from dssync.appliance import log_dir
 from tests.conftest import run_dssync
 
 MakeHome = Callable[..., str]

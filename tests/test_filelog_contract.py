@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from dssync.log.base import Log
 from dssync.log.filelog import FileLog
-
 from tests.contract.log_contract import LogContract
 
 

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from dssync.log import segment as seg
-from dssync.log.filelog import FileLog
 
 from dssync.errors import CorruptLogError, LockedError, OffsetOutOfRangeError, ResourceError
+from dssync.log import segment as seg
+from dssync.log.filelog import FileLog
 
 
 def _fill(directory: str, batches: int = 40, per_batch: int = 5, segment_bytes: int = 16 * 1024) -> list[bytes]:

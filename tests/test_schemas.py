@@ -8,12 +8,12 @@ import os
 
 import fastavro
 import pytest
-from dssync.schemas import codec
 from hypothesis import given
 from hypothesis import strategies as st
 
 from dssync import schemas
 from dssync.errors import CorruptLogError, UnknownSchemaError
+from dssync.schemas import codec
 
 REF = st.binary(min_size=16, max_size=16)
 ORIGIN = st.text(min_size=1, max_size=40)

@@ -9,11 +9,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from dssync.consumers.store import Store
 from dssync.log.base import LogRecord
 from dssync.schemas import encode, encode_segment_stored, origin_field
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") else None  # many tiny DuckDB commits: keep them in RAM
 

@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 import click
+
 from dssync.tools.output import emit_json
 
 MB = 1_000_000
@@ -68,9 +69,8 @@ def _baseline_ingest(data: bytes, directory: str, fsync: str, window: int) -> fl
 
 
 def _system_ingest(streams: list[bytes], directory: str, fsync: str) -> tuple[float, dict[str, Any]]:
-    from dssync.producers.optimizer import IngestStats
-
     from dssync.appliance import Appliance
+    from dssync.producers.optimizer import IngestStats
 
     home = os.path.join(directory, "home")
     Appliance.create(home, "bench", "bench", "0", fsync=fsync).close()

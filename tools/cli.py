@@ -12,16 +12,16 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 import click
+
+from dssync import __version__
+from dssync.appliance import Appliance
+from dssync.errors import DssyncError, NotFoundError, UsageError, from_os_error
 from dssync.producers.chunker import ChunkerSpec
 from dssync.producers.optimizer import IngestStats
 from dssync.tools import bench, inspect_cmd, verify
 from dssync.tools.demo import demo
 from dssync.tools.output import emit_json, human_bytes, progress, table
 from dssync.tools.status import status_cmd
-
-from dssync import __version__
-from dssync.appliance import Appliance
-from dssync.errors import DssyncError, NotFoundError, UsageError, from_os_error
 
 HOME = click.argument("home", type=click.Path(file_okay=False, path_type=str))
 

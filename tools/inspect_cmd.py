@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 import click
+
 from dssync.log import segment as seg
 from dssync.schemas import decode
 from dssync.tools.output import emit_json, human_bytes, table

@@ -11,12 +11,11 @@ import json
 import os
 from typing import Any
 
-from dssync.consumers.store import Store
-from dssync.log.filelog import FileLog
-
 from dssync import config as cfgmod
 from dssync.appliance import log_dir, store_dir
+from dssync.consumers.store import Store
 from dssync.errors import LockedError, NotFoundError
+from dssync.log.filelog import FileLog
 
 
 def open_config(home: str) -> cfgmod.Config:

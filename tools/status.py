@@ -6,10 +6,10 @@ import time
 from typing import Any
 
 import click
-from dssync.tools.output import emit_json, human_bytes, table
-from dssync.tools.readers import open_config, open_log_reader, open_store_reader, snapshot
 
 from dssync.appliance import source_name
+from dssync.tools.output import emit_json, human_bytes, table
+from dssync.tools.readers import open_config, open_log_reader, open_store_reader, snapshot
 
 
 def collect(home: str) -> dict[str, Any]:

@@ -21,15 +21,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import click
+
+from dssync.appliance import source_name
 from dssync.consumers.store import Store
+from dssync.errors import DssyncError, LockedError, MismatchError
 from dssync.log.base import LogRecord
 from dssync.producers.hierarchy import segment_ref
 from dssync.schemas import decode
 from dssync.tools.output import emit_json
 from dssync.tools.readers import open_config, open_log_reader, open_store_reader
-
-from dssync.appliance import source_name
-from dssync.errors import DssyncError, LockedError, MismatchError
 
 
 @dataclass

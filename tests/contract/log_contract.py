@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from dssync.log.base import Log
 
 from dssync.errors import OffsetOutOfRangeError, UsageError
+from dssync.log.base import Log
 
 
 class LogContract:

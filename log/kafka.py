@@ -1,0 +1,274 @@
+"""The Kafka log: one single-partition topic per appliance log, behind the same interface.
+
+Same contract as the file log (``dssync.log.base``), with Kafka's means:
+
+* atomic appends: every ``append`` is one Kafka transaction; readers use
+  ``read_committed``, so they never see part of an append, and ``append`` returns once the
+  records are readable. The transactional id is derived
+  from the topic, so a second writer fences the first (single writer, as with the file log's
+  lock): the fenced one gets ``LockedError``.
+* idempotent producer, ``acks=all``, lz4 compression; append time is the broker's
+  (``message.timestamp.type=LogAppendTime``), so lag in seconds comes from the log itself.
+* offsets are strictly increasing but not dense (transaction markers take offsets):
+  consumers resume from "last offset read + 1".
+* origin and clock ride in record headers too, for Kafka-side tools; the value is the same
+  Avro single-object encoded event as in the file log.
+
+A broker that does not answer within ``timeout_ms`` raises ``BackendUnavailableError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import (
+    InvalidProducerEpochError,
+    KafkaError,
+    KafkaTimeoutError,
+    ProducerFencedError,
+    TopicAlreadyExistsError,
+)
+
+from dssync.errors import BackendUnavailableError, LockedError, OffsetOutOfRangeError, UsageError
+from dssync.log.base import LogRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """How to reach a cluster; security settings pass through to kafka-python unchanged."""
+
+    bootstrap_servers: str
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    timeout_ms: int = 10_000
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def client_options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "security_protocol": self.security_protocol,
+            "request_timeout_ms": max(self.timeout_ms, 5_000) + 1_000,
+            "bootstrap_timeout_ms": self.timeout_ms,
+        }
+        for k in ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password",
+                  "ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            v = getattr(self, k)
+            if v is not None:
+                opts[k] = v
+        opts.update(self.extra)
+        return opts
+
+
+def _unavailable(settings: KafkaSettings, exc: Exception) -> BackendUnavailableError:
+    auth = settings.sasl_mechanism or settings.security_protocol != "PLAINTEXT"
+    return BackendUnavailableError(
+        f"cannot reach Kafka at {settings.bootstrap_servers} within {settings.timeout_ms} ms ({type(exc).__name__})",
+        hint="check that the broker runs and the address is right"
+        + ("; with SASL/TLS, also the credentials and certificates" if auth else ""),
+    )
+
+
+def probe(settings: KafkaSettings) -> None:
+    """Fail fast, and clearly, when no bootstrap address accepts a TCP connection at all.
+
+    kafka-python would wait its whole bootstrap timeout and then leave the failed client's
+    socket open; a plain connect tells "nothing listens there" in milliseconds.
+    """
+    reasons = []
+    for server in settings.bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=settings.timeout_ms / 1000):
+                return
+        except (OSError, ValueError) as exc:
+            reasons.append(f"{server}: {getattr(exc, 'strerror', None) or exc}")
+    raise BackendUnavailableError(
+        f"cannot reach Kafka at {settings.bootstrap_servers} ({'; '.join(reasons)})",
+        hint="check that the broker runs and that the bootstrap address and port are right",
+    )
+
+
+class KafkaLog:
+    """An append-only log in a single-partition Kafka topic (module docstring)."""
+
+    def __init__(
+        self, settings: KafkaSettings, topic: str, *, writer: bool = False, create: bool = False,
+        retention_bytes: int = -1, retention_ms: int = -1, origin: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.tp = TopicPartition(topic, 0)
+        self.origin = origin
+        self._producer: KafkaProducer | None = None
+        self._consumer: KafkaConsumer | None = None
+        opts = settings.client_options()
+        probe(settings)
+        try:
+            if create:
+                self._create_topic(opts, retention_bytes, retention_ms)
+            self._consumer = KafkaConsumer(
+                **opts, enable_auto_commit=False, isolation_level="read_committed",
+                auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20,
+            )
+            self._consumer.assign([self.tp])
+            if self.tp.topic not in (self._consumer.topics() or set()):
+                raise UsageError(f"no Kafka topic {topic!r} at {settings.bootstrap_servers}",
+                                 hint="create it (dssync creates appliance topics at init)")
+            if writer:
+                self._producer = KafkaProducer(
+                    **opts, acks="all", enable_idempotence=True, compression_type="lz4",
+                    transactional_id=f"dssync-writer-{topic}", linger_ms=0, max_request_size=16 << 20,
+                    batch_size=1 << 20,
+                )
+                self._producer.init_transactions()
+        except KafkaTimeoutError as exc:
+            self.close()
+            raise _unavailable(settings, exc) from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _create_topic(self, opts: dict[str, Any], retention_bytes: int, retention_ms: int) -> None:
+        admin = KafkaAdminClient(**opts)
+        try:
+            admin.create_topics([NewTopic(self.topic, 1, 1, topic_configs={
+                "message.timestamp.type": "LogAppendTime",
+                "compression.type": "producer",
+                "cleanup.policy": "delete",
+                "retention.bytes": str(retention_bytes),
+                "retention.ms": str(retention_ms),
+                "max.message.bytes": str(16 << 20),
+            })])
+        except TopicAlreadyExistsError:
+            pass
+        finally:
+            admin.close()
+
+    # ------------------------------------------------------------------ writing
+
+    def append(self, values: Sequence[bytes]) -> int:
+        if not values:
+            raise UsageError("append needs at least one value")
+        p = self._producer
+        if p is None:
+            raise LockedError(f"the Kafka log {self.topic} is not open for writing")
+        headers = [("origin", self.origin.encode())] if self.origin else None
+        try:
+            p.begin_transaction()
+            futures = [p.send(self.topic, v, partition=0, headers=headers) for v in values]
+            p.commit_transaction()
+            first = int(futures[0].get(timeout=self.settings.timeout_ms / 1000).offset)
+            self._await_visible(int(futures[-1].get().offset))
+            return first
+        except (ProducerFencedError, InvalidProducerEpochError):
+            raise LockedError(f"another writer took over the Kafka log {self.topic}",
+                              hint="only one process may write an appliance's log; stop the other one") from None
+        except KafkaTimeoutError as exc:
+            self._abort()
+            raise _unavailable(self.settings, exc) from None
+        except KafkaError as exc:
+            self._abort()
+            raise BackendUnavailableError(f"Kafka refused the append to {self.topic}: {exc}") from None
+
+    def _await_visible(self, last: int) -> None:
+        """Return once ``last`` is below the last stable offset: readers can see the append.
+
+        The coordinator writes commit markers after ``commit_transaction`` returns, so without
+        this wait a writer could not read its own append back at once.
+        """
+        deadline = time.monotonic() + self.settings.timeout_ms / 1000
+        delay = 0.001
+        while self._offsets("end") <= last:
+            if time.monotonic() > deadline:
+                raise BackendUnavailableError(f"the append to {self.topic} did not become visible in time")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def _abort(self) -> None:
+        try:
+            if self._producer is not None:
+                self._producer.abort_transaction()
+        except KafkaError:
+            pass
+
+    # ------------------------------------------------------------------ reading
+
+    def _offsets(self, which: str) -> int:
+        c = self._consumer
+        assert c is not None
+        try:
+            got = c.beginning_offsets([self.tp]) if which == "start" else c.end_offsets([self.tp])
+        except KafkaTimeoutError as exc:
+            raise _unavailable(self.settings, exc) from None
+        return int(got[self.tp])
+
+    def start_offset(self) -> int:
+        return self._offsets("start")
+
+    def end_offset(self) -> int:
+        return self._offsets("end")
+
+    def read(self, from_offset: int, max_records: int = 10_000) -> list[LogRecord]:
+        c = self._consumer
+        assert c is not None
+        start, end = self.start_offset(), self.end_offset()
+        if from_offset < start:
+            raise OffsetOutOfRangeError(
+                f"offset {from_offset} is below the start {start} of Kafka topic {self.topic} (retention)"
+            )
+        if from_offset >= end:
+            return []
+        c.seek(self.tp, from_offset)
+        out: list[LogRecord] = []
+        idle = 0
+        while len(out) < max_records and c.position(self.tp) < end:
+            batch = c.poll(timeout_ms=500, max_records=max_records - len(out))
+            recs = batch.get(self.tp, [])
+            if not recs:
+                idle += 1
+                if idle * 500 > self.settings.timeout_ms:
+                    raise BackendUnavailableError(f"no data from Kafka topic {self.topic} below its end offset {end}")
+                continue
+            idle = 0
+            out.extend(LogRecord(r.offset, r.timestamp, r.value) for r in recs if r.offset >= from_offset)
+        return out[:max_records]
+
+    def offset_for_time(self, timestamp_ms: int) -> int:
+        c = self._consumer
+        assert c is not None
+        found = c.offsets_for_times({self.tp: timestamp_ms}).get(self.tp)
+        return int(found.offset) if found is not None else self.end_offset()
+
+    def flush(self) -> None:
+        if self._producer is not None:
+            self._producer.flush()
+
+    def close(self) -> None:
+        for name in ("_producer", "_consumer"):
+            client = getattr(self, name)
+            setattr(self, name, None)
+            if client is not None:
+                try:
+                    client.close(timeout=5) if name == "_producer" else client.close()
+                except Exception as exc:  # closing must never raise
+                    log.debug("closing %s: %s", name, exc)
+
+    def __enter__(self) -> KafkaLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
