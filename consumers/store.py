@@ -6,9 +6,10 @@ pack file, and the children of a higher-level reference. Segment bytes live in p
 (``dssync.consumers.packs``). Per source log the store keeps the next offset to apply, in the
 same transaction as the rows it covers: that is what makes apply exactly-once.
 
-Apply is last-writer-wins per reference on (hlc, origin), with a store reset dropping every
-event older than it, so any order and any repetition of the same events give the same rows
-(the digest ignores pack locations, which are local). Only one process may open the file
+Apply is last-writer-wins per reference on (hlc, origin), so any order and any repetition of
+the same events give the same rows (the digest ignores pack locations, which are local). A
+``StoreReset`` event records the store's identity (id, chunker); wiping a store is a local act
+(a new store directory), never an event that could delete rows on the peer. Only one process may open the file
 (DuckDB's rule); it publishes ``status.json`` after each commit for tools that cannot open it.
 """
 
@@ -124,7 +125,6 @@ class Store:
         meta = self.meta()
         if not read_only:
             self.packs.truncate_to(int(meta.get("pack_id", 0)), int(meta.get("pack_end", 0)))
-        self.reset_hlc = int(meta.get("reset_hlc", 0))
 
     # ------------------------------------------------------------------ reading
 
@@ -256,13 +256,12 @@ class Store:
                 winners[ref] = ev
         if result.applied == 0:
             return result
-        reset_hlc = max([self.reset_hlc] + [r["hlc"] for r in resets])
-        events = [e for e in winners.values() if e["hlc"] >= reset_hlc]
+        events = list(winners.values())
         existing = self._existing([e["ref"] for e in events])
         rows = self._resolve(events, existing, result)
         fresh = [r for r in rows if r[0] not in existing]
         replaced = [r for r in rows if r[0] in existing] if len(fresh) < len(rows) else []
-        self._commit(source, next_offset, fresh, replaced, resets, reset_hlc, max([0] + [e["hlc"] for e in events]))
+        self._commit(source, next_offset, fresh, replaced, resets, max([0] + [e["hlc"] for e in events]))
         return result
 
     def _resolve(self, events: list[Event], existing: dict[bytes, Row], result: ApplyResult) -> list[Row]:
@@ -327,16 +326,13 @@ class Store:
                 local[r[0]] = pack
 
     def _commit(
-        self, source: str, next_offset: int, fresh: list[Row], replaced: list[Row], resets: list[Event],
-        reset_hlc: int, max_hlc: int,
+        self, source: str, next_offset: int, fresh: list[Row], replaced: list[Row], resets: list[Event], max_hlc: int,
     ) -> None:
         """One transaction: new rows (plain insert, the fast path), replaced rows, offset, meta."""
         self.packs.sync()
         con = self.con
         try:
             con.execute("BEGIN")
-            if reset_hlc > self.reset_hlc:
-                con.execute("DELETE FROM refs WHERE hlc < ?", [reset_hlc])
             for rows, verb in ((fresh, "INSERT"), (replaced, "INSERT OR REPLACE")):
                 if rows:
                     con.register("_rows", _arrow(rows))
@@ -344,14 +340,14 @@ class Store:
                     con.unregister("_rows")
             con.execute("INSERT OR REPLACE INTO offsets VALUES (?, ?)", [source, next_offset])
             meta = {"pack_id": str(self.packs.current), "pack_end": str(self.packs.end)}
-            if reset_hlc > self.reset_hlc:
-                meta["reset_hlc"] = str(reset_hlc)
+            old_meta = self.meta()
             for r in sorted(resets, key=lambda e: e["hlc"]):
-                if r["hlc"] >= reset_hlc:
+                if r["hlc"] >= int(old_meta.get("identity_hlc", 0)):  # the newest identity wins
                     meta["store_id"] = r["store_id"]
+                    meta["identity_hlc"] = str(r["hlc"])
                     if r.get("chunker"):
                         meta["chunker"] = r["chunker"]
-            old_max = int(self.meta().get("max_hlc", 0))
+            old_max = int(old_meta.get("max_hlc", 0))
             if max_hlc > old_max:
                 meta["max_hlc"] = str(max_hlc)
             con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(meta.items()))
@@ -363,7 +359,22 @@ class Store:
             with contextlib.suppress(duckdb.Error):
                 con.execute("ROLLBACK")
             raise
-        self.reset_hlc = max(self.reset_hlc, reset_hlc)
+
+    def advance(self, source: str, next_offset: int) -> None:
+        """Move a source's committed offset forward (never back) without applying records.
+
+        Used once a snapshot that covers a peer's log up to ``next_offset`` has been applied.
+        """
+        if next_offset > self.committed(source):
+            self.con.execute("INSERT OR REPLACE INTO offsets VALUES (?, ?)", [source, next_offset])
+
+    def forget(self, source: str) -> None:
+        """Drop a source's committed offset (a finished snapshot source)."""
+        self.con.execute("DELETE FROM offsets WHERE source = ?", [source])
+
+    def snapshot_rows(self) -> list[Row]:
+        """Every row, for building a snapshot: a consistent read at this instant."""
+        return self.rows()
 
     # ------------------------------------------------------------------ wrapping
 

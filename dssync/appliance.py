@@ -64,6 +64,10 @@ class Appliance:
             self.store = open_store(store_dir(home), self.config, create=True)
             self.source = source_name(self.config.name)
             self.consumer = Consumer(self.log, self.store, self.source)
+            if not self.store.offsets():
+                # A new store over a log that does not start at 0 (a backup's log continues
+                # its offsets after pairing): nothing before the log's start belongs to it.
+                self.store.advance(self.source, self.log.start_offset())
             self.hlc = HybridLogicalClock(self._last_hlc())
             self.chunker = Chunker(ChunkerSpec.parse(self.config.chunker))
             self.optimizer = Optimizer(self.config.name, self.chunker, self.hlc, self)

@@ -34,6 +34,34 @@ class StoreConfig:
     pack_bytes: int = 64 << 20
 
 
+SYNC_ROLES = ("", "master", "backup")
+SYNC_STATES = ("unconfigured", "restart-required", "active")
+INTERFACES = ("primary", "aux")
+
+
+@dataclass
+class SyncConfig:
+    """Pairing: who the peer is and how to reach it over the sync interface (never in-path)."""
+
+    role: str = ""
+    peer: str = ""
+    listen: str = ""
+    interface: str = "primary"
+    secret: str = ""
+    state: str = "unconfigured"
+    paired_store_id: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+
+
+@dataclass
+class TrafficConfig:
+    """The in-path side: where optimized traffic arrives. Sync never uses this address."""
+
+    address: str = ""
+
+
 @dataclass
 class Config:
     name: str
@@ -43,6 +71,8 @@ class Config:
     chunker: str = "fastcdc2020/avg=8192/min=2048/max=65536"
     log: LogConfig = field(default_factory=LogConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    traffic: TrafficConfig = field(default_factory=TrafficConfig)
 
     def validate(self) -> None:
         if not _NAME.match(self.name):
@@ -56,6 +86,22 @@ class Config:
             raise UsageError(f"unknown fsync policy {self.log.fsync!r}", hint="use always, interval or never")
         if self.store.capacity_bytes < self.store.pack_bytes * 2:
             raise UsageError("store capacity must hold at least two packs", hint="raise capacity_bytes")
+        s = self.sync
+        if s.role not in SYNC_ROLES or s.state not in SYNC_STATES or s.interface not in INTERFACES:
+            raise UsageError("invalid [sync] role, state or interface",
+                             hint="role is master or backup; interface is primary or aux")
+        if s.role:
+            for name in ("peer", "listen"):
+                addr = getattr(s, name)
+                host, _, port = addr.rpartition(":")
+                if not host or not port.isdigit():
+                    raise UsageError(f"sync {name} address {addr!r} is not HOST:PORT")
+            if len(s.secret) < 16:
+                raise UsageError("the pair's shared secret must be at least 16 characters",
+                                 hint="generate one with: python -c 'import secrets; print(secrets.token_hex(16))'")
+            if self.traffic.address and self.traffic.address.rpartition(":")[0] == s.listen.rpartition(":")[0]:
+                raise UsageError("the sync interface must not be the in-path (traffic) address",
+                                 hint="use the primary or aux interface's address for --listen")
 
 
 def _toml_value(v: Any) -> str:
@@ -99,6 +145,7 @@ def load(home: str) -> Config:
             name=doc["name"], model=doc["model"], software_version=doc["software_version"],
             store_id=doc["store_id"], chunker=doc.get("chunker", Config.chunker),
             log=LogConfig(**doc.get("log", {})), store=StoreConfig(**doc.get("store", {})),
+            sync=SyncConfig(**doc.get("sync", {})), traffic=TrafficConfig(**doc.get("traffic", {})),
         )
     except (KeyError, TypeError) as exc:
         raise UsageError(
@@ -106,6 +153,8 @@ def load(home: str) -> Config:
         ) from None
     if "DSSYNC_FSYNC" in os.environ:
         cfg.log.fsync = os.environ["DSSYNC_FSYNC"]
+    if "DSSYNC_SYNC_SECRET" in os.environ:
+        cfg.sync.secret = os.environ["DSSYNC_SYNC_SECRET"]
     cfg.validate()
     return cfg
 

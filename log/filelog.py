@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import time
 from bisect import bisect_left
@@ -40,6 +41,7 @@ from dssync.log.base import LogRecord
 
 FSYNC_POLICIES = ("always", "interval", "never")
 LOCK = "LOCK"
+RETIRED = "retired.jsonl"
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class FileLog:
         retention_ms: int = 0,
         compress: bool = True,
         clock_ms: Callable[[], int] = _now_ms,
+        base_offset: int = 0,
     ) -> None:
         if fsync not in FSYNC_POLICIES:
             raise UsageError(f"unknown fsync policy {fsync!r}", hint=f"use one of {', '.join(FSYNC_POLICIES)}")
@@ -95,6 +98,7 @@ class FileLog:
         self._fd: int | None = None
         self._index_fd: int | None = None
         self.recovery: RecoveryReport | None = None
+        self._base_offset = base_offset
         if not os.path.isdir(directory):
             if not (create and writer):
                 raise NotFoundError(f"no log at {directory}")
@@ -127,8 +131,10 @@ class FileLog:
     def _recover(self) -> RecoveryReport:
         bases = seg.list_segments(self.directory)
         if not bases:
-            bases = [0]
-            open(seg.segment_path(self.directory, 0), "ab").close()
+            # A new log may start past 0: a mirror bootstrapped from a snapshot starts where the
+            # snapshot ends, and a wiped appliance log continues its offsets, never reusing one.
+            bases = [self._base_offset]
+            open(seg.segment_path(self.directory, self._base_offset), "ab").close()
         cut = deleted = batches = 0
         problem = None
         self._segments: list[int] = []
@@ -275,12 +281,28 @@ class FileLog:
             too_old = self.retention_ms and last_ts and now - last_ts > self.retention_ms
             if not (too_big or too_old):
                 break
+            self._retire(oldest, self._segments[1])
             # Delete the index first: a reader that finds a segment without index scans it.
             _unlink_quiet(seg.index_path(self.directory, oldest))
             _unlink_quiet(seg.segment_path(self.directory, oldest))
             self._segments.pop(0)
             removed += 1
         return removed
+
+    def _retire(self, base: int, next_base: int) -> None:
+        """Record a segment retention is about to delete, so a mirror that falls behind can
+        count exactly which events and bytes it will never copy."""
+        size = os.path.getsize(seg.segment_path(self.directory, base))
+        with open(os.path.join(self.directory, RETIRED), "a", encoding="utf-8") as f:
+            f.write(json.dumps({"base_offset": base, "next_offset": next_base, "bytes": size}) + "\n")
+
+    def retired(self) -> list[dict[str, int]]:
+        """Segments removed by retention, oldest first (see ``_retire``)."""
+        try:
+            with open(os.path.join(self.directory, RETIRED), encoding="utf-8") as f:
+                return [json.loads(line) for line in f if line.strip()]
+        except FileNotFoundError:
+            return []
 
     def flush(self) -> None:
         self._sync()
@@ -338,6 +360,16 @@ class FileLog:
         for b in self._bases():
             with contextlib.suppress(FileNotFoundError):
                 total += os.path.getsize(seg.segment_path(self.directory, b))
+        return total
+
+    def bytes_from(self, offset: int) -> int:
+        """Bytes of the batches holding offsets >= ``offset`` (from the index)."""
+        total = 0
+        for base in self._bases():
+            entries = self._index_of(base)
+            size = os.path.getsize(seg.segment_path(self.directory, base))
+            first = next((pos for b_off, pos, _ts in entries if b_off >= offset), size)
+            total += size - first
         return total
 
     def segments(self) -> list[int]:

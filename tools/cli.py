@@ -7,7 +7,9 @@ lines on stderr and exits with its code. Nothing foreseeable prints a traceback.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -19,9 +21,11 @@ from dssync.errors import DssyncError, NotFoundError, UsageError, from_os_error
 from dssync.producers.chunker import ChunkerSpec
 from dssync.producers.optimizer import IngestStats
 from dssync.tools import bench, inspect_cmd, verify
+from dssync.tools.control import ControlClient
 from dssync.tools.demo import demo
 from dssync.tools.output import emit_json, human_bytes, progress, table
 from dssync.tools.status import status_cmd
+from dssync.tools.sync_cmd import configure, mirror_cmd, serve_cmd, service_group, sync_group
 
 HOME = click.argument("home", type=click.Path(file_okay=False, path_type=str))
 
@@ -118,14 +122,27 @@ def ingest(home: str, paths: tuple[str, ...], as_json: bool) -> None:
     inputs = list(_inputs(paths))  # validate every path before touching the appliance
     total = IngestStats()
     known_size = sum(s for _, s in inputs if s is not None)
-    with Appliance(home) as app, progress("ingest", known_size or None) as step:
-        for path, _size in inputs:
-            stream: BinaryIO
+    service = ControlClient.for_home(home)
+    if service is not None:  # the running service owns the store: send it the traffic
+        for path, size in inputs:
             if path == "-":
-                total.add(app.ingest(sys.stdin.buffer, step))
+                with tempfile.TemporaryFile() as spool:
+                    shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
+                    n = spool.tell()
+                    spool.seek(0)
+                    total.add(IngestStats(**_stats_fields(service.ingest(spool, n))))
             else:
-                with open(path, "rb") as stream:
-                    total.add(app.ingest(stream, step))
+                with open(path, "rb") as body:
+                    total.add(IngestStats(**_stats_fields(service.ingest(body, size or 0))))
+    else:
+        with Appliance(home) as app, progress("ingest", known_size or None) as step:
+            for path, _size in inputs:
+                stream: BinaryIO
+                if path == "-":
+                    total.add(app.ingest(sys.stdin.buffer, step))
+                else:
+                    with open(path, "rb") as stream:
+                        total.add(app.ingest(stream, step))
     doc = total.as_dict()
     if as_json:
         emit_json(doc)
@@ -138,6 +155,10 @@ def ingest(home: str, paths: tuple[str, ...], as_json: bool) -> None:
         ("new higher references", total.new_higher_refs),
         ("events written", total.events),
     ])
+
+
+def _stats_fields(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k != "savings"}
 
 
 @cli.command()
@@ -191,6 +212,10 @@ cli.add_command(verify.verify_cmd)
 cli.add_command(status_cmd)
 cli.add_command(bench.bench)
 cli.add_command(demo)
+cli.add_command(serve_cmd)
+cli.add_command(mirror_cmd)
+cli.add_command(sync_group)
+cli.add_command(service_group)
 
 
 def main() -> None:
@@ -201,4 +226,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["UsageError", "cli", "main"]
+__all__ = ["UsageError", "cli", "configure", "main"]

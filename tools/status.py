@@ -8,12 +8,24 @@ from typing import Any
 import click
 
 from dssync.appliance import source_name
+from dssync.service import mirror_states
+from dssync.tools.control import ControlClient
 from dssync.tools.output import emit_json, human_bytes, table
 from dssync.tools.readers import open_config, open_log_reader, open_store_reader, snapshot
 
 
 def collect(home: str) -> dict[str, Any]:
     cfg = open_config(home)
+    service = ControlClient.for_home(home)
+    if service is not None:
+        live = service.status()
+        live["store"] = {k: live.get(k) for k in (
+            "store_id", "rows", "live_refs", "live_segments", "live_segment_bytes", "live_higher_refs",
+            "pack_bytes", "packs", "offsets", "max_hlc")}
+        live["store"]["source"] = "service"
+        live.update(configured_store_id=cfg.store_id, chunker=cfg.chunker, fsync=cfg.log.fsync,
+                    capacity_bytes=cfg.store.capacity_bytes)
+        return live
     log = open_log_reader(home)
     doc: dict[str, Any] = {
         "name": cfg.name, "model": cfg.model, "software_version": cfg.software_version,
@@ -39,6 +51,9 @@ def collect(home: str) -> dict[str, Any]:
     applied = store_doc.get("offsets", {}).get(source_name(cfg.name), 0)
     doc["applied_offset"] = applied
     doc["apply_lag_records"] = max(0, doc["log_end_offset"] - applied)
+    doc["sync"] = {"role": cfg.sync.role, "state": cfg.sync.state, "peer": cfg.sync.peer,
+                   "listen": cfg.sync.listen, "interface": cfg.sync.interface}
+    doc["mirrors"] = mirror_states(home)
     return doc
 
 
@@ -72,3 +87,13 @@ def status_cmd(home: str, as_json: bool) -> None:
         ("applied", f"offset {doc['applied_offset']} (lag {doc['apply_lag_records']} records)"),
         ("source", s["source"] + (f", {s['snapshot_age_seconds']} s old" if s["source"] == "snapshot" else "")),
     ])
+    sync = doc.get("sync", {})
+    if sync.get("role"):
+        state = "restart required" if sync["state"] == "restart-required" else sync["state"]
+        table([("sync", f"{sync['role']} of {sync['peer']} over {sync['interface']} {sync['listen']}: {state}")])
+        for reason in (sync.get("refusals") or {}).values():
+            table([("refused", reason)])
+    for peer, m in doc.get("mirrors", {}).items():
+        table([(f"mirror {peer}", f"{m.get('state')}: {m.get('copied_records', 0)} events copied, "
+                                  f"{m.get('not_copied_events', 0)} not copied ({m.get('not_copied_bytes', 0)} bytes), "
+                                  f"{len(m.get('gaps', []))} gap(s) repaired")])

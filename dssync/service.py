@@ -1,0 +1,343 @@
+"""``dssync serve``: the long-running appliance service.
+
+It owns the appliance's log and store (the only process that may), and:
+
+* runs the optimization path for traffic sent by ``dssync ingest`` (control endpoint);
+* applies its own log and every log the mirror service writes under ``HOME/mirror/`` (the
+  peer's mirrored log, and snapshot logs while bootstrapping or repairing a gap);
+* answers the peer on the sync interface (identity, log batches, snapshots) and the local
+  tools on loopback (status, digest, rows);
+* on start, completes a pending pairing: a backup discards its store and its old log, takes
+  the master's store id, and is then bootstrapped from the master's snapshot by the mirror.
+
+SIGTERM stops it cleanly; ``dssync service restart`` restarts it in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import sys
+import threading
+import time
+from typing import Any, BinaryIO
+
+from dssync import config as cfgmod
+from dssync.appliance import Appliance, log_dir, store_dir
+from dssync.consumers.consumer import Consumer
+from dssync.consumers.packs import Packs
+from dssync.consumers.store import Row
+from dssync.errors import DssyncError, OffsetOutOfRangeError
+from dssync.log.filelog import FileLog
+from dssync.producers.optimizer import Optimizer
+from dssync.schemas import encode
+from dssync.sync import protocol, server
+
+log = logging.getLogger("dssync.service")
+APPLY_INTERVAL_S = 0.005
+START_FILE = "start.json"  # in a mirror log: the first offset of the peer's log it holds
+
+
+def run_dir(home: str) -> str:
+    return os.path.join(home, "run")
+
+
+def mirror_root(home: str) -> str:
+    return os.path.join(home, "mirror")
+
+
+def service_file(home: str) -> str:
+    return os.path.join(run_dir(home), "serve.json")
+
+
+class _LockedSink:
+    """The optimizer's view of the appliance, one lock acquisition per call, so that traffic
+    and the mirror's apply interleave window by window instead of waiting for a whole stream."""
+
+    def __init__(self, app: Appliance, lock: threading.RLock) -> None:
+        self.app, self.lock = app, lock
+
+    def known(self, refs: list[bytes]) -> set[bytes]:
+        with self.lock:
+            return self.app.known(refs)
+
+    def append(self, values: list[bytes]) -> int:
+        with self.lock:
+            return self.app.append(values)
+
+    def applied(self) -> None:
+        with self.lock:
+            self.app.applied()
+
+
+class Service:
+    """One running appliance service (see the module docstring)."""
+
+    def __init__(self, home: str) -> None:
+        self.home = home
+        self.lock = threading.RLock()
+        self.stopping = threading.Event()
+        self.restart = False
+        self.token = secrets.token_hex(16)
+        self.refusals: dict[str, str] = {}
+        cfg = cfgmod.load(home)
+        if cfg.sync.role and cfg.sync.state == "restart-required":
+            self._activate_pairing(cfg)
+        self.app = Appliance(home)
+        self.config = self.app.config
+        self.optimizer = Optimizer(self.config.name, self.app.chunker, self.app.hlc, _LockedSink(self.app, self.lock))
+        self._reader = FileLog(log_dir(home))
+        self._consumers: dict[str, tuple[Consumer, FileLog]] = {}
+        self._started: set[str] = set()
+
+    # ------------------------------------------------------------------ pairing
+
+    def _activate_pairing(self, cfg: cfgmod.Config) -> None:
+        """Finish a configuration: the master just starts syncing; a backup is overwritten."""
+        if cfg.sync.role == "master":
+            cfg.sync.state = "active"
+            cfgmod.save(self.home, cfg)
+            log.info("pairing active as master of %s", cfg.sync.peer)
+            return
+        with Appliance(self.home) as app:
+            me = _identity(app.config, app.log.end_offset())
+        client = protocol.PeerClient(cfg.sync, me)
+        try:
+            master = client.identity()
+        finally:
+            client.close()
+        # The backup takes the master's data store: its own store and log are discarded (the
+        # log continues its offsets, never reusing one), and the mirror loads the master's.
+        old_end = FileLog(log_dir(self.home)).end_offset()
+        shutil.rmtree(store_dir(self.home))
+        shutil.rmtree(log_dir(self.home))
+        shutil.rmtree(mirror_root(self.home), ignore_errors=True)
+        FileLog(log_dir(self.home), writer=True, create=True, base_offset=old_end).close()
+        cfg.store_id = master.store_id
+        cfg.sync.paired_store_id = master.store_id
+        cfg.sync.state = "active"
+        cfgmod.save(self.home, cfg)
+        with Appliance(self.home) as app:
+            app.log.append([encode("StoreReset", {
+                "origin": cfg.name, "hlc": app.hlc.now(), "store_id": master.store_id, "chunker": cfg.chunker,
+                "model": cfg.model, "software_version": cfg.software_version,
+            })])
+            app.applied()
+        log.info("paired as backup of %s: store discarded, taking store %s", master.name, master.store_id)
+
+    def identity(self) -> protocol.Identity:
+        return _identity(self.config, self._reader.start_offset())
+
+    def note_refusal(self, peer: str, reason: str) -> None:
+        if self.refusals.get(peer) != reason:
+            log.warning("refused peer %s: %s", peer, reason)
+        self.refusals[peer] = reason
+
+    # ------------------------------------------------------------------ serving the peer
+
+    def log_reader(self) -> FileLog:
+        return FileLog(log_dir(self.home))
+
+    def pack_reader(self) -> Packs:
+        return Packs(os.path.join(store_dir(self.home), "packs"), 1, fsync=False)
+
+    def snapshot_rows(self) -> tuple[list[Row], int, str]:
+        with self.lock:
+            store = self.app.store
+            return store.snapshot_rows(), store.committed(self.app.source), store.meta().get("store_id", "")
+
+    # ------------------------------------------------------------------ local tools
+
+    def ingest(self, stream: BinaryIO) -> dict[str, Any]:
+        return self.optimizer.ingest(stream).as_dict()
+
+    def status(self) -> dict[str, Any]:
+        with self.lock:
+            doc = self.app.status()
+        doc["sync"] = {
+            "role": self.config.sync.role, "state": self.config.sync.state, "peer": self.config.sync.peer,
+            "listen": self.config.sync.listen, "interface": self.config.sync.interface,
+            "refusals": dict(self.refusals),
+        }
+        doc["mirrors"] = mirror_states(self.home)
+        doc["pid"] = os.getpid()
+        return doc
+
+    def digest(self) -> dict[str, Any]:
+        with self.lock:
+            d = self.app.store.digest()
+            return {"md5": d.md5, "rows": d.rows, "live_bytes": d.live_bytes, "offsets": self.app.store.offsets()}
+
+    def rows(self) -> list[list[Any]]:
+        with self.lock:
+            return [[r[0].hex(), r[1], r[2], r[3], r[4], r[5], (r[8] or b"").hex()] for r in self.app.store.rows()]
+
+    def request_stop(self, restart: bool = False) -> None:
+        self.restart = restart
+        self.stopping.set()
+
+    # ------------------------------------------------------------------ applying mirrored logs
+
+    def apply_mirrors(self) -> int:
+        """Apply what the mirror service wrote since the last call; return records applied."""
+        if self.config.sync.state != "active":
+            return 0
+        total = 0
+        root = mirror_root(self.home)
+        if not os.path.isdir(root):
+            return 0
+        for name in sorted(os.listdir(root)):
+            path = os.path.join(root, name)
+            if name.endswith(".snapshot"):
+                total += self._apply_snapshot(name, path)
+            elif os.path.isdir(path):
+                total += self._apply_log(f"log:{name}", path)
+        return total
+
+    def _consumer(self, source: str, path: str) -> Consumer:
+        entry = self._consumers.get(source)
+        if entry is None or entry[1].directory != path:
+            reader = FileLog(path)
+            entry = (Consumer(reader, self.app.store, source, batch_records=5_000), reader)
+            self._consumers[source] = entry
+        entry[0].store = self.app.store
+        return entry[0]
+
+    def _apply_log(self, source: str, path: str) -> int:
+        if os.path.exists(os.path.join(os.path.dirname(path), os.path.basename(path) + ".snapshot")):
+            return 0  # a snapshot of this peer is loading: its log continues where it ends
+        consumer = self._consumer(source, path)
+        if source not in self._started:
+            start = _read_json(os.path.join(path, START_FILE)).get("advance_to")
+            if start is None:
+                return 0  # the mirror has not finished creating this log yet
+            with self.lock:
+                self.app.store.advance(source, int(start))
+            self._started.add(source)
+        applied = 0
+        while not self.stopping.is_set():
+            with self.lock:
+                try:
+                    r = consumer.step()
+                except OffsetOutOfRangeError:
+                    return applied  # the mirror is re-basing after a gap; a snapshot follows
+            if not r.applied:
+                break
+            applied += r.applied
+        return applied
+
+    def _apply_snapshot(self, name: str, path: str) -> int:
+        meta_path = os.path.join(path, "snapshot.json")
+        if not os.path.exists(meta_path):
+            return 0  # still arriving
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+        source = f"snapshot:{meta['peer']}:{meta['epoch']}"
+        consumer = self._consumer(source, os.path.join(path, "log"))
+        applied = 0
+        while True:
+            with self.lock:
+                r = consumer.step()
+            if not r.applied:
+                break
+            applied += r.applied
+        with self.lock:
+            self.app.store.advance(f"log:{meta['peer']}", int(meta["covers_to"]))
+            self.app.store.forget(source)
+        self._started.discard(f"log:{meta['peer']}")
+        self._consumers.pop(source, None)
+        shutil.rmtree(path, ignore_errors=True)
+        log.info("loaded snapshot of %s (%d events), continuing its log at offset %s",
+                 meta["peer"], applied, meta["covers_to"])
+        return applied
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self) -> None:
+        sync_srv = None
+        if self.config.sync.role:
+            host, _, port = self.config.sync.listen.rpartition(":")
+            sync_srv, _ = server.start((host, int(port)), server.SyncHandler, self,
+                                       protocol.ssl_context(self.config.sync, server=True))
+        ctl_srv, _ = server.start(("127.0.0.1", 0), server.ControlHandler, self)
+        os.makedirs(run_dir(self.home), exist_ok=True)
+        doc = {"pid": os.getpid(), "control": f"127.0.0.1:{ctl_srv.server_address[1]}", "token": self.token,
+               "sync": self.config.sync.listen if sync_srv else ""}
+        tmp = service_file(self.home) + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f)
+        os.replace(tmp, service_file(self.home))
+        log.info("serving %s (control %s%s)", self.config.name, doc["control"],
+                 f", sync {doc['sync']}" if doc["sync"] else "")
+        last_status = 0.0
+        try:
+            while not self.stopping.is_set():
+                try:
+                    n = self.apply_mirrors()
+                except DssyncError as exc:
+                    log.error("applying mirrored logs failed: %s", exc.message)
+                    n = 0
+                now = time.monotonic()
+                if now - last_status > 1.0:
+                    with self.lock:
+                        self.app.store.publish_status({**self.app.status_extra(), "sync_state": self.config.sync.state})
+                    last_status = now
+                if not n:
+                    self.stopping.wait(APPLY_INTERVAL_S)
+        finally:
+            if sync_srv:
+                sync_srv.shutdown()
+                sync_srv.server_close()
+            ctl_srv.shutdown()
+            ctl_srv.server_close()
+            with self.lock:
+                self.app.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(service_file(self.home))
+            log.info("stopped %s", self.config.name)
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc: dict[str, Any] = json.load(f)
+            return doc
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _identity(cfg: cfgmod.Config, log_start: int) -> protocol.Identity:
+    return protocol.Identity(cfg.name, cfg.model, cfg.software_version, cfg.store_id, cfg.sync.role,
+                             cfg.sync.state, log_start, cfg.chunker)
+
+
+def mirror_states(home: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    root = mirror_root(home)
+    if os.path.isdir(root):
+        for name in sorted(os.listdir(root)):
+            p = os.path.join(root, name, "state.json")
+            if os.path.exists(p):
+                try:
+                    with open(p, encoding="utf-8") as f:
+                        out[name] = json.load(f)
+                except (OSError, ValueError):
+                    pass
+    return out
+
+
+def serve(home: str) -> None:
+    """Run the service until SIGTERM; restart in place when asked to."""
+    svc = Service(home)
+    signal.signal(signal.SIGTERM, lambda *_: svc.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: svc.request_stop())
+    svc.run()
+    if svc.restart:
+        log.info("restarting %s", home)
+        os.execv(sys.executable, [sys.executable, "-m", "dssync.tools.cli", "serve", home])

@@ -1,0 +1,267 @@
+"""``dssync mirror``: copy the peer's own log into a local mirror log, exactly once.
+
+The resume point is the mirror log's own end offset: the destination, not a side file,
+says where to continue, and ``FileLog.append_raw`` refuses a batch that would leave a gap or
+repeat an offset. Batches are copied byte for byte (their CRC is checked on arrival, nothing
+is decoded or re-encoded), so the mirror is offset-preserving like a Kafka cluster link.
+Only the peer's own log is served to it, never what the peer mirrored: bidirectional sync
+cannot loop.
+
+Where the mirror must start:
+
+* a backup starts from a snapshot of the master's store (the initial overwrite), then
+  mirrors the master's log from the offset the snapshot covers;
+* a master starts at the first offset of the backup's (new) log;
+* when the peer's retention removed offsets before they were copied, or the peer's log was
+  recreated, the gap is counted exactly (events, and bytes from the peer's retirement
+  ledger), recorded in ``state.json``, and repaired the same way, with a snapshot.
+
+Transient failures are retried with exponential backoff (tenacity); one log line is written
+per state change (connected, disconnected, refused), never one per retry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Any
+
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
+
+from dssync import config as cfgmod
+from dssync.appliance import log_dir
+from dssync.errors import CorruptLogError, OffsetOutOfRangeError, UsageError
+from dssync.log import batch as batchfmt
+from dssync.log.filelog import FileLog
+from dssync.service import START_FILE, mirror_root
+from dssync.sync import protocol, snapshot
+
+log = logging.getLogger("dssync.mirror")
+
+
+class Mirror:
+    """The mirror service of one appliance home."""
+
+    def __init__(self, home: str, wait_ms: int = 500, max_bytes: int = 4 << 20) -> None:
+        self.home = home
+        self.wait_ms = wait_ms
+        self.max_bytes = max_bytes
+        self.cfg = cfgmod.load(home)
+        if not self.cfg.sync.role:
+            raise UsageError(f"{self.cfg.name} is not paired", hint="configure it with 'dssync sync configure'")
+        self.state: dict[str, Any] = {"state": "starting", "copied_batches": 0, "copied_records": 0,
+                                      "copied_bytes": 0, "gaps": [], "not_copied_events": 0,
+                                      "not_copied_bytes": 0, "bootstraps": 0}
+        self.status = "starting"
+        self.peer: protocol.Identity | None = None
+        self.out: FileLog | None = None
+        self.stopped = False
+        self._last_write = 0.0
+
+    # ------------------------------------------------------------------ state and logging
+
+    def _set(self, status: str, detail: str = "") -> None:
+        if status != self.status:
+            level = logging.WARNING if status in ("disconnected", "refused", "gap") else logging.INFO
+            log.log(level, "mirror %s%s", status, f": {detail}" if detail else "")
+            self.status = status
+        self.state.update(state=status, detail=detail)
+        self._save_state(force=True)
+
+    def _save_state(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_write < 0.5:
+            return
+        self._last_write = now
+        if self.peer is None:
+            return
+        d = os.path.join(mirror_root(self.home), self.peer.name)
+        os.makedirs(d, exist_ok=True)
+        doc = {**self.state, "peer": self.peer.name, "updated_ms": int(time.time() * 1000),
+               "mirror_end_offset": self.out.end_offset() if self.out else None}
+        tmp = os.path.join(d, "state.json.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(doc, f)
+        os.replace(tmp, os.path.join(d, "state.json"))
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self, stop_after_s: float | None = None) -> None:
+        deadline = None if stop_after_s is None else time.monotonic() + stop_after_s
+
+        def on_retry(rs: RetryCallState) -> None:
+            exc = rs.outcome.exception() if rs.outcome else None
+            self._set("disconnected", str(getattr(exc, "message", exc)))
+
+        retrying = Retrying(retry=retry_if_exception_type(protocol.TransientError),
+                            wait=wait_exponential(multiplier=0.05, min=0.05, max=2.0), before_sleep=on_retry,
+                            reraise=True)
+        while not self.stopped and (deadline is None or time.monotonic() < deadline):
+            try:
+                retrying(self._session, deadline)
+            except protocol.PairingRefusedError as exc:
+                self._set("refused", exc.message)
+                time.sleep(2.0)
+        self.close()
+
+    def _session(self, deadline: float | None) -> None:
+        self.cfg = cfgmod.load(self.home)
+        if self.cfg.sync.state != "active":
+            self._set("waiting", f"this appliance is {self.cfg.sync.state}")
+            time.sleep(0.5)
+            return
+        me = protocol.Identity(self.cfg.name, self.cfg.model, self.cfg.software_version, self.cfg.store_id,
+                               self.cfg.sync.role, self.cfg.sync.state, FileLog(log_dir(self.home)).start_offset(),
+                               self.cfg.chunker)
+        client = protocol.PeerClient(self.cfg.sync, me, timeout_s=max(10.0, self.wait_ms / 1000 + 5))
+        try:
+            self.peer = client.identity()
+            self._ensure_log(client)
+            self._set("connected", f"mirroring {self.peer.name} from offset {self._out().end_offset()}")
+            while not self.stopped and (deadline is None or time.monotonic() < deadline):
+                try:
+                    self._copy_once(client)
+                except protocol.GapError as exc:
+                    self._record_gap(exc)
+                    self._bootstrap(client)
+        finally:
+            client.close()
+
+    def _out(self) -> FileLog:
+        assert self.out is not None
+        return self.out
+
+    def _dir(self) -> str:
+        assert self.peer is not None
+        return os.path.join(mirror_root(self.home), self.peer.name)
+
+    def _open_out(self, base: int | None = None) -> None:
+        if self.out is not None:
+            self.out.close()
+        self.out = FileLog(self._dir(), writer=True, create=True, fsync=self.cfg.log.fsync,
+                           fsync_interval_ms=self.cfg.log.fsync_interval_ms, base_offset=base or 0)
+
+    def _ensure_log(self, client: protocol.PeerClient) -> None:
+        assert self.peer is not None
+        if os.path.exists(os.path.join(self._dir(), START_FILE)):
+            if self.out is None:
+                self._open_out()
+            return
+        if self.cfg.sync.role == "backup":
+            self._bootstrap(client)  # the master's store overwrites ours
+        else:
+            shutil.rmtree(self._dir(), ignore_errors=True)
+            self._open_out(self.peer.log_start_offset)
+            _write_json(os.path.join(self._dir(), START_FILE), {"advance_to": self.peer.log_start_offset})
+
+    # ------------------------------------------------------------------ copying
+
+    def _copy_once(self, client: protocol.PeerClient) -> None:
+        out = self._out()
+        frm = out.end_offset()
+        status, _headers, body = client.get(f"/v1/log?from={frm}&max_bytes={self.max_bytes}&wait_ms={self.wait_ms}")
+        if status == 416:
+            info = json.loads(body)
+            raise protocol.GapError(f"peer log holds {info['start']}..{info['end']}, mirror needs {frm}",
+                                    {**info, "from": frm})
+        if status != 200:
+            raise protocol.TransientError(f"log request failed with HTTP {status}")
+        buf = bytearray(body)
+        for raw in snapshot.split_batches(buf):
+            try:
+                out.append_raw(raw)
+            except (CorruptLogError, OffsetOutOfRangeError) as exc:
+                # a damaged or misplaced batch is never written; ask again from our end offset
+                raise protocol.TransientError(f"batch refused: {exc.message}") from None
+            b = batchfmt.parse(raw)
+            self.state["copied_batches"] += 1
+            self.state["copied_records"] += b.count
+            self.state["copied_bytes"] += b.size
+        if buf:
+            raise protocol.TransientError("truncated response from the peer")
+        self._save_state()
+
+    def _record_gap(self, exc: protocol.GapError) -> None:
+        d = exc.detail
+        frm, start, end = d["from"], d["start"], d["end"]
+        if frm < start:
+            events = start - frm
+            lost = [r for r in d.get("retired", []) if r["next_offset"] > frm and r["base_offset"] < start]
+            nbytes = sum(r["bytes"] for r in lost)
+            if lost:
+                nbytes -= self._out().bytes_from(lost[0]["base_offset"])  # the part we did copy
+            kind = "retention"
+        else:
+            events, nbytes, kind = 0, 0, "peer log recreated"
+        gap = {"kind": kind, "from": frm, "peer_start": start, "peer_end": end, "events": events,
+               "bytes": max(0, nbytes), "at_ms": int(time.time() * 1000)}
+        self.state["gaps"].append(gap)
+        self.state["not_copied_events"] += events
+        self.state["not_copied_bytes"] += gap["bytes"]
+        self._set("gap", f"{kind}: {events} events ({gap['bytes']} bytes) not copied; repairing from a snapshot")
+
+    def _bootstrap(self, client: protocol.PeerClient) -> None:
+        """Load a snapshot of the peer's store, then restart the mirror log where it ends."""
+        assert self.peer is not None
+        snap_dir = self._dir() + ".snapshot"
+        shutil.rmtree(snap_dir, ignore_errors=True)
+        os.makedirs(snap_dir)  # from now on the service pauses the old mirror log
+        self._set("bootstrapping", f"loading a snapshot of {self.peer.name}")
+        conn = client._connection()
+        ts = f"{time.time():.3f}"
+        ident = client.me.to_json()
+        conn.request("GET", "/v1/snapshot", headers={
+            protocol.H_TIME: ts, protocol.H_IDENTITY: ident,
+            protocol.H_AUTH: protocol.sign(self.cfg.sync.secret, "GET", "/v1/snapshot", ts, ident)})
+        try:
+            resp = conn.getresponse()
+            if resp.status != 200:
+                body = resp.read().decode(errors="replace")
+                raise protocol.TransientError(f"snapshot request failed with HTTP {resp.status}: {body}")
+            covers_to = int(resp.getheader("X-Dssync-Covers-To") or 0)
+            snap = FileLog(os.path.join(snap_dir, "log"), writer=True, create=True, fsync="never")
+            buf = bytearray()
+            events = 0
+            while True:
+                chunk = resp.read(1 << 20)
+                if not chunk:
+                    break
+                buf += chunk
+                for raw in snapshot.split_batches(buf):
+                    snap.append_raw(raw)
+                    events += batchfmt.parse(raw).count
+            snap.flush()
+            snap.close()
+        except OSError as exc:
+            client.close()
+            raise protocol.TransientError(f"snapshot transfer broke: {exc}") from None
+        if self.out is not None:
+            self.out.close()
+            self.out = None
+        shutil.rmtree(self._dir(), ignore_errors=True)
+        self._open_out(covers_to)
+        _write_json(os.path.join(self._dir(), START_FILE), {"advance_to": covers_to})
+        self.state["bootstraps"] += 1
+        # written last: the service loads the snapshot only once it is complete
+        _write_json(os.path.join(snap_dir, "snapshot.json"),
+                    {"peer": self.peer.name, "epoch": int(time.time() * 1000), "covers_to": covers_to,
+                     "events": events, "store_id": resp.getheader("X-Dssync-Store-Id") or ""})
+        self._set("connected", f"snapshot of {events} events loaded; mirroring from offset {covers_to}")
+
+    def close(self) -> None:
+        self._save_state(force=True)
+        if self.out is not None:
+            self.out.close()
+            self.out = None
+
+
+def _write_json(path: str, doc: dict[str, Any]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(doc, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

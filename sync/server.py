@@ -1,0 +1,201 @@
+"""The HTTP endpoints of ``dssync serve``: the sync interface (for the peer) and control (local).
+
+Sync endpoints are authenticated with the pair's secret (``protocol.check_request``) and
+refuse an incompatible peer. Control endpoints listen on loopback only and require the token
+written (mode 0600) to ``HOME/run/serve.json``; the tools use them to ingest, read status and
+compare digests while the service owns the store.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
+from urllib.parse import parse_qs, urlparse
+
+from dssync.errors import DssyncError, OffsetOutOfRangeError
+from dssync.sync import protocol, snapshot
+
+if TYPE_CHECKING:
+    from dssync.service import Service
+
+H_TOKEN = "X-Dssync-Token"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one line per state change is logged by the service, not one per request
+
+    def _send(self, status: int, body: bytes, ctype: str = "application/json",
+              headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, doc: Any) -> None:
+        self._send(status, json.dumps(doc, default=str).encode())
+
+    def _error(self, status: int, message: str) -> None:
+        self._send(status, message.encode(), "text/plain")
+
+
+class SyncHandler(_Handler):
+    def do_GET(self) -> None:
+        svc = self.server.service
+        url = urlparse(self.path)
+        try:
+            caller = protocol.check_request(svc.config.sync.secret, "GET", self.path, self.headers)
+            reason = protocol.incompatibility(svc.identity(), caller)
+            if reason:
+                svc.note_refusal(caller.name, reason)
+                raise protocol.PairingRefusedError(f"refusing to pair with {caller.name}: {reason}")
+        except protocol.PairingRefusedError as exc:
+            status = 401 if "secret" in exc.message else 409
+            self._error(status, exc.message)
+            return
+        if svc.config.sync.state != "active":
+            self._error(503, f"{svc.config.name} is {svc.config.sync.state}")
+            return
+        q = {k: v[0] for k, v in parse_qs(url.query).items()}
+        if url.path == "/v1/identity":
+            self._send(200, svc.identity().to_json().encode())
+        elif url.path == "/v1/log":
+            self._log(svc, int(q.get("from", 0)), int(q.get("max_bytes", 4 << 20)), int(q.get("wait_ms", 0)))
+        elif url.path == "/v1/snapshot":
+            self._snapshot(svc)
+        else:
+            self._error(404, "unknown endpoint")
+
+    def _log(self, svc: Service, frm: int, max_bytes: int, wait_ms: int) -> None:
+        log = svc.log_reader()
+        deadline = time.monotonic() + wait_ms / 1000
+        while True:
+            start, end = log.start_offset(), log.end_offset()
+            if frm < start or frm > end:
+                self._json(416, {"start": start, "end": end, "retired": log.retired()})
+                return
+            if frm < end or time.monotonic() >= deadline or svc.stopping.is_set():
+                break
+            time.sleep(0.003)
+        out: list[bytes] = []
+        size = 0
+        try:
+            for b in log.batches(frm):
+                if out and size + b.size > max_bytes:
+                    break
+                out.append(b.raw)
+                size += b.size
+        except OffsetOutOfRangeError:
+            self._json(416, {"start": log.start_offset(), "end": log.end_offset(), "retired": log.retired()})
+            return
+        self._send(200, b"".join(out), "application/octet-stream",
+                   {"X-Dssync-Log-Start": str(start), "X-Dssync-Log-End": str(end)})
+
+    def _snapshot(self, svc: Service) -> None:
+        rows, covers_to, store_id = svc.snapshot_rows()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("X-Dssync-Covers-To", str(covers_to))
+        self.send_header("X-Dssync-Store-Id", store_id)
+        self.send_header("X-Dssync-Rows", str(len(rows)))
+        self.end_headers()
+        packs = svc.pack_reader()
+        try:
+            for raw in snapshot.batches(snapshot.row_events(rows, packs), int(time.time() * 1000)):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(raw), raw))
+            self.wfile.write(b"0\r\n\r\n")
+        finally:
+            packs.close()
+
+
+class ControlHandler(_Handler):
+    def _authorized(self) -> bool:
+        if self.headers.get(H_TOKEN) != self.server.service.token:
+            self._error(403, "bad control token")
+            return False
+        return True
+
+    def do_GET(self) -> None:
+        if not self._authorized():
+            return
+        svc = self.server.service
+        path = urlparse(self.path).path
+        try:
+            if path == "/v1/status":
+                self._json(200, svc.status())
+            elif path == "/v1/digest":
+                self._json(200, svc.digest())
+            elif path == "/v1/rows":
+                self._json(200, svc.rows())
+            else:
+                self._error(404, "unknown endpoint")
+        except DssyncError as exc:
+            self._json(500, {"error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code})
+
+    def do_POST(self) -> None:
+        if not self._authorized():
+            return
+        svc = self.server.service
+        path = urlparse(self.path).path
+        try:
+            if path == "/v1/ingest":
+                length = int(self.headers.get("Content-Length", 0))
+                stats = svc.ingest(cast(BinaryIO, _Limited(self.rfile, length)))
+                self._json(200, stats)
+            elif path in ("/v1/restart", "/v1/stop"):
+                self._json(200, {"ok": True})
+                svc.request_stop(restart=path == "/v1/restart")
+            else:
+                self._error(404, "unknown endpoint")
+        except DssyncError as exc:
+            self._json(500, {"error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code})
+
+
+class _Limited:
+    """A file-like view of exactly ``n`` bytes of a request body."""
+
+    def __init__(self, f: Any, n: int) -> None:
+        self.f, self.left = f, n
+
+    def readinto(self, b: Any) -> int:
+        if self.left <= 0:
+            return 0
+        view = memoryview(b)[: self.left]
+        n: int = self.f.readinto(view)
+        self.left -= n
+        return n
+
+    def read(self, n: int = -1) -> bytes:
+        if self.left <= 0:
+            return b""
+        n = self.left if n < 0 else min(n, self.left)
+        data: bytes = self.f.read(n)
+        self.left -= len(data)
+        return data
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    service: Service
+
+
+def start(address: tuple[str, int], handler: type[_Handler], service: Service,
+          ssl_ctx: Any = None) -> tuple[_Server, threading.Thread]:
+    srv = _Server(address, handler)
+    srv.service = service
+    if ssl_ctx is not None:
+        srv.socket = ssl_ctx.wrap_socket(srv.socket, server_side=True)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+    t.start()
+    return srv, t

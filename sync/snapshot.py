@@ -1,0 +1,71 @@
+"""Store snapshots: the whole store as events, so that loading one is just another replay.
+
+A snapshot lists every row of a store as the event that produced it, with its original
+origin and clock: ``SegmentStored`` (with the bytes from the packs) for a live segment,
+``ReferenceStored`` for a live higher-level reference, ``SegmentEvicted`` for a tombstone.
+Applied to any store, last-writer-wins makes the rows identical to the source's, so a
+snapshot plus the source's log after ``covers_to`` converge exactly. The events travel in
+ordinary log batches (offsets from 0), and land in a snapshot log the service replays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from dssync.consumers.packs import Packs
+from dssync.consumers.store import Row
+from dssync.errors import CorruptStoreError
+from dssync.log import batch as batchfmt
+from dssync.schemas import encode, encode_segment_stored, origin_field
+
+BATCH_BYTES = 1 << 20
+
+
+def row_events(rows: list[Row], packs: Packs) -> Iterator[bytes]:
+    """The event that reproduces each row (rows whose bytes vanished in a wrap are skipped:
+    their eviction, newer than the snapshot, follows in the log)."""
+    origins: dict[str, bytes] = {}
+    for ref, level, size, live, hlc, origin, pack, pos, children in rows:
+        if not live:
+            yield encode("SegmentEvicted", {"origin": origin, "hlc": hlc, "ref": ref})
+        elif level == 0:
+            if pack is None or pos is None:
+                continue
+            try:
+                data = packs.read(pack, pos, size)
+            except CorruptStoreError:
+                continue
+            of = origins.get(origin)
+            if of is None:
+                of = origins[origin] = origin_field(origin)
+            yield encode_segment_stored(of, hlc, ref, data)
+        else:
+            yield encode("ReferenceStored", {"origin": origin, "hlc": hlc, "ref": ref, "level": level,
+                                             "size": size, "children": children or b""})
+
+
+def batches(events: Iterator[bytes], timestamp_ms: int) -> Iterator[bytes]:
+    """Pack events into raw log batches with offsets from 0."""
+    offset = 0
+    pending: list[bytes] = []
+    size = 0
+    for ev in events:
+        pending.append(ev)
+        size += len(ev)
+        if size >= BATCH_BYTES:
+            yield batchfmt.encode(offset, timestamp_ms, pending)
+            offset += len(pending)
+            pending, size = [], 0
+    if pending:
+        yield batchfmt.encode(offset, timestamp_ms, pending)
+
+
+def split_batches(buf: bytearray) -> Iterator[bytes]:
+    """Take whole batches off the front of ``buf`` (a receive buffer); leave the rest."""
+    while len(buf) >= batchfmt.HEADER_SIZE:
+        total, _base, _count, _ts = batchfmt.check_header(bytes(buf[: batchfmt.HEADER_SIZE]))
+        if len(buf) < total:
+            return
+        raw = bytes(buf[:total])
+        del buf[:total]
+        yield raw

@@ -1,0 +1,172 @@
+"""``dssync serve``, ``dssync mirror``, ``dssync sync configure`` and ``dssync service``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+import click
+
+from dssync import config as cfgmod
+from dssync.errors import UsageError
+from dssync.tools.control import ControlClient
+
+HOME = click.argument("home", type=click.Path(file_okay=False, path_type=str))
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
+@click.command("serve")
+@HOME
+@click.option("-v", "--verbose", is_flag=True)
+def serve_cmd(home: str, verbose: bool) -> None:
+    """Run the appliance service: own the store, take traffic, apply the peer's mirrored log.
+
+    Stops cleanly on SIGTERM. A backup configured with 'dssync sync configure' completes its
+    pairing when this starts (its store is overwritten by the master's).
+
+    \b
+    Example:
+      dssync serve /var/lib/dssync/sh1 &
+    """
+    from dssync.service import serve
+
+    _logging(verbose)
+    if ControlClient.for_home(home) is not None:
+        raise UsageError(f"a dssync service already runs for {home}", hint="stop it with 'dssync service stop HOME'")
+    serve(home)
+
+
+@click.command("mirror")
+@HOME
+@click.option("--wait-ms", type=int, default=500, show_default=True, help="Long-poll wait per request.")
+@click.option("-v", "--verbose", is_flag=True)
+def mirror_cmd(home: str, wait_ms: int, verbose: bool) -> None:
+    """Run the log-mirroring service: copy the peer's own log here over the sync interface.
+
+    A separate process from 'dssync serve'; killing either at any moment loses and doubles
+    nothing (the resume point is the mirror log's own end).
+
+    \b
+    Example:
+      dssync mirror /var/lib/dssync/sh1 &
+    """
+    from dssync.sync.mirror import Mirror
+
+    _logging(verbose)
+    m = Mirror(home, wait_ms=wait_ms)
+    import signal
+
+    def stop(*_: object) -> None:
+        m.stopped = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    m.run()
+
+
+@click.group("sync")
+def sync_group() -> None:
+    """Pair this appliance with a peer (datastore sync master / peer-ip / enable)."""
+
+
+@sync_group.command("configure")
+@HOME
+@click.option("--role", type=click.Choice(["master", "backup"]), required=True)
+@click.option("--peer", required=True, help="The peer's sync-interface address, HOST:PORT.")
+@click.option("--listen", required=True, help="This appliance's sync-interface address, HOST:PORT.")
+@click.option("--interface", type=click.Choice(["primary", "aux"]), default="primary", show_default=True)
+@click.option("--secret", envvar="DSSYNC_SYNC_SECRET", required=True,
+              help="Shared secret of the pair (or DSSYNC_SYNC_SECRET).")
+@click.option("--traffic-address", default=None, help="The in-path address (never used for sync).")
+@click.option("--tls-cert", default="", help="PEM certificate for TLS on the sync interface.")
+@click.option("--tls-key", default="", help="PEM key of --tls-cert.")
+@click.option("--tls-ca", default="", help="CA that signed the peer's certificate (enables client certs).")
+def configure(home: str, role: str, peer: str, listen: str, interface: str, secret: str,
+              traffic_address: str | None, tls_cert: str, tls_key: str, tls_ca: str) -> None:
+    """Configure pairing. The master restarts its service by itself; the backup must be
+    restarted by its operator, and its store is then overwritten by the master's.
+
+    \b
+    Example:
+      dssync sync configure /srv/sh1 --role master --peer 10.0.0.2:7070 --listen 10.0.0.1:7070 --secret S
+      dssync sync configure /srv/sh2 --role backup --peer 10.0.0.1:7070 --listen 10.0.0.2:7070 --secret S
+      dssync service restart /srv/sh2
+    """
+    cfg = cfgmod.load(home)
+    cfg.sync = cfgmod.SyncConfig(role=role, peer=peer, listen=listen, interface=interface, secret=secret,
+                                 state="restart-required", tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
+    if traffic_address is not None:
+        cfg.traffic.address = traffic_address
+    cfgmod.save(home, cfg)
+    running = ControlClient.for_home(home)
+    if role == "master":
+        if running is not None:
+            running.restart()
+            click.echo(f"{cfg.name}: configured as master of {peer}; service restarting")
+        else:
+            click.echo(f"{cfg.name}: configured as master of {peer}; starts syncing when 'dssync serve' runs")
+    else:
+        click.echo(f"{cfg.name}: configured as backup of {peer}: restart required "
+                   f"(run 'dssync service restart {home}', or start 'dssync serve {home}')")
+
+
+@click.group("service")
+def service_group() -> None:
+    """Control a running 'dssync serve'."""
+
+
+@service_group.command("restart")
+@HOME
+@click.option("--timeout", type=float, default=30, show_default=True)
+def restart(home: str, timeout: float) -> None:
+    """Restart the service in place (completes a pending pairing).
+
+    \b
+    Example:
+      dssync service restart /var/lib/dssync/sh2
+    """
+    client = _running(home)
+    client.restart()
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(0.2)
+        again = ControlClient.for_home(home)
+        if again is not None and again.token != client.token:
+            click.echo(f"service restarted (pid {again.pid})")
+            return
+    raise UsageError("the service did not come back in time", hint="look at the service's log")
+
+
+@service_group.command("stop")
+@HOME
+def stop(home: str) -> None:
+    """Stop the service cleanly.
+
+    \b
+    Example:
+      dssync service stop /var/lib/dssync/sh1
+    """
+    client = _running(home)
+    client.stop()
+    for _ in range(150):
+        if ControlClient.for_home(home) is None:
+            click.echo("service stopped")
+            return
+        time.sleep(0.1)
+    raise UsageError("the service did not stop in time")
+
+
+def _running(home: str) -> ControlClient:
+    cfgmod.load(home)
+    client = ControlClient.for_home(home)
+    if client is None:
+        raise UsageError(f"no dssync service runs for {home}",
+                         hint=f"start one with 'dssync serve {os.path.abspath(home)}'")
+    return client
