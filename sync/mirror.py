@@ -98,20 +98,28 @@ class Mirror:
 
         retrying = Retrying(retry=retry_if_exception_type(protocol.TransientError),
                             wait=wait_exponential(multiplier=0.05, min=0.05, max=2.0), before_sleep=on_retry,
-                            reraise=True)
+                            stop=lambda rs: self.stopped, sleep=self._sleep, reraise=True)
         while not self.stopped and (deadline is None or time.monotonic() < deadline):
             try:
                 retrying(self._session, deadline)
             except protocol.PairingRefusedError as exc:
                 self._set("refused", exc.message)
-                time.sleep(2.0)
+                self._sleep(2.0)
+            except protocol.TransientError:
+                pass  # stopped while retrying
         self.close()
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake up at once when asked to stop."""
+        end = time.monotonic() + seconds
+        while not self.stopped and time.monotonic() < end:
+            time.sleep(min(0.05, end - time.monotonic()))
 
     def _session(self, deadline: float | None) -> None:
         self.cfg = cfgmod.load(self.home)
         if self.cfg.sync.state != "active":
             self._set("waiting", f"this appliance is {self.cfg.sync.state}")
-            time.sleep(0.5)
+            self._sleep(0.5)
             return
         me = protocol.Identity(self.cfg.name, self.cfg.model, self.cfg.software_version, self.cfg.store_id,
                                self.cfg.sync.role, self.cfg.sync.state, FileLog(log_dir(self.home)).start_offset(),

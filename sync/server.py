@@ -59,6 +59,7 @@ class SyncHandler(_Handler):
                 svc.note_refusal(caller.name, reason)
                 raise protocol.PairingRefusedError(f"refusing to pair with {caller.name}: {reason}")
         except protocol.PairingRefusedError as exc:
+            svc.note_refusal(self.client_address[0], exc.message)
             status = 401 if "secret" in exc.message else 409
             self._error(status, exc.message)
             return

@@ -1,0 +1,114 @@
+"""Two appliances paired in real processes: pairing, refusals, bidirectional sync, failover."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from dssync.log.filelog import FileLog
+from tests.pair import dss, make_pair, release, wait_converged
+
+
+def test_pairing_overwrites_the_backup_and_both_directions_converge(tmp_path: Path) -> None:
+    a, b = make_pair(tmp_path)
+    r = release(tmp_path, 3, 4_000_000, 3)
+    a.ingest(r[0])
+    b.ingest(r[2])  # the backup's own pre-pairing data: discarded at pairing
+    try:
+        for n in (a, b):
+            n.start("serve")
+        assert b.status()["store"]["store_id"] == a.status()["store"]["store_id"]
+        for n in (a, b):
+            n.start("mirror")
+        wait_converged(a, b)
+        # the backup's old data is gone: it holds exactly the master's store
+        assert b.status()["store"]["live_segment_bytes"] == a.status()["store"]["live_segment_bytes"]
+        # both keep optimizing, with overlapping content, at the same time
+        a.ingest(r[1])
+        b.ingest(r[1], r[2])
+        wait_converged(a, b)
+        # what one appliance learned saves bandwidth on the other
+        assert b.ingest(r[1])["savings"] > 0.999
+        mirrors = b.status()["mirrors"]["sha"]
+        assert mirrors["not_copied_events"] == 0 and mirrors["copied_records"] > 0
+    finally:
+        a.stop_all()
+        b.stop_all()
+
+
+def test_the_backup_waits_for_its_restart_before_syncing(tmp_path: Path) -> None:
+    a, b = make_pair(tmp_path)
+    doc = json.loads(dss("status", b.home, "--json").stdout)
+    assert doc["sync"]["state"] == "restart-required"
+    assert "restart required" in dss("status", b.home).stdout
+
+
+def test_a_mirrored_log_is_a_byte_identical_copy_of_the_source(tmp_path: Path) -> None:
+    a, b = make_pair(tmp_path)
+    try:
+        for n in (a, b):
+            n.start("serve")
+            n.start("mirror")
+        for path in release(tmp_path, 9, 3_000_000, 3):
+            a.ingest(path)
+        wait_converged(a, b)
+    finally:
+        a.stop_all()
+        b.stop_all()
+    src = FileLog(str(Path(a.home) / "log"))
+    mirror = FileLog(str(Path(b.home) / "mirror" / "sha"))
+    start = mirror.start_offset()
+    assert mirror.end_offset() == src.end_offset()
+    assert [x.raw for x in mirror.batches(start)] == [x.raw for x in src.batches(start)]
+
+
+@pytest.mark.parametrize("what", ["model", "version", "secret"])
+def test_a_mismatched_peer_is_refused_with_its_reason(tmp_path: Path, what: str) -> None:
+    kwargs = {"model": {"model_b": "SH-5080"}, "version": {"version_b": "9.15"},
+              "secret": {"secret_b": "another-secret-0000000"}}[what]
+    a, b = make_pair(tmp_path, **kwargs)  # type: ignore[arg-type]
+    try:
+        a.start("serve")
+        a.start("mirror")
+        with pytest.raises(AssertionError, match="exited"):
+            b.start("serve")  # the backup cannot complete pairing with a refusing master
+        expected = {"model": "model differs", "version": "software version differs",
+                    "secret": "wrong shared secret"}[what]
+        assert expected in b.log("serve")
+        deadline = time.time() + 20
+        while time.time() < deadline and expected not in a.log("mirror") + a.log("serve"):
+            time.sleep(0.2)
+        assert expected in a.log("mirror") + a.log("serve")  # refused on the master's side too
+        assert b.status()["sync"]["state"] == "restart-required"
+        assert "mirrors" not in a.status() or not a.status()["mirrors"].get("shb", {}).get("copied_records")
+    finally:
+        a.stop_all()
+        b.stop_all()
+
+
+def test_failover_the_backup_saves_what_the_master_would_have(tmp_path: Path) -> None:
+    a, b = make_pair(tmp_path)
+    r = release(tmp_path, 17, 5_000_000, 3)
+    try:
+        for n in (a, b):
+            n.start("serve")
+            n.start("mirror")
+        a.ingest(r[0])
+        a.ingest(r[1])
+        wait_converged(a, b)
+        expected = json.loads(dss("status", a.home, "--json").stdout)
+        a.stop_all()  # the master fails
+        got = b.ingest(r[2])
+    finally:
+        a.stop_all()
+        b.stop_all()
+    assert expected
+    cold = make_pair(tmp_path / "cold")[1]
+    cold_savings = json.loads(dss("ingest", cold.home, r[2], "--json").stdout)["savings"]
+    # the master would have seen the same store, so the same savings; a cold store far fewer
+    master_would = json.loads(dss("ingest", a.home, r[2], "--json").stdout)["savings"]
+    assert got["savings"] == pytest.approx(master_would, abs=1e-3)
+    assert got["savings"] > cold_savings + 0.3
