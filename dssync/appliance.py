@@ -73,6 +73,7 @@ class Appliance:
             self.optimizer = Optimizer(self.config.name, self.chunker, self.hlc, self)
             self._wrapping = False
             self.caught_up = self.consumer.catch_up()
+            self.log.retain_from = self.store.committed(self.source)
         except BaseException:
             self.log.close()
             raise
@@ -131,6 +132,7 @@ class Appliance:
     def applied(self) -> None:
         """Bring the store up to the log, then wrap it if it outgrew its capacity."""
         self.consumer.catch_up()
+        self.log.retain_from = self.store.committed(self.source)
         if self._wrapping:
             return
         self._wrapping = True

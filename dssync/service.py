@@ -195,7 +195,7 @@ class Service:
             path = os.path.join(root, name)
             if name.endswith(".snapshot"):
                 total += self._apply_snapshot(name, path)
-            elif os.path.isdir(path):
+            elif os.path.isdir(path) and ".snapshot.applied-" not in name:
                 total += self._apply_log(f"log:{name}", path)
         return total
 
@@ -251,7 +251,13 @@ class Service:
             self.app.store.forget(source)
         self._started.discard(f"log:{meta['peer']}")
         self._consumers.pop(source, None)
-        shutil.rmtree(path, ignore_errors=True)
+        # Kept (the newest per peer) so that 'dssync verify' can rebuild the store's projection.
+        applied_prefix = f"{meta['peer']}.snapshot.applied-"
+        root = os.path.dirname(path)
+        for old in os.listdir(root):
+            if old.startswith(applied_prefix):
+                shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+        os.rename(path, os.path.join(root, f"{applied_prefix}{meta['epoch']}"))
         log.info("loaded snapshot of %s (%d events), continuing its log at offset %s",
                  meta["peer"], applied, meta["covers_to"])
         return applied

@@ -99,6 +99,9 @@ class FileLog:
         self._index_fd: int | None = None
         self.recovery: RecoveryReport | None = None
         self._base_offset = base_offset
+        self.retain_from: int | None = None
+        """Retention never deletes a segment holding this offset or later (the local store's
+        apply position: a peer's mirror may fall behind retention, the local store may not)."""
         if not os.path.isdir(directory):
             if not (create and writer):
                 raise NotFoundError(f"no log at {directory}")
@@ -275,6 +278,8 @@ class FileLog:
         now = self._clock_ms()
         while len(self._segments) > 1:
             oldest = self._segments[0]
+            if self.retain_from is not None and self._segments[1] > self.retain_from:
+                break
             total = sum(os.path.getsize(seg.segment_path(self.directory, b)) for b in self._segments)
             last_ts = _last_timestamp(self.directory, oldest)
             too_big = self.retention_bytes and total > self.retention_bytes

@@ -210,3 +210,15 @@ def test_mirrored_batches_are_accepted_only_at_the_end_offset(tmp_path: Path) ->
     corrupt[-1] ^= 0xFF
     with pytest.raises(CorruptLogError):
         FileLog(str(tmp_path / "d2"), writer=True, create=True).append_raw(bytes(corrupt))
+
+
+def test_retention_keeps_what_the_local_store_has_not_applied(tmp_path: Path) -> None:
+    d = str(tmp_path / "log")
+    with FileLog(d, writer=True, create=True, segment_bytes=8192, retention_bytes=20_000, fsync="never") as log:
+        log.retain_from = 0  # the local store has applied nothing yet
+        for _ in range(100):
+            log.append([os.urandom(500)])
+        assert log.start_offset() == 0
+        log.retain_from = 60
+        log.append([os.urandom(500) for _ in range(20)])
+        assert 0 < log.start_offset() <= 60

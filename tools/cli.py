@@ -74,8 +74,9 @@ def cli() -> None:
               help="Store capacity in bytes; beyond it the store wraps (evicts oldest).")
 @click.option("--retention-bytes", type=int, default=0, help="Log retention by size (0 = keep all).")
 @click.option("--retention-ms", type=int, default=0, help="Log retention by age (0 = keep all).")
+@click.option("--segment-bytes", type=int, default=64 << 20, show_default=True, help="Log segment file size.")
 def init(home: str, name: str, model: str, software_version: str, chunker: str, fsync: str,
-         capacity_bytes: int, retention_bytes: int, retention_ms: int) -> None:
+         capacity_bytes: int, retention_bytes: int, retention_ms: int, segment_bytes: int) -> None:
     """Create an appliance home: configuration, empty log, empty store.
 
     \b
@@ -84,7 +85,8 @@ def init(home: str, name: str, model: str, software_version: str, chunker: str, 
     """
     spec = ChunkerSpec.parse(chunker)
     with Appliance.create(home, name, model, software_version, spec, fsync=fsync, capacity_bytes=capacity_bytes,
-                          retention_bytes=retention_bytes, retention_ms=retention_ms) as app:
+                          retention_bytes=retention_bytes, retention_ms=retention_ms,
+                          segment_bytes=segment_bytes) as app:
         click.echo(f"created appliance {name} at {home} (store {app.config.store_id})")
 
 
