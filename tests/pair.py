@@ -109,7 +109,8 @@ def wait_converged(a: Node, b: Node, timeout: float = 60) -> dict[str, Any]:
         if p.returncode == 0:
             sa, sb = a.status(), b.status()
             ends_a, ends_b = sa["log_end_offset"], sb["log_end_offset"]
-            if sb["store"]["offsets"].get("log:sha", 0) >= ends_a and sa["store"]["offsets"].get("log:shb", 0) >= ends_b:
+            b_has_a = sb["store"]["offsets"].get("log:sha", 0) >= ends_a
+            if b_has_a and sa["store"]["offsets"].get("log:shb", 0) >= ends_b:
                 doc: dict[str, Any] = json.loads(p.stdout)
                 return doc
         else:

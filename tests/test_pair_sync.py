@@ -40,7 +40,7 @@ def test_pairing_overwrites_the_backup_and_both_directions_converge(tmp_path: Pa
 
 
 def test_the_backup_waits_for_its_restart_before_syncing(tmp_path: Path) -> None:
-    a, b = make_pair(tmp_path)
+    _a, b = make_pair(tmp_path)
     doc = json.loads(dss("status", b.home, "--json").stdout)
     assert doc["sync"]["state"] == "restart-required"
     assert "restart required" in dss("status", b.home).stdout

@@ -29,9 +29,9 @@ from dssync.consumers.store import Store
 from dssync.errors import DssyncError, LockedError, MismatchError
 from dssync.log.base import LogRecord
 from dssync.log.filelog import FileLog
-from dssync.service import mirror_root
 from dssync.producers.hierarchy import segment_ref
 from dssync.schemas import decode
+from dssync.service import mirror_root
 from dssync.tools.control import ControlClient
 from dssync.tools.output import emit_json
 from dssync.tools.readers import open_config, open_log_reader, open_store_reader
