@@ -71,6 +71,18 @@ class Mirror:
         self.state.update(state=status, detail=detail)
         self._save_state(force=True)
 
+    def _resume_counters(self) -> None:
+        """Carry the totals of earlier runs forward: status reports a pair's whole history."""
+        try:
+            with open(os.path.join(self._dir(), "state.json"), encoding="utf-8") as f:
+                old = json.load(f)
+        except (OSError, ValueError):
+            return
+        for k in ("copied_batches", "copied_records", "copied_bytes", "not_copied_events", "not_copied_bytes",
+                  "bootstraps"):
+            self.state[k] = int(old.get(k, 0))
+        self.state["gaps"] = list(old.get("gaps", []))
+
     def _save_state(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_write < 0.5:
@@ -126,7 +138,11 @@ class Mirror:
                                self.cfg.chunker)
         client = protocol.PeerClient(self.cfg.sync, me, timeout_s=max(10.0, self.wait_ms / 1000 + 5))
         try:
-            self.peer = client.identity()
+            peer = client.identity()
+            if self.peer is None or self.peer.name != peer.name:
+                self.peer = peer
+                self._resume_counters()
+            self.peer = peer
             self._ensure_log(client)
             self._set("connected", f"mirroring {self.peer.name} from offset {self._out().end_offset()}")
             while not self.stopped and (deadline is None or time.monotonic() < deadline):
