@@ -168,6 +168,11 @@ class Service:
         doc["pid"] = os.getpid()
         return doc
 
+    def offsets(self) -> dict[str, int]:
+        """Committed offset per source: cheap enough to poll for latency measurements."""
+        with self.lock:
+            return self.app.store.offsets()
+
     def digest(self) -> dict[str, Any]:
         with self.lock:
             d = self.app.store.digest()

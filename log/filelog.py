@@ -194,11 +194,13 @@ class FileLog:
         data = batchfmt.encode(self._next_offset, ts, list(values), self.compress)
         return self._write_batch(data, self._next_offset, len(values), ts)
 
-    def append_raw(self, raw: bytes) -> int:
+    def append_raw(self, raw: bytes, sync: bool = True) -> int:
         """Append a batch copied byte for byte from another log (the mirror's path).
 
         The batch must check out (CRC) and start exactly at ``end_offset()``: this is what
-        makes a mirror exactly-once (a duplicate or a gap is refused, never written).
+        makes a mirror exactly-once (a duplicate or a gap is refused, never written). With
+        ``sync=False`` the fsync policy is left to a later ``commit()`` (group commit of the
+        batches of one transfer).
         """
         self._require_writer()
         try:
@@ -212,9 +214,9 @@ class FileLog:
                 f"mirrored batch starts at offset {b.base_offset}, log ends at {self._next_offset}",
                 hint="resume mirroring from the destination's end offset",
             )
-        return self._write_batch(raw, b.base_offset, b.count, max(b.timestamp_ms, self._last_ts))
+        return self._write_batch(raw, b.base_offset, b.count, max(b.timestamp_ms, self._last_ts), sync)
 
-    def _write_batch(self, data: bytes, base: int, count: int, ts: int) -> int:
+    def _write_batch(self, data: bytes, base: int, count: int, ts: int, sync: bool = True) -> int:
         if self._active_size > 0 and self._active_size + len(data) > self.segment_bytes:
             self._roll()
         assert self._fd is not None and self._index_fd is not None
@@ -235,7 +237,8 @@ class FileLog:
         self._entries.append(entry)
         with contextlib.suppress(OSError):  # the index is a hint; recovery rebuilds it
             os.write(self._index_fd, seg.INDEX_ENTRY.pack(*entry))
-        self._maybe_sync()
+        if sync:
+            self._maybe_sync()
         return base
 
     def _maybe_sync(self) -> None:
@@ -311,6 +314,10 @@ class FileLog:
 
     def flush(self) -> None:
         self._sync()
+
+    def commit(self) -> None:
+        """Apply the fsync policy to what was appended with ``sync=False``."""
+        self._maybe_sync()
 
     def close(self) -> None:
         if self._fd is not None:

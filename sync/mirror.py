@@ -45,7 +45,7 @@ log = logging.getLogger("dssync.mirror")
 class Mirror:
     """The mirror service of one appliance home."""
 
-    def __init__(self, home: str, wait_ms: int = 500, max_bytes: int = 4 << 20) -> None:
+    def __init__(self, home: str, wait_ms: int = 500, max_bytes: int = 16 << 20) -> None:
         self.home = home
         self.wait_ms = wait_ms
         self.max_bytes = max_bytes
@@ -196,14 +196,15 @@ class Mirror:
         buf = bytearray(body)
         for raw in snapshot.split_batches(buf):
             try:
-                out.append_raw(raw)
+                out.append_raw(raw, sync=False)
             except (CorruptLogError, OffsetOutOfRangeError) as exc:
                 # a damaged or misplaced batch is never written; ask again from our end offset
                 raise protocol.TransientError(f"batch refused: {exc.message}") from None
-            b = batchfmt.parse(raw)
+            _total, _base, count, _ts = batchfmt.check_header(raw[: batchfmt.HEADER_SIZE])
             self.state["copied_batches"] += 1
-            self.state["copied_records"] += b.count
-            self.state["copied_bytes"] += b.size
+            self.state["copied_records"] += count
+            self.state["copied_bytes"] += len(raw)
+        out.commit()  # one fsync per transfer, before asking for more
         if buf:
             raise protocol.TransientError("truncated response from the peer")
         self._save_state()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from dssync.log.filelog import FileLog
+from dssync.tools.localpair import PairRunError
 from tests.pair import dss, make_pair, release, wait_converged
 
 
@@ -73,7 +74,7 @@ def test_a_mismatched_peer_is_refused_with_its_reason(tmp_path: Path, what: str)
     try:
         a.start("serve")
         a.start("mirror")
-        with pytest.raises(RuntimeError, match="exited"):
+        with pytest.raises(PairRunError, match="exited"):
             b.start("serve")  # the backup cannot complete pairing with a refusing master
         expected = {"model": "model differs", "version": "software version differs",
                     "secret": "wrong shared secret"}[what]
@@ -112,3 +113,14 @@ def test_failover_the_backup_saves_what_the_master_would_have(tmp_path: Path) ->
     master_would = json.loads(dss("ingest", a.home, r[2], "--json").stdout)["savings"]
     assert got["savings"] == pytest.approx(master_would, abs=1e-3)
     assert got["savings"] > cold_savings + 0.3
+
+
+def test_bench_sync_prints_every_figure_with_its_baseline() -> None:
+    p = dss("bench", "sync", "--log-mb", "4", "--seconds", "1", "--interruption", "1", "--size", "2000000",
+            "--fsync", "never", "--json")
+    doc = json.loads(p.stdout)
+    m = doc["mirror"]
+    assert m["system"] > 0 and m["baseline"] > 0 and m["ratio"] == pytest.approx(m["system"] / m["baseline"], rel=0.02)
+    assert doc["replication"]["latency_ms"]["samples"] > 0
+    assert doc["replication"]["catch_up"]["seconds"] >= 0
+    assert doc["failover_savings"]["ratio"] > 0.99

@@ -235,6 +235,12 @@ def bench() -> None:
     """Benchmarks: the system and its baseline side by side, in one run."""
 
 
+def _register_sync() -> None:
+    from dssync.tools.bench_sync import bench_sync
+
+    bench.add_command(bench_sync)
+
+
 @bench.command("core")
 @click.option("--size", type=int, default=256 * MB, show_default=True, help="Bytes of input per ingest case.")
 @click.option("--events", type=int, default=1_000_000, show_default=True, help="Events in the replay case.")
@@ -259,3 +265,6 @@ def bench_core(size: int, events: int, fsync: str, as_json: bool) -> None:
         if "savings" in c:
             line += f"  savings {c['savings'] * 100:.1f}%"
         click.echo(line)
+
+
+_register_sync()

@@ -62,6 +62,10 @@ class ControlClient:
         doc: dict[str, Any] = self._request("GET", "/v1/status", timeout=30)
         return doc
 
+    def offsets(self) -> dict[str, int]:
+        doc: dict[str, int] = self._request("GET", "/v1/offsets", timeout=30)
+        return doc
+
     def digest(self) -> dict[str, Any]:
         doc: dict[str, Any] = self._request("GET", "/v1/digest")
         return doc

@@ -60,6 +60,7 @@ def run_single(directory: str, size: int, versions: int, say: Any) -> dict[str, 
 def run_pair(directory: str, size: int, versions: int, say: Any) -> dict[str, Any]:
     from dssync.tools.localpair import dss, make_pair, wait_converged
 
+    os.makedirs(directory, exist_ok=True)
     n = max(versions, 4)
     releases = []
     for i, data in enumerate(workload.versions(2026, size, n)):

@@ -1,0 +1,305 @@
+"""``dssync bench sync``: the pair's replication, measured against its baselines in one run.
+
+* mirror throughput: the mirror copying a log of ``--log-mb`` MB from the peer, against
+  fetching the same segment files raw over the same kind of link (plain HTTP on loopback)
+  into a directory with the same fsync policy;
+* end-to-end latency, p50 and p99, from append on the master to applied in the backup's
+  store, while traffic runs at half of the measured ingest capacity;
+* catch-up after an interruption of ``--interruption`` seconds at that load: time until the
+  backup has applied everything again, and the catch-up rate against the ingest rate;
+* savings retained by the backup after failover, as a fraction of the master's.
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import os
+import random
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from functools import partial
+from typing import Any
+
+import click
+
+from dssync.log.filelog import FileLog
+from dssync.tools.localpair import Node, PairRunError, make_pair, wait_converged
+from dssync.tools.output import emit_json
+
+MB = 1_000_000
+
+
+def _fill_log(home: str, megabytes: int, seed: int) -> int:
+    """Append ``megabytes`` of new segments to an appliance's log (its service stopped)."""
+    from dssync.producers.hierarchy import segment_ref
+    from dssync.schemas import encode_segment_stored, origin_field
+
+    rng = random.Random(seed)
+    log = FileLog(os.path.join(home, "log"), writer=True, fsync="never")
+    of = origin_field(os.path.basename(home))
+    hlc = (time.time_ns() // 1_000_000) << 16
+    try:
+        written = 0
+        while written < megabytes * MB:
+            batch = []
+            for _ in range(100):
+                data = rng.randbytes(8192)
+                hlc += 1
+                batch.append(encode_segment_stored(of, hlc, segment_ref(data), data))
+            log.append(batch)
+            written += 100 * 8192
+        log.flush()
+        return log.end_offset()
+    finally:
+        log.close()
+
+
+class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _raw_copy(src_dir: str, dst_dir: str, fsync: str) -> tuple[float, int]:
+    """Baseline: fetch the segment files over plain HTTP on loopback; (seconds, bytes)."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietFiles, directory=src_dir))
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    names = sorted(n for n in os.listdir(src_dir) if n.endswith(".log"))
+    os.makedirs(dst_dir, exist_ok=True)
+    total = 0
+    t0 = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", srv.server_address[1])
+    for name in names:
+        conn.request("GET", "/" + name)
+        resp = conn.getresponse()
+        with open(os.path.join(dst_dir, name), "wb") as f:
+            while True:
+                chunk = resp.read(4 << 20)
+                if not chunk:
+                    break
+                f.write(chunk)
+                total += len(chunk)
+                if fsync == "always":
+                    f.flush()
+                    os.fdatasync(f.fileno())
+            if fsync != "never":
+                f.flush()
+                os.fdatasync(f.fileno())
+    secs = time.perf_counter() - t0
+    conn.close()
+    srv.shutdown()
+    srv.server_close()
+    return secs, total
+
+
+def _wait_applied(node: Node, source: str, target: int, timeout: float = 600) -> float:
+    from dssync.tools.control import ControlClient
+
+    client = ControlClient.for_home(node.home)
+    assert client is not None
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if client.offsets().get(source, 0) >= target:
+            return time.time()
+        time.sleep(0.005)
+    raise RuntimeError(f"{node.name} did not apply {source} up to {target}")
+
+
+def mirror_throughput(directory: str, log_mb: int, fsync: str) -> dict[str, Any]:
+    a, b = make_pair(os.path.join(directory, "tp"), fsync=fsync)
+    try:
+        for n in (a, b):
+            n.start("serve")
+        b.start("mirror")
+        mirror_dir = os.path.join(b.home, "mirror", a.name)
+        deadline = time.time() + 60
+        while not os.path.exists(os.path.join(mirror_dir, "start.json")):  # bootstrapped from the master
+            if time.time() > deadline:
+                raise PairRunError("the backup did not bootstrap from the master in time")
+            time.sleep(0.05)
+        b.kill("mirror")
+        a.kill("serve", 15)
+        end = _fill_log(a.home, log_mb, 1)
+        src_bytes = FileLog(os.path.join(a.home, "log")).size_bytes()
+        a.start("serve")
+        b.start("mirror")
+        mirror = FileLog(mirror_dir)
+        while mirror.end_offset() <= mirror.start_offset():
+            time.sleep(0.001)  # timing starts at the first copied batch: process start-up excluded
+        first = mirror.end_offset()
+        t0 = time.perf_counter()
+        while mirror.end_offset() < end:
+            time.sleep(0.005)
+        secs = time.perf_counter() - t0
+        copied = mirror.bytes_from(first)
+    finally:
+        a.stop_all()
+        b.stop_all()
+    base_secs, base_bytes = _raw_copy(os.path.join(a.home, "log"), os.path.join(directory, "raw-copy"), fsync)
+    events = end - first
+    sys_rate, base_rate = copied / MB / secs, base_bytes / MB / base_secs
+    return {"unit": "MB_per_s", "system": round(sys_rate, 1), "baseline": round(base_rate, 1),
+            "ratio": round(sys_rate / base_rate, 3), "events_per_s": round(events / secs),
+            "log_bytes": src_bytes, "seconds": round(secs, 3)}
+
+
+def _pace(node: Node, rate_mbps: float, stop: threading.Event, sent: list[float]) -> None:
+    """Send new data to a node's service at ``rate_mbps`` in 256 KB pieces."""
+    import io
+
+    from dssync.tools.control import ControlClient
+
+    client = ControlClient.for_home(node.home)
+    assert client is not None
+    rng = random.Random(99)
+    piece = 256 * 1024
+    interval = piece / (rate_mbps * MB)
+    nxt = time.perf_counter()
+    while not stop.is_set():
+        data = rng.randbytes(piece)
+        client.ingest(io.BytesIO(data), len(data))
+        sent.append(time.perf_counter())
+        nxt += interval
+        delay = nxt - time.perf_counter()
+        if delay > 0:
+            stop.wait(delay)
+
+
+def latency_and_catchup(directory: str, seconds: float, interruption: float, fsync: str) -> dict[str, Any]:
+    from dssync.tools.control import ControlClient
+
+    a, b = make_pair(os.path.join(directory, "lat"), fsync=fsync)
+    out: dict[str, Any] = {}
+    try:
+        for n in (a, b):
+            n.start("serve")
+        for n in (a, b):
+            n.start("mirror")
+        wait_converged(a, b)
+        # ingest capacity of the master's service, on new data
+        data = random.Random(5).randbytes(32 * MB)
+        path = os.path.join(directory, "capacity.bin")
+        with open(path, "wb") as f:
+            f.write(data)
+        t0 = time.perf_counter()
+        a.ingest(path)
+        capacity = len(data) / MB / (time.perf_counter() - t0)
+        rate = capacity / 2
+        out["ingest_capacity_MB_per_s"] = round(capacity, 1)
+        out["load_MB_per_s"] = round(rate, 1)
+        wait_converged(a, b, timeout=300)
+        # latency: poll the backup's applied offset; match it to the master's append times
+        stop = threading.Event()
+        sent: list[float] = []
+        loader = threading.Thread(target=_pace, args=(a, rate, stop, sent))
+        ctl_b = ControlClient.for_home(b.home)
+        assert ctl_b is not None
+        seen: list[tuple[int, float]] = []
+        loader.start()
+        t_end = time.time() + seconds
+        while time.time() < t_end:
+            seen.append((ctl_b.offsets().get("log:sha", 0), time.time()))
+            time.sleep(0.002)
+        stop.set()
+        loader.join()
+        wait_converged(a, b, timeout=300)
+        log_a = FileLog(os.path.join(a.home, "log"))
+        lat: list[float] = []
+        first_seen: dict[int, float] = {}
+        for off, t in seen:
+            first_seen.setdefault(off, t)
+        applied = sorted(first_seen.items())
+        i = 0
+        for batch in log_a.batches(log_a.start_offset()):
+            while i < len(applied) and applied[i][0] < batch.next_offset:
+                i += 1
+            if i < len(applied) and batch.timestamp_ms / 1000 >= seen[0][1]:
+                lat.append(max(0.0, applied[i][1] - batch.timestamp_ms / 1000))
+        lat.sort()
+        if lat:
+            out["latency_ms"] = {"p50": round(statistics.median(lat) * 1000, 1),
+                                 "p99": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 1),
+                                 "samples": len(lat)}
+        # catch-up after an interruption at the same load
+        b.kill("mirror")
+        stop = threading.Event()
+        sent = []
+        loader = threading.Thread(target=_pace, args=(a, rate, stop, sent))
+        loader.start()
+        time.sleep(interruption)
+        behind_from = FileLog(os.path.join(b.home, "mirror", "sha")).end_offset()
+        b.start("mirror")
+        t0 = time.time()
+        target = log_a.end_offset()
+        done = _wait_applied(b, "log:sha", target)
+        stop.set()
+        loader.join()
+        catch = done - t0
+        backlog_mb = log_a.bytes_from(behind_from) / MB
+        out["catch_up"] = {"interruption_s": interruption, "seconds": round(catch, 3),
+                           "backlog_MB": round(backlog_mb, 1),
+                           "rate_MB_per_s": round(backlog_mb / catch, 1) if catch > 0 else None,
+                           "ratio_to_ingest_rate": round(backlog_mb / catch / rate, 2) if catch > 0 else None}
+        wait_converged(a, b, timeout=300)
+    finally:
+        a.stop_all()
+        b.stop_all()
+    return out
+
+
+def savings_retained(directory: str, size: int) -> dict[str, Any]:
+    from dssync.tools.demo import run_pair
+
+    report = run_pair(os.path.join(directory, "failover"), size, 4, lambda _msg: None)
+    s = report["savings"]
+    return {"backup": s["backup"], "master": s["master"], "cold": s["cold"], "ratio": s["backup_over_master"]}
+
+
+@click.command("sync")
+@click.option("--log-mb", type=int, default=256, show_default=True, help="Size of the log to mirror.")
+@click.option("--seconds", type=float, default=20, show_default=True, help="Duration of the latency run.")
+@click.option("--interruption", type=float, default=60, show_default=True, help="Link cut, in seconds.")
+@click.option("--size", type=int, default=16_000_000, show_default=True, help="Release size for failover.")
+@click.option("--fsync", type=click.Choice(["always", "interval", "never"]), default="always", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def bench_sync(log_mb: int, seconds: float, interruption: float, size: int, fsync: str, as_json: bool) -> None:
+    """Mirror throughput, replication latency, catch-up and failover savings of a local pair.
+
+    \\b
+    Example:
+      dssync bench sync --json
+      dssync bench sync --log-mb 64 --seconds 5 --interruption 10
+    """
+    directory = tempfile.mkdtemp(prefix="dssync-bench-sync-")
+
+    def say(msg: str) -> None:
+        if not as_json:
+            click.echo(msg, err=True)
+
+    try:
+        say("mirror throughput ...")
+        report: dict[str, Any] = {"fsync": fsync, "mirror": mirror_throughput(directory, log_mb, fsync)}
+        say("latency and catch-up ...")
+        report["replication"] = latency_and_catchup(directory, seconds, interruption, fsync)
+        say("failover savings ...")
+        report["failover_savings"] = savings_retained(directory, size)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    if as_json:
+        emit_json(report)
+        return
+    m, r, f = report["mirror"], report["replication"], report["failover_savings"]
+    click.echo(f"mirror       system {m['system']} MB/s ({m['events_per_s']} events/s)  baseline {m['baseline']} MB/s"
+               f"  ratio {m['ratio']}")
+    lat = r.get("latency_ms", {})
+    click.echo(f"latency      p50 {lat.get('p50')} ms  p99 {lat.get('p99')} ms at {r['load_MB_per_s']} MB/s "
+               f"(half of {r['ingest_capacity_MB_per_s']} MB/s)")
+    c = r["catch_up"]
+    click.echo(f"catch-up     {c['seconds']} s after {c['interruption_s']} s cut ({c['backlog_MB']} MB backlog)  "
+               f"rate {c['rate_MB_per_s']} MB/s = {c['ratio_to_ingest_rate']}x the ingest rate")
+    click.echo(f"failover     backup saves {f['backup'] * 100:.2f}%, master {f['master'] * 100:.2f}%, "
+               f"cold {f['cold'] * 100:.2f}%  ratio {f['ratio']}")
