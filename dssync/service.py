@@ -168,6 +168,14 @@ class Service:
         doc["pid"] = os.getpid()
         return doc
 
+    def verify(self) -> dict[str, Any]:
+        """Run 'dssync verify' on the store this service owns. Traffic and the mirror's apply
+        wait while it runs: the store must hold still to be compared with its logs."""
+        from dssync.tools.verify import verify_store
+
+        with self.lock:
+            return verify_store(self.home, self.app.store).as_dict()
+
     def offsets(self) -> dict[str, int]:
         """Committed offset per source: cheap enough to poll for latency measurements."""
         with self.lock:

@@ -134,6 +134,8 @@ class ControlHandler(_Handler):
         try:
             if path == "/v1/status":
                 self._json(200, svc.status())
+            elif path == "/v1/verify":
+                self._json(200, svc.verify())
             elif path == "/v1/offsets":
                 self._json(200, svc.offsets())
             elif path == "/v1/digest":

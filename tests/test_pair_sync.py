@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import pytest
 
 from dssync.log.filelog import FileLog
 from dssync.tools.localpair import PairRunError
-from tests.pair import dss, make_pair, release, wait_converged
+from tests.pair import SECRET, dss, make_pair, release, wait_converged
 
 
 def test_pairing_overwrites_the_backup_and_both_directions_converge(tmp_path: Path) -> None:
@@ -33,6 +35,11 @@ def test_pairing_overwrites_the_backup_and_both_directions_converge(tmp_path: Pa
         wait_converged(a, b)
         # what one appliance learned saves bandwidth on the other
         assert b.ingest(r[1])["savings"] > 0.999
+        # the tools answer while the services own the stores
+        for n in (a, b):
+            doc = json.loads(dss("verify", n.home, "--json").stdout)
+            assert doc["ok"] and doc["segments_checked"] > 0
+            assert n.status()["store"]["source"] == "service"
         mirrors = b.status()["mirrors"]["sha"]
         assert mirrors["not_copied_events"] == 0 and mirrors["copied_records"] > 0
     finally:
@@ -124,3 +131,34 @@ def test_bench_sync_prints_every_figure_with_its_baseline() -> None:
     assert doc["replication"]["latency_ms"]["samples"] > 0
     assert doc["replication"]["catch_up"]["seconds"] >= 0
     assert doc["failover_savings"]["ratio"] > 0.99
+
+
+def _cert(directory: Path, name: str) -> tuple[str, str]:
+    key, crt = directory / f"{name}.key", directory / f"{name}.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(crt)],
+                   check=True, capture_output=True)
+    return str(crt), str(key)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make certificates")
+def test_the_sync_interface_runs_over_tls_with_client_certificates(tmp_path: Path) -> None:
+    a, b = make_pair(tmp_path)
+    ca_dir = tmp_path / "pki"
+    ca_dir.mkdir()
+    crt_a, key_a = _cert(ca_dir, "sha")
+    crt_b, key_b = _cert(ca_dir, "shb")
+    for node, crt, key, peer_crt, peer in ((a, crt_a, key_a, crt_b, b), (b, crt_b, key_b, crt_a, a)):
+        role = "master" if node is a else "backup"
+        dss("sync", "configure", node.home, "--role", role, "--peer", f"127.0.0.1:{peer.port}",
+            "--listen", f"127.0.0.1:{node.port}", "--secret", SECRET, "--tls-cert", crt, "--tls-key", key,
+            "--tls-ca", peer_crt)
+    try:
+        for n in (a, b):
+            n.start("serve")
+            n.start("mirror")
+        a.ingest(release(tmp_path, 31, 1_000_000, 1)[0])
+        wait_converged(a, b)
+    finally:
+        a.stop_all()
+        b.stop_all()

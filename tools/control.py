@@ -66,6 +66,10 @@ class ControlClient:
         doc: dict[str, int] = self._request("GET", "/v1/offsets", timeout=30)
         return doc
 
+    def verify(self) -> dict[str, Any]:
+        doc: dict[str, Any] = self._request("GET", "/v1/verify", timeout=3600)
+        return doc
+
     def digest(self) -> dict[str, Any]:
         doc: dict[str, Any] = self._request("GET", "/v1/digest")
         return doc

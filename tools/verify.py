@@ -56,17 +56,33 @@ class Report:
     def as_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "ok": self.ok}
 
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Report:
+        return cls(**{k: v for k, v in doc.items() if k != "ok"})
+
 
 def verify_home(home: str, max_diffs: int = 20) -> Report:
-    cfg = open_config(home)
-    log = open_log_reader(home)
-    rep = Report()
+    """Verify a home: through its running service if there is one, else read-only."""
+    service = ControlClient.for_home(home)
+    if service is not None:
+        return Report.from_dict(service.verify())
     store = open_store_reader(home)
     if store is None:
         raise LockedError(
             f"the store at {home} is open in another process",
             hint="stop that process (verify needs a consistent view of the store), then run verify again",
         )
+    try:
+        return verify_store(home, store, max_diffs)
+    finally:
+        store.close()
+
+
+def verify_store(home: str, store: Store, max_diffs: int = 20) -> Report:
+    """The checks of the module docstring on an open store (the caller keeps it still)."""
+    cfg = open_config(home)
+    log = open_log_reader(home)
+    rep = Report()
     scratch = tempfile.mkdtemp(prefix="dssync-verify-")
     try:
         projection = Store(scratch, create=True, fsync=False)
@@ -103,7 +119,6 @@ def verify_home(home: str, max_diffs: int = 20) -> Report:
             rep.differing_refs = diff_rows(store, projection, max_diffs)
         projection.close()
     finally:
-        store.close()
         shutil.rmtree(scratch, ignore_errors=True)
     return rep
 
