@@ -14,7 +14,8 @@ Wire cost model (what ``wire_bytes`` counts): a reference costs ``WIRE_REF`` byt
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO, Protocol
 
@@ -79,32 +80,52 @@ class Optimizer:
         self._origin_field = origin_field(origin)
 
     def ingest(self, stream: BinaryIO, progress: Callable[[int], None] | None = None) -> IngestStats:
-        """Push one stream through the optimization path; return its accounting."""
+        """Push one stream through the optimization path; return its accounting.
+
+        Two-stage pipeline: while window N's events are written and applied on a helper
+        thread (file writes, fsync and DuckDB release the GIL), window N+1 is chunked and
+        hashed here. The lookup of N+1 waits for N to be applied, so it sees N's segments.
+        """
         total = IngestStats()
+        inflight: Future[None] | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dssync-append") as pool:
+            try:
+                for chunks, size in self._windows(stream):
+                    stored = [c for c in chunks if len(c) >= MIN_STORED]
+                    refs = [segment_ref(c) for c in stored]
+                    if inflight is not None:
+                        inflight.result()  # N applied (its errors surface here)
+                    st, events = self._plan(chunks, stored, refs)
+                    total.add(st)
+                    inflight = pool.submit(self._append, events)
+                    if progress:
+                        progress(size)
+                if inflight is not None:
+                    inflight.result()
+            finally:
+                if inflight is not None and not inflight.done():
+                    inflight.cancel()
+        return total
+
+    def _windows(self, stream: BinaryIO) -> Iterator[tuple[list[bytes], int]]:
         window: list[bytes] = []
         size = 0
         for view in self.chunker.cut(stream):
             window.append(bytes(view))
             size += len(view)
             if size >= self.window_bytes:
-                total.add(self._window(window))
-                if progress:
-                    progress(size)
+                yield window, size
                 window, size = [], 0
         if window:
-            total.add(self._window(window))
-            if progress:
-                progress(size)
-        return total
+            yield window, size
 
-    def _window(self, chunks: list[bytes]) -> IngestStats:
+    def _plan(self, chunks: list[bytes], stored: list[bytes], refs: list[bytes]) -> tuple[IngestStats, list[bytes]]:
+        """Look a window up in the store, account for it, and build its events."""
         st = IngestStats(bytes_in=sum(len(c) for c in chunks))
-        stored = [c for c in chunks if len(c) >= MIN_STORED]
         for c in chunks:
             if len(c) < MIN_STORED:
                 st.literal_bytes += len(c)
                 st.wire_bytes += 1 + len(c)
-        refs = [segment_ref(c) for c in stored]
         sizes = [len(c) for c in stored]
         st.segments = len(refs)
         g1 = build_groups(1, refs, sizes)
@@ -148,8 +169,7 @@ class Optimizer:
                 known.add(top.ref)
                 st.new_higher_refs += 1
         st.events = len(events)
-        self._append(events)
-        return st
+        return st, events
 
     def _reference(self, level: int, ref: bytes, children: list[bytes], size: int) -> bytes:
         return encode("ReferenceStored", {
