@@ -122,6 +122,11 @@ class Store:
         if not read_only:
             self.con.execute(SCHEMA)
         self.packs = Packs(os.path.join(directory, "packs"), pack_bytes, fsync)
+        # This process owns the file (DuckDB's rule), so offsets and meta are cached in memory
+        # and changed only together with the transactions that write them.
+        self._meta: dict[str, str] = dict(self.con.execute("SELECT key, value FROM meta").fetchall())
+        self._offsets: dict[str, int] = {
+            s: int(o) for s, o in self.con.execute("SELECT source, next_offset FROM offsets").fetchall()}
         meta = self.meta()
         if not read_only:
             self.packs.truncate_to(int(meta.get("pack_id", 0)), int(meta.get("pack_end", 0)))
@@ -134,15 +139,14 @@ class Store:
         return tuple(rows[0]) if rows else None
 
     def meta(self) -> dict[str, str]:
-        return dict(self.con.execute("SELECT key, value FROM meta").fetchall())
+        return dict(self._meta)
 
     def committed(self, source: str) -> int:
         """Next offset to apply from ``source`` (0 if never applied)."""
-        row = self._one("SELECT next_offset FROM offsets WHERE source = ?", [source])
-        return int(row[0]) if row else 0
+        return self._offsets.get(source, 0)
 
     def offsets(self) -> dict[str, int]:
-        return {s: int(o) for s, o in self.con.execute("SELECT source, next_offset FROM offsets").fetchall()}
+        return dict(self._offsets)
 
     def known(self, refs: list[bytes]) -> set[bytes]:
         """Which of ``refs`` the store holds live, in one query."""
@@ -350,7 +354,9 @@ class Store:
             old_max = int(old_meta.get("max_hlc", 0))
             if max_hlc > old_max:
                 meta["max_hlc"] = str(max_hlc)
-            con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(meta.items()))
+            items = list(meta.items())
+            con.execute("INSERT OR REPLACE INTO meta VALUES " + ", ".join(["(?, ?)"] * len(items)),
+                        [x for kv in items for x in kv])
             con.execute("COMMIT")
         except duckdb.IOException as exc:
             con.execute("ROLLBACK")
@@ -359,6 +365,8 @@ class Store:
             with contextlib.suppress(duckdb.Error):
                 con.execute("ROLLBACK")
             raise
+        self._offsets[source] = next_offset
+        self._meta.update(meta)
 
     def advance(self, source: str, next_offset: int) -> None:
         """Move a source's committed offset forward (never back) without applying records.
@@ -367,10 +375,12 @@ class Store:
         """
         if next_offset > self.committed(source):
             self.con.execute("INSERT OR REPLACE INTO offsets VALUES (?, ?)", [source, next_offset])
+            self._offsets[source] = next_offset
 
     def forget(self, source: str) -> None:
         """Drop a source's committed offset (a finished snapshot source)."""
         self.con.execute("DELETE FROM offsets WHERE source = ?", [source])
+        self._offsets.pop(source, None)
 
     def snapshot_rows(self) -> list[Row]:
         """Every row, for building a snapshot: a consistent read at this instant."""

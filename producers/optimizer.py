@@ -70,7 +70,7 @@ class Optimizer:
 
     def __init__(
         self, origin: str, chunker: Chunker, hlc: HybridLogicalClock, sink: EventSink,
-        window_bytes: int = 8 << 20,
+        window_bytes: int = 16 << 20,
     ) -> None:
         self.origin = origin
         self.chunker = chunker

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import http.server
 import os
 import random
@@ -126,11 +127,19 @@ def mirror_throughput(directory: str, log_mb: int, fsync: str) -> dict[str, Any]
         end = _fill_log(a.home, log_mb, 1)
         src_bytes = FileLog(os.path.join(a.home, "log")).size_bytes()
         a.start("serve")
-        b.start("mirror")
         mirror = FileLog(mirror_dir)
-        while mirror.end_offset() <= mirror.start_offset():
-            time.sleep(0.001)  # timing starts at the first copied batch: process start-up excluded
         first = mirror.end_offset()
+        state = os.path.join(mirror_dir, "state.json")
+        os.unlink(state)
+        b.start("mirror")
+        while True:  # timing starts when the mirror has connected: process start-up excluded
+            try:
+                with open(state) as f:
+                    if json.load(f).get("state") == "connected":
+                        break
+            except (FileNotFoundError, ValueError):
+                pass
+            time.sleep(0.001)
         t0 = time.perf_counter()
         while mirror.end_offset() < end:
             time.sleep(0.005)
