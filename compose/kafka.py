@@ -105,16 +105,19 @@ def _properties(d: str, port: int, cport: int, scram_port: int | None) -> str:
     ])
 
 
-def start(name: str, port: int, cport: int, scram_port: int | None, timeout: float) -> None:
+def start(name: str, port: int, cport: int, scram_port: int | None, timeout: float, keep: bool = False) -> None:
     java = _need("java")
     cp = fetch()
     if _pid(name):
         print(f"broker {name} already running (pid {_pid(name)})")
         return
     d = _dir(name)
+    props = os.path.join(d, "server.properties")
+    if keep and os.path.exists(props):  # a restart: same config, same data
+        _launch(name, java, cp, d, props, port, timeout)
+        return
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
-    props = os.path.join(d, "server.properties")
     with open(props, "w") as f:
         f.write(_properties(d, port, cport, scram_port))
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=").replace("-", "A")
@@ -127,6 +130,11 @@ def start(name: str, port: int, cport: int, scram_port: int | None, timeout: flo
     if out.returncode != 0:
         print(f"error: formatting the broker storage failed:\n{out.stdout}{out.stderr}", file=sys.stderr)
         sys.exit(1)
+    _launch(name, java, cp, d, props, port, timeout)
+
+
+def _launch(name: str, java: str, cp: str, d: str, props: str, port: int, timeout: float) -> None:
+    log4j = f"-Dlog4j2.configurationFile={os.path.join(HERE, 'log4j2.properties')}"
     logpath = os.path.join(d, "broker.log")
     with open(logpath, "w") as logf:
         proc = subprocess.Popen([java, "-Xms256m", "-Xmx768m", log4j, "-cp", cp, "kafka.Kafka", props],
@@ -177,13 +185,14 @@ def main() -> None:
     s.add_argument("--controller-port", type=int)
     s.add_argument("--scram-port", type=int)
     s.add_argument("--timeout", type=float, default=120)
+    s.add_argument("--keep-data", action="store_true", help="restart on the existing data (no format)")
     for cmd in ("stop", "status"):
         sub.add_parser(cmd).add_argument("name")
     a = p.parse_args()
     if a.cmd == "fetch":
         print(fetch())
     elif a.cmd == "start":
-        start(a.name, a.port, a.controller_port or a.port + 1, a.scram_port, a.timeout)
+        start(a.name, a.port, a.controller_port or a.port + 1, a.scram_port, a.timeout, a.keep_data)
     elif a.cmd == "stop":
         stop(a.name)
     else:

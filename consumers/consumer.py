@@ -42,6 +42,10 @@ class Consumer:
             )
         records = self.log.read(frm, self.batch_records)
         if not records:
+            end = self.log.end_offset()
+            if end > frm:
+                # Nothing readable below the end: only Kafka transaction markers remain there.
+                self.store.advance(self.source, end)
             return ApplyResult()
         return self.store.apply(self.source, records)
 

@@ -40,8 +40,28 @@ def source_name(appliance: str) -> str:
     return f"log:{appliance}"
 
 
-def open_log(home: str, cfg: cfgmod.Config, writer: bool, create: bool = False) -> FileLog:
+def kafka_settings(cfg: cfgmod.Config) -> Any:
+    from dssync.log.kafka import KafkaSettings
+
+    k = cfg.kafka
+    return KafkaSettings(
+        k.bootstrap_servers, security_protocol=k.security_protocol, sasl_mechanism=k.sasl_mechanism or None,
+        sasl_plain_username=k.sasl_username or None, sasl_plain_password=k.sasl_password or None,
+        ssl_cafile=k.ssl_cafile or None, timeout_ms=k.timeout_ms,
+    )
+
+
+def open_log(home: str, cfg: cfgmod.Config, writer: bool, create: bool = False) -> Any:
+    """The appliance's own log: segment files in the home, or a Kafka topic."""
     lc = cfg.log
+    if lc.backend == "kafka":
+        from dssync.log.kafka import KafkaLog
+
+        return KafkaLog(
+            kafka_settings(cfg), cfg.kafka.topic_prefix + cfg.name, writer=writer, create=create,
+            retention_bytes=lc.retention_bytes or -1, retention_ms=lc.retention_ms or -1, origin=cfg.name,
+            group_id=f"dssync-store-{cfg.name}",
+        )
     return FileLog(
         log_dir(home), writer=writer, create=create, fsync=lc.fsync, fsync_interval_ms=lc.fsync_interval_ms,
         segment_bytes=lc.segment_bytes, retention_bytes=lc.retention_bytes, retention_ms=lc.retention_ms,
@@ -81,7 +101,7 @@ class Appliance:
     @classmethod
     def create(
         cls, home: str, name: str, model: str, software_version: str,
-        chunker: ChunkerSpec | None = None, **log_options: Any,
+        chunker: ChunkerSpec | None = None, kafka: cfgmod.KafkaConfig | None = None, **log_options: Any,
     ) -> Appliance:
         """Create a new home with an empty store and a StoreReset event; return it opened."""
         if os.path.exists(os.path.join(home, cfgmod.FILENAME)):
@@ -90,6 +110,9 @@ class Appliance:
             name=name, model=model, software_version=software_version, store_id=str(uuid.uuid4()),
             chunker=str(chunker or ChunkerSpec()),
         )
+        if kafka is not None:
+            cfg.kafka = kafka  # a SASL password is taken from DSSYNC_KAFKA_PASSWORD at load, never saved
+            cfg.log.backend = "kafka"
         for k, v in log_options.items():
             if hasattr(cfg.log, k):
                 setattr(cfg.log, k, v)
@@ -102,9 +125,12 @@ class Appliance:
         try:
             os.makedirs(home, exist_ok=True)
             cfgmod.save(home, cfg)
-            open_log(home, cfg, writer=True, create=True).close()
+            open_log(home, cfgmod.load(home), writer=True, create=True).close()
         except OSError as exc:
             raise from_os_error(exc, f"creating {home}") from exc
+        except DssyncError:
+            shutil.rmtree(home, ignore_errors=True)  # e.g. the broker is down: leave no half-made home
+            raise
         app = cls(home)
         app.log.append([encode("StoreReset", {
             "origin": name, "hlc": app.hlc.now(), "store_id": cfg.store_id, "chunker": cfg.chunker,
@@ -127,12 +153,14 @@ class Appliance:
         return self.store.known(refs)
 
     def append(self, values: list[bytes]) -> int:
-        return self.log.append(values)
+        return int(self.log.append(values))
 
     def applied(self) -> None:
         """Bring the store up to the log, then wrap it if it outgrew its capacity."""
         self.consumer.catch_up()
         self.log.retain_from = self.store.committed(self.source)
+        if hasattr(self.log, "commit_group"):  # let Kafka's own tools see the store's position
+            self.log.commit_group(self.store.committed(self.source))
         if self._wrapping:
             return
         self._wrapping = True
@@ -198,6 +226,7 @@ class Appliance:
             "software_version": self.config.software_version,
             "log_start_offset": self.log.start_offset(), "log_end_offset": self.log.end_offset(),
             "log_bytes": self.log.size_bytes(), "log_segments": len(self.log.segments()),
+            "log_backend": self.config.log.backend,
         }
 
     def status(self) -> dict[str, Any]:

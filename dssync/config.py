@@ -21,11 +21,27 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 @dataclass
 class LogConfig:
+    backend: str = "file"
     fsync: str = "always"
     fsync_interval_ms: int = 1000
     segment_bytes: int = 64 << 20
     retention_bytes: int = 0
     retention_ms: int = 0
+
+
+@dataclass
+class KafkaConfig:
+    """Where the appliance's log lives when ``[log] backend = "kafka"``; security settings pass
+    through to kafka-python (the password may come from DSSYNC_KAFKA_PASSWORD instead)."""
+
+    bootstrap_servers: str = ""
+    topic_prefix: str = "dssync."
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = ""
+    ssl_cafile: str = ""
+    timeout_ms: int = 10_000
 
 
 @dataclass
@@ -73,6 +89,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     traffic: TrafficConfig = field(default_factory=TrafficConfig)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
 
     def validate(self) -> None:
         if not _NAME.match(self.name):
@@ -82,6 +99,11 @@ class Config:
             )
         if not self.model or not self.software_version:
             raise UsageError("model and software version must not be empty")
+        if self.log.backend not in ("file", "kafka"):
+            raise UsageError(f"unknown log backend {self.log.backend!r}", hint="use file or kafka")
+        if self.log.backend == "kafka" and not self.kafka.bootstrap_servers:
+            raise UsageError("the kafka log backend needs [kafka] bootstrap_servers",
+                             hint="pass --kafka HOST:PORT to 'dssync init'")
         if self.log.fsync not in ("always", "interval", "never"):
             raise UsageError(f"unknown fsync policy {self.log.fsync!r}", hint="use always, interval or never")
         if self.store.capacity_bytes < self.store.pack_bytes * 2:
@@ -146,6 +168,7 @@ def load(home: str) -> Config:
             store_id=doc["store_id"], chunker=doc.get("chunker", Config.chunker),
             log=LogConfig(**doc.get("log", {})), store=StoreConfig(**doc.get("store", {})),
             sync=SyncConfig(**doc.get("sync", {})), traffic=TrafficConfig(**doc.get("traffic", {})),
+            kafka=KafkaConfig(**doc.get("kafka", {})),
         )
     except (KeyError, TypeError) as exc:
         raise UsageError(
@@ -153,6 +176,8 @@ def load(home: str) -> Config:
         ) from None
     if "DSSYNC_FSYNC" in os.environ:
         cfg.log.fsync = os.environ["DSSYNC_FSYNC"]
+    if "DSSYNC_KAFKA_PASSWORD" in os.environ:
+        cfg.kafka.sasl_password = os.environ["DSSYNC_KAFKA_PASSWORD"]
     if "DSSYNC_SYNC_SECRET" in os.environ:
         cfg.sync.secret = os.environ["DSSYNC_SYNC_SECRET"]
     cfg.validate()

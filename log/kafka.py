@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import (
     InvalidProducerEpochError,
@@ -108,11 +108,15 @@ class KafkaLog:
     def __init__(
         self, settings: KafkaSettings, topic: str, *, writer: bool = False, create: bool = False,
         retention_bytes: int = -1, retention_ms: int = -1, origin: str | None = None,
+        group_id: str | None = None,
     ) -> None:
         self.settings = settings
         self.topic = topic
         self.tp = TopicPartition(topic, 0)
         self.origin = origin
+        self.group_id = group_id
+        self.retain_from: int | None = None  # retention is the broker's (topic config)
+        self.recovery = None  # the broker recovers its own log
         self._producer: KafkaProducer | None = None
         self._consumer: KafkaConsumer | None = None
         opts = settings.client_options()
@@ -121,7 +125,7 @@ class KafkaLog:
             if create:
                 self._create_topic(opts, retention_bytes, retention_ms)
             self._consumer = KafkaConsumer(
-                **opts, enable_auto_commit=False, isolation_level="read_committed",
+                **opts, enable_auto_commit=False, isolation_level="read_committed", group_id=group_id,
                 auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20,
             )
             self._consumer.assign([self.tp])
@@ -252,6 +256,26 @@ class KafkaLog:
         assert c is not None
         found = c.offsets_for_times({self.tp: timestamp_ms}).get(self.tp)
         return int(found.offset) if found is not None else self.end_offset()
+
+    def commit_group(self, next_offset: int) -> None:
+        """Record the store's position in the consumer group too, for Kafka's own tools
+        (kafka-consumer-groups.sh); the store's DuckDB offset stays the one that counts."""
+        if self._consumer is None or self.group_id is None:
+            return
+        try:
+            self._consumer.commit({self.tp: OffsetAndMetadata(next_offset, "", -1)})
+        except KafkaError as exc:
+            log.warning("could not commit the group offset of %s: %s", self.topic, exc)
+
+    def size_bytes(self) -> int:
+        """Unknown from a client without extra admin calls; reported as 0."""
+        return 0
+
+    def segments(self) -> list[int]:
+        return []
+
+    def retired(self) -> list[dict[str, int]]:
+        return []
 
     def flush(self) -> None:
         if self._producer is not None:

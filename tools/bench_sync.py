@@ -13,8 +13,8 @@
 from __future__ import annotations
 
 import http.client
-import json
 import http.server
+import json
 import os
 import random
 import shutil

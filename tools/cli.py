@@ -17,6 +17,7 @@ import click
 
 from dssync import __version__
 from dssync.appliance import Appliance
+from dssync.config import KafkaConfig
 from dssync.errors import DssyncError, NotFoundError, UsageError, from_os_error
 from dssync.producers.chunker import ChunkerSpec
 from dssync.producers.optimizer import IngestStats
@@ -75,8 +76,18 @@ def cli() -> None:
 @click.option("--retention-bytes", type=int, default=0, help="Log retention by size (0 = keep all).")
 @click.option("--retention-ms", type=int, default=0, help="Log retention by age (0 = keep all).")
 @click.option("--segment-bytes", type=int, default=64 << 20, show_default=True, help="Log segment file size.")
+@click.option("--kafka", "kafka_bootstrap", default=None, metavar="HOST:PORT[,...]",
+              help="Keep the appliance's log in Kafka (topic <prefix><name>) instead of local files.")
+@click.option("--kafka-topic-prefix", default="dssync.", show_default=True)
+@click.option("--kafka-security-protocol", default="PLAINTEXT", show_default=True,
+              type=click.Choice(["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]))
+@click.option("--kafka-sasl-mechanism", default="", help="e.g. SCRAM-SHA-256 or SCRAM-SHA-512.")
+@click.option("--kafka-sasl-user", default="")
+@click.option("--kafka-ssl-cafile", default="")
 def init(home: str, name: str, model: str, software_version: str, chunker: str, fsync: str,
-         capacity_bytes: int, retention_bytes: int, retention_ms: int, segment_bytes: int) -> None:
+         capacity_bytes: int, retention_bytes: int, retention_ms: int, segment_bytes: int,
+         kafka_bootstrap: str | None, kafka_topic_prefix: str, kafka_security_protocol: str,
+         kafka_sasl_mechanism: str, kafka_sasl_user: str, kafka_ssl_cafile: str) -> None:
     """Create an appliance home: configuration, empty log, empty store.
 
     \b
@@ -84,8 +95,13 @@ def init(home: str, name: str, model: str, software_version: str, chunker: str, 
       dssync init /var/lib/dssync/sh1 --name sh1 --model SH-7080 --version 9.14.2
     """
     spec = ChunkerSpec.parse(chunker)
-    with Appliance.create(home, name, model, software_version, spec, fsync=fsync, capacity_bytes=capacity_bytes,
-                          retention_bytes=retention_bytes, retention_ms=retention_ms,
+    kafka = None
+    if kafka_bootstrap:  # the SASL password comes from DSSYNC_KAFKA_PASSWORD, never a flag
+        kafka = KafkaConfig(bootstrap_servers=kafka_bootstrap, topic_prefix=kafka_topic_prefix,
+                            security_protocol=kafka_security_protocol, sasl_mechanism=kafka_sasl_mechanism,
+                            sasl_username=kafka_sasl_user, ssl_cafile=kafka_ssl_cafile)
+    with Appliance.create(home, name, model, software_version, spec, kafka=kafka, fsync=fsync,
+                          capacity_bytes=capacity_bytes, retention_bytes=retention_bytes, retention_ms=retention_ms,
                           segment_bytes=segment_bytes) as app:
         click.echo(f"created appliance {name} at {home} (store {app.config.store_id})")
 

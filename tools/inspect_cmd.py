@@ -50,7 +50,7 @@ def inspect_log(home: str, records: int, from_offset: int | None, as_json: bool)
     open_config(home)
     log = open_log_reader(home)
     segments: list[dict[str, Any]] = []
-    for base in log.segments():
+    for base in log.segments():  # none for a Kafka log
         entries = seg.read_index(log.directory, base)
         path = seg.segment_path(log.directory, base)
         segments.append({
@@ -60,7 +60,8 @@ def inspect_log(home: str, records: int, from_offset: int | None, as_json: bool)
             "last_timestamp_ms": entries[-1][2] if entries else None,
         })
     doc: dict[str, Any] = {
-        "directory": log.directory, "start_offset": log.start_offset(), "end_offset": log.end_offset(),
+        "directory": getattr(log, "directory", None) or f"kafka topic {getattr(log, 'topic', '')}",
+        "start_offset": log.start_offset(), "end_offset": log.end_offset(),
         "bytes": log.size_bytes(), "segments": segments,
     }
     if records:

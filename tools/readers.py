@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from dssync import config as cfgmod
-from dssync.appliance import log_dir, store_dir
+from dssync.appliance import log_dir, open_log, store_dir
 from dssync.consumers.store import Store
 from dssync.errors import LockedError, NotFoundError
 from dssync.log.filelog import FileLog
@@ -22,7 +22,11 @@ def open_config(home: str) -> cfgmod.Config:
     return cfgmod.load(home)
 
 
-def open_log_reader(home: str) -> FileLog:
+def open_log_reader(home: str) -> Any:
+    """A reader of the appliance's own log, whichever backend holds it."""
+    cfg = open_config(home)
+    if cfg.log.backend == "kafka":
+        return open_log(home, cfg, writer=False)
     return FileLog(log_dir(home))
 
 

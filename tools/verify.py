@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,9 +124,9 @@ def verify_store(home: str, store: Store, max_diffs: int = 20) -> Report:
     return rep
 
 
-def _sources(home: str, own: str, log: FileLog) -> list[tuple[str, FileLog]]:
+def _sources(home: str, own: str, log: Any) -> list[tuple[str, Any]]:
     """Every log the store is the projection of: its own, each mirror, each loaded snapshot."""
-    out = [(own, log)]
+    out: list[tuple[str, Any]] = [(own, log)]
     root = mirror_root(home)
     if os.path.isdir(root):
         for name in sorted(os.listdir(root)):
@@ -140,17 +141,34 @@ def _sources(home: str, own: str, log: FileLog) -> list[tuple[str, FileLog]]:
     return out
 
 
-def _project(slog: FileLog, source: str, committed: int, projection: Store, rep: Report) -> None:
-    """Check every batch and record of ``slog``; apply those below ``committed`` to ``projection``."""
-    pending: list[LogRecord] = []
-    for b in slog.batches(slog.start_offset()):
+def _records(slog: Any, rep: Report) -> Iterator[list[LogRecord]]:
+    """A log's records in chunks: batch by batch for the file log (counting batches), else
+    by offset through the log interface (Kafka)."""
+    if isinstance(slog, FileLog):
+        for b in slog.batches(slog.start_offset()):
+            rep.log_batches += 1
+            yield [LogRecord(b.base_offset + k, b.timestamp_ms, v) for k, v in enumerate(b.values())]
+        return
+    pos, end = slog.start_offset(), slog.end_offset()
+    while pos < end:
+        chunk = slog.read(pos, 10_000)
+        if not chunk:
+            return
         rep.log_batches += 1
-        for k, value in enumerate(b.values()):
-            ev = decode(value)
+        yield chunk
+        pos = chunk[-1].offset + 1
+
+
+def _project(slog: Any, source: str, committed: int, projection: Store, rep: Report) -> None:
+    """Check every record of ``slog``; apply those below ``committed`` to ``projection``."""
+    pending: list[LogRecord] = []
+    for chunk in _records(slog, rep):
+        for rec in chunk:
+            ev = decode(rec.value)
             rep.events[ev["type"]] = rep.events.get(ev["type"], 0) + 1
             rep.log_records += 1
-            if b.base_offset + k < committed:  # the store is the projection of this prefix
-                pending.append(LogRecord(b.base_offset + k, b.timestamp_ms, value))
+            if rec.offset < committed:  # the store is the projection of this prefix
+                pending.append(rec)
         if len(pending) >= 50_000:
             projection.apply(source, pending)
             pending = []
