@@ -87,7 +87,7 @@ class Appliance:
             if not self.store.offsets():
                 # A new store over a log that does not start at 0 (a backup's log continues
                 # its offsets after pairing): nothing before the log's start belongs to it.
-                self.store.advance(self.source, self.log.start_offset())
+                self.store.advance(self.source, max(self.log.start_offset(), self.config.sync.own_log_from))
             self.hlc = HybridLogicalClock(self._last_hlc())
             self.chunker = Chunker(ChunkerSpec.parse(self.config.chunker))
             self.optimizer = Optimizer(self.config.name, self.chunker, self.hlc, self)

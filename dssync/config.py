@@ -60,12 +60,14 @@ class SyncConfig:
     """Pairing: who the peer is and how to reach it over the sync interface (never in-path)."""
 
     role: str = ""
+    transport: str = "http"
     peer: str = ""
     listen: str = ""
     interface: str = "primary"
     secret: str = ""
     state: str = "unconfigured"
     paired_store_id: str = ""
+    own_log_from: int = 0
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""
@@ -112,6 +114,13 @@ class Config:
         if s.role not in SYNC_ROLES or s.state not in SYNC_STATES or s.interface not in INTERFACES:
             raise UsageError("invalid [sync] role, state or interface",
                              hint="role is master or backup; interface is primary or aux")
+        if s.transport not in ("http", "kafka-shared"):
+            raise UsageError(f"unknown sync transport {s.transport!r}", hint="use http or kafka-shared")
+        if s.role and (s.transport == "kafka-shared") != (self.log.backend == "kafka"):
+            raise UsageError(
+                "sync transport kafka-shared goes with a Kafka log, and http with the file log",
+                hint="use --transport kafka-shared for appliances initialised with --kafka",
+            )
         if s.role:
             for name in ("peer", "listen"):
                 addr = getattr(s, name)

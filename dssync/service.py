@@ -28,7 +28,7 @@ import time
 from typing import Any, BinaryIO
 
 from dssync import config as cfgmod
-from dssync.appliance import Appliance, log_dir, store_dir
+from dssync.appliance import Appliance, log_dir, open_log, store_dir
 from dssync.consumers.consumer import Consumer
 from dssync.consumers.packs import Packs
 from dssync.consumers.store import Row
@@ -36,7 +36,7 @@ from dssync.errors import DssyncError, OffsetOutOfRangeError
 from dssync.log.filelog import FileLog
 from dssync.producers.optimizer import Optimizer
 from dssync.schemas import encode
-from dssync.sync import protocol, server
+from dssync.sync import protocol, server, snapshot
 
 log = logging.getLogger("dssync.service")
 APPLY_INTERVAL_S = 0.005
@@ -91,7 +91,10 @@ class Service:
         self.app = Appliance(home)
         self.config = self.app.config
         self.optimizer = Optimizer(self.config.name, self.app.chunker, self.app.hlc, _LockedSink(self.app, self.lock))
-        self._reader = FileLog(log_dir(home))
+        self._reader: Any = (open_log(home, self.config, writer=False) if self.config.log.backend == "kafka"
+                             else FileLog(log_dir(home)))
+        self._peer: protocol.Identity | None = None
+        self._next_handshake = 0.0
         self._consumers: dict[str, tuple[Consumer, FileLog]] = {}
         self._started: set[str] = set()
 
@@ -112,12 +115,17 @@ class Service:
         finally:
             client.close()
         # The backup takes the master's data store: its own store and log are discarded (the
-        # log continues its offsets, never reusing one), and the mirror loads the master's.
-        old_end = FileLog(log_dir(self.home)).end_offset()
+        # log continues its offsets, never reusing one), and the master's store is loaded: by
+        # the mirror (http), or here from the master's snapshot (kafka-shared).
         shutil.rmtree(store_dir(self.home))
-        shutil.rmtree(log_dir(self.home))
         shutil.rmtree(mirror_root(self.home), ignore_errors=True)
-        FileLog(log_dir(self.home), writer=True, create=True, base_offset=old_end).close()
+        if cfg.log.backend == "kafka":
+            with open_log(self.home, cfg, writer=False) as klog:
+                cfg.sync.own_log_from = klog.end_offset()  # a topic keeps its records: skip them
+        else:
+            old_end = FileLog(log_dir(self.home)).end_offset()
+            shutil.rmtree(log_dir(self.home))
+            FileLog(log_dir(self.home), writer=True, create=True, base_offset=old_end).close()
         cfg.store_id = master.store_id
         cfg.sync.paired_store_id = master.store_id
         cfg.sync.state = "active"
@@ -128,10 +136,29 @@ class Service:
                 "model": cfg.model, "software_version": cfg.software_version,
             })])
             app.applied()
+            if cfg.sync.transport == "kafka-shared":
+                self._load_snapshot(app, cfg, master, me)
         log.info("paired as backup of %s: store discarded, taking store %s", master.name, master.store_id)
 
+    def _load_snapshot(self, app: Appliance, cfg: cfgmod.Config, master: protocol.Identity,
+                       me: protocol.Identity) -> None:
+        """Load the master's snapshot into the store; its topic is then read from where it ends."""
+        directory = os.path.join(run_dir(self.home), "snapshot")
+        shutil.rmtree(directory, ignore_errors=True)
+        client = protocol.PeerClient(cfg.sync, me)
+        try:
+            covers_to, events, _store_id = snapshot.download(client, directory)
+        finally:
+            client.close()
+        source = f"snapshot:{master.name}"
+        Consumer(FileLog(directory), app.store, source).catch_up()
+        app.store.forget(source)
+        app.store.advance(f"log:{master.name}", covers_to)
+        shutil.rmtree(directory, ignore_errors=True)
+        log.info("loaded snapshot of %s (%d events); reading its topic from offset %d", master.name, events, covers_to)
+
     def identity(self) -> protocol.Identity:
-        return _identity(self.config, self._reader.start_offset())
+        return _identity(self.config, max(self._reader.start_offset(), self.config.sync.own_log_from))
 
     def note_refusal(self, peer: str, reason: str) -> None:
         if self.refusals.get(peer) != reason:
@@ -200,6 +227,8 @@ class Service:
         """Apply what the mirror service wrote since the last call; return records applied."""
         if self.config.sync.state != "active":
             return 0
+        if self.config.sync.transport == "kafka-shared":
+            return self._apply_peer_topic()
         total = 0
         root = mirror_root(self.home)
         if not os.path.isdir(root):
@@ -211,6 +240,39 @@ class Service:
             elif os.path.isdir(path) and ".snapshot.applied-" not in name:
                 total += self._apply_log(f"log:{name}", path)
         return total
+
+    def _apply_peer_topic(self) -> int:
+        """Shared cluster: read the peer's own topic directly (no mirror), from where the
+        pairing says it starts for us."""
+        if self._peer is None:
+            if time.monotonic() < self._next_handshake:
+                return 0
+            client = protocol.PeerClient(self.config.sync, self.identity(), timeout_s=5)
+            try:
+                self._peer = client.identity()
+            except (protocol.TransientError, protocol.PairingRefusedError) as exc:
+                self.note_refusal(self.config.sync.peer, exc.message)
+                self._next_handshake = time.monotonic() + 1.0
+                return 0
+            finally:
+                client.close()
+            peer_cfg = cfgmod.load(self.home)
+            peer_cfg.name = self._peer.name  # the peer's topic follows the shared naming
+            source = f"log:{self._peer.name}"
+            self._consumers[source] = (Consumer(open_log(self.home, peer_cfg, writer=False), self.app.store, source,
+                                                batch_records=5_000), self._reader)
+            with self.lock:
+                self.app.store.advance(source, self._peer.log_start_offset)
+            log.info("reading %s's topic from offset %d", self._peer.name, self.app.store.committed(source))
+        consumer = self._consumers[f"log:{self._peer.name}"][0]
+        applied = 0
+        while not self.stopping.is_set():
+            with self.lock:
+                r = consumer.step()
+            if not r.applied:
+                break
+            applied += r.applied
+        return applied
 
     def _consumer(self, source: str, path: str) -> Consumer:
         entry = self._consumers.get(source)

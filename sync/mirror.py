@@ -235,34 +235,7 @@ class Mirror:
         shutil.rmtree(snap_dir, ignore_errors=True)
         os.makedirs(snap_dir)  # from now on the service pauses the old mirror log
         self._set("bootstrapping", f"loading a snapshot of {self.peer.name}")
-        conn = client._connection()
-        ts = f"{time.time():.3f}"
-        ident = client.me.to_json()
-        conn.request("GET", "/v1/snapshot", headers={
-            protocol.H_TIME: ts, protocol.H_IDENTITY: ident,
-            protocol.H_AUTH: protocol.sign(self.cfg.sync.secret, "GET", "/v1/snapshot", ts, ident)})
-        try:
-            resp = conn.getresponse()
-            if resp.status != 200:
-                body = resp.read().decode(errors="replace")
-                raise protocol.TransientError(f"snapshot request failed with HTTP {resp.status}: {body}")
-            covers_to = int(resp.getheader("X-Dssync-Covers-To") or 0)
-            snap = FileLog(os.path.join(snap_dir, "log"), writer=True, create=True, fsync="never")
-            buf = bytearray()
-            events = 0
-            while True:
-                chunk = resp.read(1 << 20)
-                if not chunk:
-                    break
-                buf += chunk
-                for raw in snapshot.split_batches(buf):
-                    snap.append_raw(raw)
-                    events += batchfmt.parse(raw).count
-            snap.flush()
-            snap.close()
-        except OSError as exc:
-            client.close()
-            raise protocol.TransientError(f"snapshot transfer broke: {exc}") from None
+        covers_to, events, store_id = snapshot.download(client, os.path.join(snap_dir, "log"))
         if self.out is not None:
             self.out.close()
             self.out = None
@@ -273,7 +246,7 @@ class Mirror:
         # written last: the service loads the snapshot only once it is complete
         _write_json(os.path.join(snap_dir, "snapshot.json"),
                     {"peer": self.peer.name, "epoch": int(time.time() * 1000), "covers_to": covers_to,
-                     "events": events, "store_id": resp.getheader("X-Dssync-Store-Id") or ""})
+                     "events": events, "store_id": store_id})
         self._set("connected", f"snapshot of {events} events loaded; mirroring from offset {covers_to}")
 
     def close(self) -> None:

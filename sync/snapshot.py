@@ -10,13 +10,17 @@ ordinary log batches (offsets from 0), and land in a snapshot log the service re
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from dssync.consumers.packs import Packs
 from dssync.consumers.store import Row
 from dssync.errors import CorruptStoreError
 from dssync.log import batch as batchfmt
+from dssync.log.filelog import FileLog
 from dssync.schemas import encode, encode_segment_stored, origin_field
+from dssync.sync import protocol
+from dssync.sync.protocol import PeerClient
 
 BATCH_BYTES = 1 << 20
 
@@ -58,6 +62,48 @@ def batches(events: Iterator[bytes], timestamp_ms: int) -> Iterator[bytes]:
             pending, size = [], 0
     if pending:
         yield batchfmt.encode(offset, timestamp_ms, pending)
+
+
+def download(client: PeerClient, directory: str) -> tuple[int, int, str]:
+    """Fetch the peer's snapshot into a new file log at ``directory``.
+
+    Returns (covers_to, events, store_id): the snapshot holds the effect of the peer's own
+    log below ``covers_to``. A broken transfer raises ``TransientError`` (retry from scratch).
+    """
+    conn = client._connection()
+    ts = f"{time.time():.3f}"
+    ident = client.me.to_json()
+    conn.request("GET", "/v1/snapshot", headers={
+        protocol.H_TIME: ts, protocol.H_IDENTITY: ident,
+        protocol.H_AUTH: protocol.sign(client.cfg.secret, "GET", "/v1/snapshot", ts, ident)})
+    try:
+        resp = conn.getresponse()
+        if resp.status != 200:
+            body = resp.read().decode(errors="replace")
+            raise protocol.TransientError(f"snapshot request failed with HTTP {resp.status}: {body}")
+        covers_to = int(resp.getheader("X-Dssync-Covers-To") or 0)
+        store_id = resp.getheader("X-Dssync-Store-Id") or ""
+        snap = FileLog(directory, writer=True, create=True, fsync="never")
+        buf = bytearray()
+        events = 0
+        try:
+            while True:
+                chunk = resp.read(1 << 20)
+                if not chunk:
+                    break
+                buf += chunk
+                for raw in split_batches(buf):
+                    snap.append_raw(raw)
+                    events += batchfmt.check_header(raw[: batchfmt.HEADER_SIZE])[2]
+            snap.flush()
+        finally:
+            snap.close()
+    except OSError as exc:
+        client.close()
+        raise protocol.TransientError(f"snapshot transfer broke: {exc}") from None
+    if buf:
+        raise protocol.TransientError("the snapshot transfer ended inside a batch")
+    return covers_to, events, store_id
 
 
 def split_batches(buf: bytearray) -> Iterator[bytes]:

@@ -82,13 +82,16 @@ def sync_group() -> None:
 @click.option("--peer", required=True, help="The peer's sync-interface address, HOST:PORT.")
 @click.option("--listen", required=True, help="This appliance's sync-interface address, HOST:PORT.")
 @click.option("--interface", type=click.Choice(["primary", "aux"]), default="primary", show_default=True)
+@click.option("--transport", type=click.Choice(["http", "kafka-shared"]), default="http", show_default=True,
+              help="http: 'dssync mirror' copies the peer's file log; kafka-shared: both logs live on one "
+                   "Kafka cluster and each appliance reads its peer's topic (no mirror process).")
 @click.option("--secret", envvar="DSSYNC_SYNC_SECRET", required=True,
               help="Shared secret of the pair (or DSSYNC_SYNC_SECRET).")
 @click.option("--traffic-address", default=None, help="The in-path address (never used for sync).")
 @click.option("--tls-cert", default="", help="PEM certificate for TLS on the sync interface.")
 @click.option("--tls-key", default="", help="PEM key of --tls-cert.")
 @click.option("--tls-ca", default="", help="CA that signed the peer's certificate (enables client certs).")
-def configure(home: str, role: str, peer: str, listen: str, interface: str, secret: str,
+def configure(home: str, role: str, peer: str, listen: str, interface: str, transport: str, secret: str,
               traffic_address: str | None, tls_cert: str, tls_key: str, tls_ca: str) -> None:
     """Configure pairing. The master restarts its service by itself; the backup must be
     restarted by its operator, and its store is then overwritten by the master's.
@@ -101,6 +104,7 @@ def configure(home: str, role: str, peer: str, listen: str, interface: str, secr
     """
     cfg = cfgmod.load(home)
     cfg.sync = cfgmod.SyncConfig(role=role, peer=peer, listen=listen, interface=interface, secret=secret,
+                                 transport=transport,
                                  state="restart-required", tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
     if traffic_address is not None:
         cfg.traffic.address = traffic_address
