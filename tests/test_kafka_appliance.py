@@ -123,3 +123,12 @@ def test_kafka_settings_are_saved_without_the_password(tmp_path: Path, kafka_bro
     finally:
         del os.environ["DSSYNC_KAFKA_PASSWORD"]
     assert "dssync-secret" not in (tmp_path / "ks" / "dssync.toml").read_text()
+
+
+def test_bench_kafka_compares_the_kafka_log_with_the_embedded_log(kafka_broker: Any) -> None:
+    doc = json.loads(run_dssync("bench", "kafka", "--events", "3000", "--bootstrap", kafka_broker.bootstrap,
+                                "--json").stdout)
+    for case in ("append", "replay"):
+        c = doc[case]
+        assert c["system"] > 0 and c["baseline"] > 0
+        assert c["ratio"] == pytest.approx(c["system"] / c["baseline"], rel=0.05)

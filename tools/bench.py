@@ -236,9 +236,11 @@ def bench() -> None:
 
 
 def _register_sync() -> None:
+    from dssync.tools.bench_kafka import bench_kafka
     from dssync.tools.bench_sync import bench_sync
 
     bench.add_command(bench_sync)
+    bench.add_command(bench_kafka)
 
 
 @bench.command("core")

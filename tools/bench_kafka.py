@@ -1,0 +1,134 @@
+"""``dssync bench kafka``: the Kafka log against the embedded log, on the same data, in one run.
+
+* append: the same events appended in the same batches to a Kafka topic (transactional,
+  lz4, acks=all) and to the embedded file log (fsync always);
+* replay: the same events replayed from each log into an empty DuckDB store.
+
+The broker is started from compose/kafka.py (a checkout is needed) unless ``--bootstrap``
+names a running one. Kafka-to-Kafka mirroring against MirrorMaker 2 is not measured: dssync
+has no Kafka-to-Kafka mirror yet (see the README).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from typing import Any
+
+import click
+
+from dssync.consumers.consumer import Consumer
+from dssync.consumers.store import Store
+from dssync.errors import BackendUnavailableError
+from dssync.log.filelog import FileLog
+from dssync.log.kafka import KafkaLog, KafkaSettings
+from dssync.tools.localpair import free_port
+from dssync.tools.output import emit_json
+
+MB = 1_000_000
+# tools/ sits at the top of a checkout, beside compose/ (an installed wheel has no compose/)
+COMPOSE_KAFKA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "compose", "kafka.py")
+
+
+def _events(count: int) -> list[list[bytes]]:
+    from dssync.producers.hierarchy import segment_ref
+    from dssync.schemas import encode_segment_stored, origin_field
+
+    of = origin_field("bench")
+    batches, batch = [], []
+    for i in range(count):
+        data = i.to_bytes(8, "little") * 128  # 1 KiB segments
+        batch.append(encode_segment_stored(of, (1 << 40) + i, segment_ref(data), data))
+        if len(batch) == 500:
+            batches.append(batch)
+            batch = []
+    if batch:
+        batches.append(batch)
+    return batches
+
+
+def _append(log: Any, batches: list[list[bytes]]) -> float:
+    t0 = time.perf_counter()
+    for b in batches:
+        log.append(b)
+    log.flush()
+    return time.perf_counter() - t0
+
+
+def _replay(log: Any, directory: str) -> float:
+    store = Store(directory, create=True, fsync=True)
+    try:
+        t0 = time.perf_counter()
+        Consumer(log, store, "log:bench", batch_records=20_000).catch_up()
+        return time.perf_counter() - t0
+    finally:
+        store.close()
+
+
+def _compose_broker() -> tuple[str, str]:
+    script = COMPOSE_KAFKA
+    if not os.path.exists(script):
+        raise BackendUnavailableError("no compose/kafka.py next to this dssync (an installed wheel)",
+                                      hint="run from a checkout, or pass --bootstrap HOST:PORT of a running broker")
+    name = f"bench-{os.getpid()}"
+    port = free_port()
+    subprocess.run([sys.executable, script, "start", name, "--port", str(port), "--controller-port",
+                    str(free_port())], check=True, capture_output=True)
+    return f"127.0.0.1:{port}", name
+
+
+def kafka_report(events: int, bootstrap: str | None) -> dict[str, Any]:
+    started = None
+    if bootstrap is None:
+        bootstrap, started = _compose_broker()
+    directory = tempfile.mkdtemp(prefix="dssync-bench-kafka-")
+    try:
+        batches = _events(events)
+        nbytes = sum(len(v) for b in batches for v in b)
+        topic = f"bench-{uuid.uuid4().hex[:8]}"
+        with KafkaLog(KafkaSettings(bootstrap), topic, writer=True, create=True) as klog:
+            k_append = _append(klog, batches)
+        with FileLog(os.path.join(directory, "log"), writer=True, create=True, fsync="always") as flog:
+            f_append = _append(flog, batches)
+        with KafkaLog(KafkaSettings(bootstrap), topic) as klog:
+            k_replay = _replay(klog, os.path.join(directory, "store-kafka"))
+        f_replay = _replay(FileLog(os.path.join(directory, "log")), os.path.join(directory, "store-file"))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+        if started:
+            subprocess.run([sys.executable, COMPOSE_KAFKA, "stop", started], check=False)
+
+    def case(sys_s: float, base_s: float) -> dict[str, Any]:
+        return {"unit": "events_per_s", "system": round(events / sys_s), "baseline": round(events / base_s),
+                "ratio": round(base_s / sys_s, 3), "system_MB_per_s": round(nbytes / MB / sys_s, 1),
+                "baseline_MB_per_s": round(nbytes / MB / base_s, 1)}
+
+    return {"events": events, "bytes": nbytes, "system": "kafka log", "baseline": "embedded file log",
+            "append": case(k_append, f_append), "replay": case(k_replay, f_replay)}
+
+
+@click.command("kafka")
+@click.option("--events", type=int, default=200_000, show_default=True)
+@click.option("--bootstrap", default=None, help="A running broker (default: start one with compose/kafka.py).")
+@click.option("--json", "as_json", is_flag=True)
+def bench_kafka(events: int, bootstrap: str | None, as_json: bool) -> None:
+    """Append and replay on the Kafka log against the embedded log, same events, one run.
+
+    \\b
+    Example:
+      dssync bench kafka --json
+      dssync bench kafka --bootstrap 127.0.0.1:9092 --events 100000
+    """
+    report = kafka_report(events, bootstrap)
+    if as_json:
+        emit_json(report)
+        return
+    for name in ("append", "replay"):
+        c = report[name]
+        click.echo(f"{name:<7} kafka {c['system']:>8} events/s ({c['system_MB_per_s']} MB/s)  embedded "
+                   f"{c['baseline']:>8} events/s ({c['baseline_MB_per_s']} MB/s)  ratio {c['ratio']}")
