@@ -21,7 +21,9 @@ torn or flipped batch is never returned. Mirrors copy batches byte for byte (``r
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import crc32c
 import lz4.block
@@ -116,6 +118,35 @@ def check_header(head: bytes | memoryview) -> tuple[int, int, int, int]:
     if magic != MAGIC or length < HEADER_SIZE - 8 or codec > CODEC_LZ4:
         raise CorruptLogError("bad batch header")
     return length + 8, base, count, ts
+
+
+def read_from(f: BinaryIO) -> Batch | None:
+    """Read and validate the next batch of a file; None at a clean end of file.
+
+    Raises ``Incomplete`` when the file ends inside the batch and ``CorruptLogError`` when the
+    bytes are not a valid batch; either way ``f`` is left after the bytes it read.
+    """
+    head = f.read(HEADER_SIZE)
+    if not head:
+        return None
+    if len(head) < HEADER_SIZE:
+        raise Incomplete()
+    total, _base, _count, _ts = check_header(head)
+    return parse(head + f.read(total - HEADER_SIZE))
+
+
+def group(values: Iterable[bytes], max_bytes: int) -> Iterator[list[bytes]]:
+    """Cut a stream of record values into lists of about ``max_bytes`` (one batch each)."""
+    pending: list[bytes] = []
+    size = 0
+    for v in values:
+        pending.append(v)
+        size += len(v)
+        if size >= max_bytes:
+            yield pending
+            pending, size = [], 0
+    if pending:
+        yield pending
 
 
 def parse(buf: bytes | memoryview, pos: int = 0) -> Batch:

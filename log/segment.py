@@ -73,15 +73,10 @@ def scan(path: str, base_offset: int, prev_timestamp: int = 0) -> ScanResult:
         result.file_size = os.fstat(f.fileno()).st_size
         pos = 0
         while True:
-            head = f.read(batchfmt.HEADER_SIZE)
-            if not head:
-                break
             try:
-                if len(head) < batchfmt.HEADER_SIZE:
-                    raise batchfmt.Incomplete()
-                total, _base, _count, _ts = batchfmt.check_header(head)
-                rest = f.read(total - batchfmt.HEADER_SIZE)
-                b = batchfmt.parse(head + rest)
+                b = batchfmt.read_from(f)
+                if b is None:
+                    break
             except batchfmt.Incomplete:
                 result.problem = f"torn batch at byte {pos}"
                 break
@@ -141,22 +136,16 @@ def iter_batches(path: str, position: int, is_last: bool) -> Iterator[batchfmt.B
         f.seek(position)
         pos = position
         while True:
-            head = f.read(batchfmt.HEADER_SIZE)
-            if not head:
-                return
-            rest = b""
             try:
-                if len(head) < batchfmt.HEADER_SIZE:
-                    raise batchfmt.Incomplete()
-                total, _base, _count, _ts = batchfmt.check_header(head)
-                rest = f.read(total - batchfmt.HEADER_SIZE)
-                b = batchfmt.parse(head + rest)
+                b = batchfmt.read_from(f)
+                if b is None:
+                    return
             except batchfmt.Incomplete:
                 if is_last:
                     return
                 raise CorruptLogError(f"segment {os.path.basename(path)} ends inside a batch") from None
             except CorruptLogError as exc:
-                if is_last and pos + len(head) + len(rest) >= size:
+                if is_last and f.tell() >= size:  # the last batch, still being written
                     return
                 raise CorruptLogError(f"{exc.message} in {os.path.basename(path)} at byte {pos}") from None
             yield b

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO, Protocol
 
 from dssync.hlc import HybridLogicalClock
+from dssync.log.batch import group
 from dssync.producers.chunker import Chunker
 from dssync.producers.hierarchy import build_groups, segment_ref
 from dssync.schemas import encode, encode_segment_stored, origin_field
@@ -186,14 +187,6 @@ class Optimizer:
     def _append(self, events: list[bytes]) -> None:
         if not events:
             return
-        batch: list[bytes] = []
-        size = 0
-        for e in events:
-            batch.append(e)
-            size += len(e)
-            if size >= EVENT_BATCH_BYTES:
-                self.sink.append(batch)
-                batch, size = [], 0
-        if batch:
+        for batch in group(events, EVENT_BATCH_BYTES):
             self.sink.append(batch)
         self.sink.applied()

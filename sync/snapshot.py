@@ -51,17 +51,9 @@ def row_events(rows: list[Row], packs: Packs) -> Iterator[bytes]:
 def batches(events: Iterator[bytes], timestamp_ms: int) -> Iterator[bytes]:
     """Pack events into raw log batches with offsets from 0."""
     offset = 0
-    pending: list[bytes] = []
-    size = 0
-    for ev in events:
-        pending.append(ev)
-        size += len(ev)
-        if size >= BATCH_BYTES:
-            yield batchfmt.encode(offset, timestamp_ms, pending)
-            offset += len(pending)
-            pending, size = [], 0
-    if pending:
-        yield batchfmt.encode(offset, timestamp_ms, pending)
+    for values in batchfmt.group(events, BATCH_BYTES):
+        yield batchfmt.encode(offset, timestamp_ms, values)
+        offset += len(values)
 
 
 def download(client: PeerClient, directory: str) -> tuple[int, int, str]:
