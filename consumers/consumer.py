@@ -42,10 +42,12 @@ class Consumer:
             )
         records = self.log.read(frm, self.batch_records)
         if not records:
-            end = self.log.end_offset()
-            if end > frm:
-                # Nothing readable below the end: only Kafka transaction markers remain there.
-                self.store.advance(self.source, end)
+            # A log whose offsets are not dense (Kafka: transaction markers) says how far the
+            # empty read went; nothing else may move the offset (a file log's empty read can be a
+            # batch still being written, and advancing past it would skip it).
+            through = getattr(self.log, "read_through", None)
+            if through is not None and through > frm:
+                self.store.advance(self.source, through)
             return ApplyResult()
         return self.store.apply(self.source, records)
 

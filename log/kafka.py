@@ -116,6 +116,8 @@ class KafkaLog:
         self.origin = origin
         self.group_id = group_id
         self.retain_from: int | None = None  # retention is the broker's (topic config)
+        self.read_through: int | None = None
+        """After a ``read`` that returned nothing: the end it read through (markers only)."""
         self.recovery = None  # the broker recovers its own log
         self._producer: KafkaProducer | None = None
         self._consumer: KafkaConsumer | None = None
@@ -234,6 +236,7 @@ class KafkaLog:
             raise OffsetOutOfRangeError(
                 f"offset {from_offset} is below the start {start} of Kafka topic {self.topic} (retention)"
             )
+        self.read_through = None
         if from_offset >= end:
             return []
         c.seek(self.tp, from_offset)
@@ -249,6 +252,8 @@ class KafkaLog:
                 continue
             idle = 0
             out.extend(LogRecord(r.offset, r.timestamp, r.value) for r in recs if r.offset >= from_offset)
+        if not out:
+            self.read_through = end  # everything in [from_offset, end) was a transaction marker
         return out[:max_records]
 
     def offset_for_time(self, timestamp_ms: int) -> int:

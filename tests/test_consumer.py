@@ -1,0 +1,54 @@
+"""The consumer's resume rules, with a scripted log (a unit test: the real logs have theirs)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from dssync.consumers.consumer import Consumer
+from dssync.consumers.store import Store
+from dssync.log.base import LogRecord
+from dssync.schemas import encode_segment_stored, origin_field
+
+
+class ScriptedLog:
+    """Answers ``read`` from a script, as a log being written concurrently would."""
+
+    def __init__(self, reads: list[list[LogRecord]], end: int, read_through: int | None = None) -> None:
+        self.reads, self.end, self.read_through_value = reads, end, read_through
+        self.read_through: int | None = None
+
+    def read(self, from_offset: int, max_records: int = 10_000) -> list[LogRecord]:
+        self.read_through = self.read_through_value
+        return self.reads.pop(0) if self.reads else []
+
+    def start_offset(self) -> int:
+        return 0
+
+    def end_offset(self) -> int:
+        return self.end
+
+    def append(self, values: Sequence[bytes]) -> int:
+        raise NotImplementedError
+
+
+def _rec(offset: int) -> LogRecord:
+    data = b"segment %d" % offset + b"." * 32
+    return LogRecord(offset, 0, encode_segment_stored(origin_field("sh1"), offset + 1, data[:16], data))
+
+
+def test_an_empty_read_of_a_batch_still_being_written_never_moves_the_offset(tmp_path: Path) -> None:
+    store = Store(str(tmp_path), create=True, fsync=False)
+    log = ScriptedLog([[]], end=10)  # the batch at 0..9 completed right after the read looked
+    Consumer(log, store, "log:sh1").step()  # type: ignore[arg-type]
+    assert store.committed("log:sh1") == 0
+    log.reads = [[_rec(i) for i in range(10)]]
+    Consumer(log, store, "log:sh1").step()  # type: ignore[arg-type]
+    assert store.committed("log:sh1") == 10 and store.stats()["live_segments"] == 10
+
+
+def test_a_read_through_transaction_markers_moves_the_offset_past_them(tmp_path: Path) -> None:
+    store = Store(str(tmp_path), create=True, fsync=False)
+    log = ScriptedLog([[]], end=7, read_through=7)
+    Consumer(log, store, "log:sh1").step()  # type: ignore[arg-type]
+    assert store.committed("log:sh1") == 7
