@@ -156,15 +156,16 @@ def mirror_throughput(directory: str, log_mb: int, fsync: str) -> dict[str, Any]
             "log_bytes": src_bytes, "seconds": round(secs, 3)}
 
 
-def _pace(node: Node, rate_mbps: float, stop: threading.Event, sent: list[float]) -> None:
-    """Send new data to a node's service at ``rate_mbps`` in 256 KB pieces."""
+def _pace(node: Node, rate_mbps: float, stop: threading.Event, sent: list[float], seed: int) -> None:
+    """Send new data (never seen before: its own ``seed``) to a node's service at ``rate_mbps``
+    in 256 KB pieces."""
     import io
 
     from dssync.tools.control import ControlClient
 
     client = ControlClient.for_home(node.home)
     assert client is not None
-    rng = random.Random(99)
+    rng = random.Random(seed)
     piece = 256 * 1024
     interval = piece / (rate_mbps * MB)
     nxt = time.perf_counter()
@@ -204,7 +205,7 @@ def latency_and_catchup(directory: str, seconds: float, interruption: float, fsy
         # latency: poll the backup's applied offset; match it to the master's append times
         stop = threading.Event()
         sent: list[float] = []
-        loader = threading.Thread(target=_pace, args=(a, rate, stop, sent))
+        loader = threading.Thread(target=_pace, args=(a, rate, stop, sent, 101))
         ctl_b = ControlClient.for_home(b.home)
         assert ctl_b is not None
         seen: list[tuple[int, float]] = []
@@ -237,7 +238,7 @@ def latency_and_catchup(directory: str, seconds: float, interruption: float, fsy
         b.kill("mirror")
         stop = threading.Event()
         sent = []
-        loader = threading.Thread(target=_pace, args=(a, rate, stop, sent))
+        loader = threading.Thread(target=_pace, args=(a, rate, stop, sent, 202))
         loader.start()
         time.sleep(interruption)
         behind_from = FileLog(os.path.join(b.home, "mirror", "sha")).end_offset()
