@@ -7,7 +7,7 @@ lives in its own directory with its config, data, log and pid file.
 
     python compose/kafka.py fetch
     python compose/kafka.py start site-a --port 19092 [--controller-port 19093] [--scram-port 19094]
-    python compose/kafka.py stop site-a
+    python compose/kafka.py stop site-a [--remove]
     python compose/kafka.py status site-a
 
 Exit codes: 0 ok, 1 the broker did not start (its log tail is printed), 2 usage,
@@ -186,8 +186,10 @@ def main() -> None:
     s.add_argument("--scram-port", type=int)
     s.add_argument("--timeout", type=float, default=120)
     s.add_argument("--keep-data", action="store_true", help="restart on the existing data (no format)")
-    for cmd in ("stop", "status"):
-        sub.add_parser(cmd).add_argument("name")
+    st = sub.add_parser("stop")
+    st.add_argument("name")
+    st.add_argument("--remove", action="store_true", help="also delete the broker's directory and data")
+    sub.add_parser("status").add_argument("name")
     a = p.parse_args()
     if a.cmd == "fetch":
         print(fetch())
@@ -195,6 +197,8 @@ def main() -> None:
         start(a.name, a.port, a.controller_port or a.port + 1, a.scram_port, a.timeout, a.keep_data)
     elif a.cmd == "stop":
         stop(a.name)
+        if a.remove:
+            shutil.rmtree(_dir(a.name), ignore_errors=True)
     else:
         pid = _pid(a.name)
         print(f"{a.name}: running (pid {pid})" if pid else f"{a.name}: stopped")

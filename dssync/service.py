@@ -32,7 +32,7 @@ from dssync.appliance import Appliance, log_dir, open_log, store_dir
 from dssync.consumers.consumer import Consumer
 from dssync.consumers.packs import Packs
 from dssync.consumers.store import Row
-from dssync.errors import DssyncError, OffsetOutOfRangeError
+from dssync.errors import DssyncError, LockedError, OffsetOutOfRangeError
 from dssync.log.filelog import FileLog
 from dssync.producers.optimizer import Optimizer
 from dssync.schemas import encode
@@ -413,9 +413,25 @@ def mirror_states(home: str) -> dict[str, Any]:
     return out
 
 
-def serve(home: str) -> None:
-    """Run the service until SIGTERM; restart in place when asked to."""
-    svc = Service(home)
+def serve(home: str, wait_for_home_s: float = 60.0) -> None:
+    """Run the service until SIGTERM; restart in place when asked to.
+
+    If another process holds the home (a standalone 'dssync ingest' started while the service
+    was down), wait for it up to ``wait_for_home_s`` seconds instead of failing at once.
+    """
+    deadline = time.monotonic() + wait_for_home_s
+    announced = False
+    while True:
+        try:
+            svc = Service(home)
+            break
+        except LockedError:
+            if time.monotonic() >= deadline:
+                raise
+            if not announced:
+                log.info("waiting for another dssync process to release %s", home)
+                announced = True
+            time.sleep(0.2)
     signal.signal(signal.SIGTERM, lambda *_: svc.request_stop())
     signal.signal(signal.SIGINT, lambda *_: svc.request_stop())
     svc.run()

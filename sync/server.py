@@ -9,6 +9,8 @@ compare digests while the service owns the store.
 from __future__ import annotations
 
 import json
+import logging
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from dssync.service import Service
 
 H_TOKEN = "X-Dssync-Token"
+log = logging.getLogger("dssync.service")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -193,6 +196,15 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     service: Service
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A peer or tool that hangs up mid-answer (a killed mirror) is routine: one quiet line,
+        no traceback; anything else is logged as a warning."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError, TimeoutError)):
+            log.debug("client %s went away: %s", client_address[0], exc)
+        else:
+            log.warning("request from %s failed: %s", client_address[0], exc)
 
 
 def start(address: tuple[str, int], handler: type[_Handler], service: Service,

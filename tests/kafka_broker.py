@@ -35,8 +35,9 @@ class Broker:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def stop(self) -> None:
-        subprocess.run([sys.executable, KAFKA_PY, "stop", self.name], check=True)
+    def stop(self, remove: bool = True) -> None:
+        """Stop the broker; unless ``remove`` is False (a restart follows), delete its data."""
+        subprocess.run([sys.executable, KAFKA_PY, "stop", self.name, *(["--remove"] if remove else [])], check=True)
 
     def start(self) -> None:
         proc = subprocess.run([sys.executable, KAFKA_PY, "start", self.name, "--port", str(self.port),

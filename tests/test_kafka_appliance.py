@@ -91,7 +91,7 @@ def test_a_broker_stopped_mid_stream_costs_no_event_and_duplicates_none(tmp_path
         home = _home(tmp_path, broker, "ka4")
         parts = [os.urandom(400_000) for _ in range(3)]
         run_dssync("ingest", home, "-", input_bytes=parts[0])
-        broker.stop()
+        broker.stop(remove=False)
         down = run_dssync("ingest", home, "-", check=False, input_bytes=parts[1])
         assert down.returncode == 10 and b"cannot reach Kafka" in down.stderr and b"Traceback" not in down.stderr
         subprocess.run([sys.executable, KAFKA_PY, "start", broker.name, "--port", str(broker.port),
