@@ -24,13 +24,6 @@ class Consumer:
         self.source = source
         self.batch_records = batch_records
 
-    def position(self) -> int:
-        """The next offset this consumer will apply."""
-        return max(self.store.committed(self.source), self.log.start_offset())
-
-    def lag(self) -> int:
-        return max(0, self.log.end_offset() - self.store.committed(self.source))
-
     def step(self) -> ApplyResult:
         """Apply up to ``batch_records`` records in one transaction; empty result at the end."""
         frm = self.store.committed(self.source)

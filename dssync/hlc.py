@@ -8,6 +8,7 @@ ties on (hlc, origin), so two appliances always pick the same winner.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -15,17 +16,13 @@ LOGICAL_BITS = 16
 LOGICAL_MASK = (1 << LOGICAL_BITS) - 1
 
 
-def physical_ms(hlc: int) -> int:
-    """The wall-clock milliseconds part of an HLC value."""
-    return hlc >> LOGICAL_BITS
-
-
 class HybridLogicalClock:
-    """A monotonic HLC; not thread-safe (one per writer)."""
+    """A monotonic HLC, safe to share between the traffic path and the apply loop."""
 
     def __init__(self, last: int = 0, wall_ms: Callable[[], int] | None = None) -> None:
         self._last = last
         self._wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
+        self._lock = threading.Lock()
 
     @property
     def last(self) -> int:
@@ -34,10 +31,12 @@ class HybridLogicalClock:
     def now(self) -> int:
         """A value strictly greater than every value returned or observed before."""
         candidate = self._wall_ms() << LOGICAL_BITS
-        self._last = candidate if candidate > self._last else self._last + 1
-        return self._last
+        with self._lock:
+            self._last = candidate if candidate > self._last else self._last + 1
+            return self._last
 
     def observe(self, remote: int) -> None:
         """Fold in a clock value read from another appliance's event."""
-        if remote > self._last:
-            self._last = remote
+        with self._lock:
+            if remote > self._last:
+                self._last = remote

@@ -224,7 +224,18 @@ class Service:
     # ------------------------------------------------------------------ applying mirrored logs
 
     def apply_mirrors(self) -> int:
-        """Apply what the mirror service wrote since the last call; return records applied."""
+        """Apply what the mirror service wrote since the last call; return records applied.
+
+        The clock then observes the newest event applied, so that what this appliance writes
+        next orders after everything it has seen from its peer.
+        """
+        applied = self._apply_sources()
+        if applied:
+            with self.lock:
+                self.app.hlc.observe(int(self.app.store.meta().get("max_hlc", 0)))
+        return applied
+
+    def _apply_sources(self) -> int:
         if self.config.sync.state != "active":
             return 0
         if self.config.sync.transport == "kafka-shared":

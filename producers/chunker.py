@@ -61,7 +61,3 @@ class Chunker:
         """Chunks of ``stream``; each view is valid only until the next one is produced."""
         for ch in self._cdc.cut_stream(stream):
             yield ch.data
-
-    def cut_buf(self, buf: bytes) -> Iterator[memoryview]:
-        for ch in self._cdc.cut_buf(buf):
-            yield ch.data
