@@ -40,6 +40,8 @@ def test_pairing_overwrites_the_backup_and_both_directions_converge(tmp_path: Pa
             doc = json.loads(dss("verify", n.home, "--json").stdout)
             assert doc["ok"] and doc["segments_checked"] > 0
             assert n.status()["store"]["source"] == "service"
+            inspected = json.loads(dss("inspect", "store", n.home, "--json").stdout)
+            assert inspected["source"] == "service" and inspected["digest"] and inspected["live_segments"] > 0
         mirrors = b.status()["mirrors"]["sha"]
         assert mirrors["not_copied_events"] == 0 and mirrors["copied_records"] > 0
     finally:
@@ -123,7 +125,7 @@ def test_failover_the_backup_saves_what_the_master_would_have(tmp_path: Path) ->
 
 
 def test_bench_sync_prints_every_figure_with_its_baseline() -> None:
-    p = dss("bench", "sync", "--log-mb", "4", "--seconds", "1", "--interruption", "1", "--size", "2000000",
+    p = dss("bench", "sync", "--log-mb", "4", "--seconds", "4", "--interruption", "1", "--size", "2000000",
             "--fsync", "never", "--json")
     doc = json.loads(p.stdout)
     m = doc["mirror"]

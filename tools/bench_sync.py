@@ -230,10 +230,9 @@ def latency_and_catchup(directory: str, seconds: float, interruption: float, fsy
             if i < len(applied) and batch.timestamp_ms / 1000 >= seen[0][1]:
                 lat.append(max(0.0, applied[i][1] - batch.timestamp_ms / 1000))
         lat.sort()
-        if lat:
-            out["latency_ms"] = {"p50": round(statistics.median(lat) * 1000, 1),
-                                 "p99": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 1),
-                                 "samples": len(lat)}
+        out["latency_ms"] = {"p50": round(statistics.median(lat) * 1000, 1) if lat else None,
+                             "p99": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 1) if lat else None,
+                             "samples": len(lat)}
         # catch-up after an interruption at the same load
         b.kill("mirror")
         stop = threading.Event()

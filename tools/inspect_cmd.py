@@ -9,6 +9,7 @@ import click
 
 from dssync.log import segment as seg
 from dssync.schemas import decode
+from dssync.tools.control import ControlClient
 from dssync.tools.output import emit_json, human_bytes, table
 from dssync.tools.readers import open_config, open_log_reader, open_store_reader, snapshot
 
@@ -91,8 +92,15 @@ def inspect_store(home: str, refs: int, as_json: bool) -> None:
       dssync inspect store /var/lib/dssync/sh1 --refs 10 --json
     """
     open_config(home)
-    store = open_store_reader(home)
-    if store is None:
+    service = ControlClient.for_home(home)
+    store = None if service is not None else open_store_reader(home)
+    if service is not None:  # the running service owns the store: ask it
+        live = service.status()
+        doc: dict[str, Any] = {k: live[k] for k in ("store_id", "chunker", "rows", "live_refs", "live_segments",
+                                    "live_segment_bytes", "live_higher_refs", "pack_bytes", "packs",
+                                    "offsets", "max_hlc") if k in live}
+        doc.update(digest=service.digest()["md5"], source="service")
+    elif store is None:
         doc = snapshot(home)
     else:
         try:
