@@ -13,6 +13,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from urllib.parse import parse_qs, urlparse
@@ -123,6 +124,8 @@ class SyncHandler(_Handler):
 
 
 class ControlHandler(_Handler):
+    _after_reply: Callable[[], None] | None = None
+
     def _authorized(self) -> bool:
         if self.headers.get(H_TOKEN) != self.server.service.token:
             self._error(403, "bad control token")
@@ -130,43 +133,40 @@ class ControlHandler(_Handler):
         return True
 
     def do_GET(self) -> None:
-        if not self._authorized():
-            return
         svc = self.server.service
-        path = urlparse(self.path).path
-        try:
-            if path == "/v1/status":
-                self._json(200, svc.status())
-            elif path == "/v1/verify":
-                self._json(200, svc.verify())
-            elif path == "/v1/offsets":
-                self._json(200, svc.offsets())
-            elif path == "/v1/digest":
-                self._json(200, svc.digest())
-            elif path == "/v1/rows":
-                self._json(200, svc.rows())
-            else:
-                self._error(404, "unknown endpoint")
-        except DssyncError as exc:
-            self._json(500, {"error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code})
+        self._dispatch({
+            "/v1/status": svc.status, "/v1/verify": svc.verify, "/v1/offsets": svc.offsets,
+            "/v1/digest": svc.digest, "/v1/rows": svc.rows,
+        })
 
     def do_POST(self) -> None:
+        svc = self.server.service
+
+        def ingest() -> Any:
+            length = int(self.headers.get("Content-Length", 0))
+            return svc.ingest(cast(BinaryIO, _Limited(self.rfile, length)))
+
+        def stop(restart: bool) -> Any:
+            self._after_reply = lambda: svc.request_stop(restart=restart)  # answer first, then stop
+            return {"ok": True}
+
+        self._dispatch({"/v1/ingest": ingest, "/v1/restart": lambda: stop(True), "/v1/stop": lambda: stop(False)})
+
+    def _dispatch(self, routes: dict[str, Callable[[], Any]]) -> None:
+        """Authorize, route, answer JSON; a DssyncError travels back with its hint and exit code."""
         if not self._authorized():
             return
-        svc = self.server.service
-        path = urlparse(self.path).path
+        handler = routes.get(urlparse(self.path).path)
+        if handler is None:
+            self._error(404, "unknown endpoint")
+            return
+        self._after_reply = None
         try:
-            if path == "/v1/ingest":
-                length = int(self.headers.get("Content-Length", 0))
-                stats = svc.ingest(cast(BinaryIO, _Limited(self.rfile, length)))
-                self._json(200, stats)
-            elif path in ("/v1/restart", "/v1/stop"):
-                self._json(200, {"ok": True})
-                svc.request_stop(restart=path == "/v1/restart")
-            else:
-                self._error(404, "unknown endpoint")
+            self._json(200, handler())
         except DssyncError as exc:
             self._json(500, {"error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code})
+        if self._after_reply is not None:
+            self._after_reply()
 
 
 class _Limited:

@@ -52,8 +52,7 @@ def test_services_and_mirrors_killed_at_random_during_sustained_ingest_converge(
     traffic_b = release(tmp_path, 2, 2_500_000, 4) + traffic_a[:2]  # overlapping content
     try:
         for n in (a, b):
-            n.start("serve")
-            n.start("mirror")
+            n.start_all()
         stop = threading.Event()
         errors: list[str] = []
         threads = [threading.Thread(target=_ingest_loop, args=(n, t, stop, errors))
@@ -75,8 +74,7 @@ def test_services_and_mirrors_killed_at_random_during_sustained_ingest_converge(
             t.join(timeout=240)
         assert not errors, errors
         for n in (a, b):
-            n.start("serve")
-            n.start("mirror")
+            n.start_all()
         wait_converged(a, b, timeout=120)
         assert kills >= 10
     finally:
@@ -96,8 +94,7 @@ def test_link_cuts_of_varying_length_then_both_stores_converge(tmp_path: Path) -
     r = release(tmp_path, 5, 2_000_000, 6)
     try:
         for n in (a, b):
-            n.start("serve")
-            n.start("mirror")
+            n.start_all()
         wait_converged(a, b)
         for cut_s, (pa, pb) in zip((0.2, 1.0, 3.0), ((r[0], r[1]), (r[2], r[3]), (r[4], r[5])), strict=True):
             a.kill("mirror", signal.SIGKILL)
@@ -121,8 +118,7 @@ def test_a_retention_gap_is_detected_counted_and_repaired(tmp_path: Path) -> Non
         r.append(str(tmp_path / f"new{i}.bin"))
     try:
         for n in (a, b):
-            n.start("serve")
-            n.start("mirror")
+            n.start_all()
         a.ingest(r[0])
         wait_converged(a, b)
         b.kill("mirror")

@@ -60,8 +60,7 @@ def test_a_mirrored_log_is_a_byte_identical_copy_of_the_source(tmp_path: Path) -
     a, b = make_pair(tmp_path)
     try:
         for n in (a, b):
-            n.start("serve")
-            n.start("mirror")
+            n.start_all()
         for path in release(tmp_path, 9, 3_000_000, 3):
             a.ingest(path)
         wait_converged(a, b)
@@ -104,8 +103,7 @@ def test_failover_the_backup_saves_what_the_master_would_have(tmp_path: Path) ->
     r = release(tmp_path, 17, 5_000_000, 3)
     try:
         for n in (a, b):
-            n.start("serve")
-            n.start("mirror")
+            n.start_all()
         a.ingest(r[0])
         a.ingest(r[1])
         wait_converged(a, b)
@@ -157,10 +155,22 @@ def test_the_sync_interface_runs_over_tls_with_client_certificates(tmp_path: Pat
             "--tls-ca", peer_crt)
     try:
         for n in (a, b):
-            n.start("serve")
-            n.start("mirror")
+            n.start_all()
         a.ingest(release(tmp_path, 31, 1_000_000, 1)[0])
         wait_converged(a, b)
     finally:
         a.stop_all()
         b.stop_all()
+
+
+def test_service_restart_and_stop_answer_then_act(tmp_path: Path) -> None:
+    a, _b = make_pair(tmp_path)
+    try:
+        a.start("serve")
+        out = dss("service", "restart", a.home).stdout
+        assert "service restarted" in out and a.status()["store"]["source"] == "service"
+        assert "service stopped" in dss("service", "stop", a.home).stdout
+        refused = dss("service", "stop", a.home, check=False)
+        assert refused.returncode == 2 and "no dssync service runs" in refused.stderr
+    finally:
+        a.stop_all()

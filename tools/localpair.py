@@ -84,6 +84,11 @@ class Node:
             p.send_signal(sig)
             p.wait(timeout=60)
 
+    def start_all(self) -> None:
+        """The appliance service, then the log-mirroring service."""
+        self.start("serve")
+        self.start("mirror")
+
     def stop_all(self) -> None:
         for what in ("mirror", "serve"):
             self.kill(what, signal.SIGTERM)
