@@ -53,6 +53,10 @@ class StoreConfig:
 SYNC_ROLES = ("", "master", "backup")
 SYNC_STATES = ("unconfigured", "restart-required", "active")
 INTERFACES = ("primary", "aux")
+TRANSPORTS = ("http", "kafka-shared", "kafka-sites")
+"""http: 'dssync mirror' copies the peer's file log over the sync interface; kafka-shared: both
+logs on one cluster, each appliance reads its peer's topic; kafka-sites: one cluster per site,
+'dssync mirror' copies the peer's topic into this site's cluster."""
 
 
 @dataclass
@@ -68,6 +72,7 @@ class SyncConfig:
     state: str = "unconfigured"
     paired_store_id: str = ""
     own_log_from: int = 0
+    peer_kafka: str = ""
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""
@@ -94,10 +99,11 @@ class Config:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
 
     def validate(self) -> None:
-        if not _NAME.match(self.name):
+        if not _NAME.match(self.name) or self.name.startswith("mirror."):
             raise UsageError(
                 f"invalid appliance name {self.name!r}",
-                hint="use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit",
+                hint="use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit "
+                "(and not with 'mirror.', kept for mirror topics)",
             )
         if not self.model or not self.software_version:
             raise UsageError("model and software version must not be empty")
@@ -114,13 +120,18 @@ class Config:
         if s.role not in SYNC_ROLES or s.state not in SYNC_STATES or s.interface not in INTERFACES:
             raise UsageError("invalid [sync] role, state or interface",
                              hint="role is master or backup; interface is primary or aux")
-        if s.transport not in ("http", "kafka-shared"):
-            raise UsageError(f"unknown sync transport {s.transport!r}", hint="use http or kafka-shared")
-        if s.role and (s.transport == "kafka-shared") != (self.log.backend == "kafka"):
+        if s.transport not in TRANSPORTS:
+            raise UsageError(f"unknown sync transport {s.transport!r}", hint="use " + ", ".join(TRANSPORTS))
+        if s.role and (s.transport != "http") != (self.log.backend == "kafka"):
             raise UsageError(
-                "sync transport kafka-shared goes with a Kafka log, and http with the file log",
-                hint="use --transport kafka-shared for appliances initialised with --kafka",
+                "sync transports kafka-shared and kafka-sites go with a Kafka log, and http with the file log",
+                hint="use --transport kafka-shared or kafka-sites for appliances initialised with --kafka",
             )
+        if s.role and s.transport == "kafka-sites":
+            host, _, port = s.peer_kafka.rpartition(":")
+            if not host or not port.isdigit():
+                raise UsageError("transport kafka-sites needs the peer site's cluster as [sync] peer_kafka",
+                                 hint="pass --peer-kafka HOST:PORT to 'dssync sync configure'")
         if s.role:
             for name in ("peer", "listen"):
                 addr = getattr(s, name)

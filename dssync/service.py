@@ -136,7 +136,7 @@ class Service:
                 "model": cfg.model, "software_version": cfg.software_version,
             })])
             app.applied()
-            if cfg.sync.transport == "kafka-shared":
+            if cfg.sync.transport != "http":
                 self._load_snapshot(app, cfg, master, me)
         log.info("paired as backup of %s: store discarded, taking store %s", master.name, master.store_id)
 
@@ -238,7 +238,7 @@ class Service:
     def _apply_sources(self) -> int:
         if self.config.sync.state != "active":
             return 0
-        if self.config.sync.transport == "kafka-shared":
+        if self.config.sync.transport != "http":
             return self._apply_peer_topic()
         total = 0
         root = mirror_root(self.home)
@@ -252,9 +252,26 @@ class Service:
                 total += self._apply_log(f"log:{name}", path)
         return total
 
+    def _open_peer_log(self, peer: str) -> Any:
+        """The peer's log as this site sees it: its own topic on a shared cluster, or the
+        mirror topic on this site's cluster (read in the peer's offsets)."""
+        if self.config.sync.transport == "kafka-shared":
+            peer_cfg = cfgmod.load(self.home)
+            peer_cfg.name = peer  # the peer's topic follows the shared naming
+            return open_log(self.home, peer_cfg, writer=False)
+        from dssync.appliance import kafka_settings
+        from dssync.log.kafka import create_topic
+        from dssync.log.mirrored import MirroredTopic
+        from dssync.sync.kafka_mirror import mirror_topic
+
+        settings = kafka_settings(self.config)
+        topic = mirror_topic(self.config.kafka.topic_prefix, peer)
+        create_topic(settings, topic, self.config.log.retention_bytes or -1, self.config.log.retention_ms or -1)
+        return MirroredTopic(settings, topic)
+
     def _apply_peer_topic(self) -> int:
-        """Shared cluster: read the peer's own topic directly (no mirror), from where the
-        pairing says it starts for us."""
+        """Kafka: read the peer's log from where the pairing says it starts for us: its own
+        topic (shared cluster, no mirror) or its mirror topic at this site."""
         if self._peer is None:
             if time.monotonic() < self._next_handshake:
                 return 0
@@ -267,10 +284,8 @@ class Service:
                 return 0
             finally:
                 client.close()
-            peer_cfg = cfgmod.load(self.home)
-            peer_cfg.name = self._peer.name  # the peer's topic follows the shared naming
             source = f"log:{self._peer.name}"
-            self._consumers[source] = (Consumer(open_log(self.home, peer_cfg, writer=False), self.app.store, source,
+            self._consumers[source] = (Consumer(self._open_peer_log(self._peer.name), self.app.store, source,
                                                 batch_records=5_000), self._reader)
             with self.lock:
                 self.app.store.advance(source, self._peer.log_start_offset)
@@ -368,13 +383,21 @@ class Service:
         log.info("serving %s (control %s%s)", self.config.name, doc["control"],
                  f", sync {doc['sync']}" if doc["sync"] else "")
         last_status = 0.0
+        last_error = ""
         try:
             while not self.stopping.is_set():
                 try:
                     n = self.apply_mirrors()
                 except DssyncError as exc:
-                    log.error("applying mirrored logs failed: %s", exc.message)
+                    if str(exc) != last_error:
+                        log.error("applying the peer's log failed: %s", exc.message)
+                        last_error = str(exc)
+                    self.stopping.wait(0.5)  # a broker or disk that fails is not asked again at once
                     n = 0
+                else:
+                    if last_error and n:
+                        log.info("applying the peer's log again")
+                        last_error = ""
                 now = time.monotonic()
                 if now - last_status > 1.0:
                     with self.lock:

@@ -102,6 +102,43 @@ def probe(settings: KafkaSettings) -> None:
     )
 
 
+def create_topic(settings: KafkaSettings, topic: str, retention_bytes: int = -1, retention_ms: int = -1) -> None:
+    """Create a dssync topic with explicit configuration (no broker defaults), if it is missing:
+    one partition, broker append time (lag in seconds comes from the log), producer's lz4."""
+    admin = KafkaAdminClient(**settings.client_options())
+    try:
+        admin.create_topics([NewTopic(topic, 1, 1, topic_configs={
+            "message.timestamp.type": "LogAppendTime",
+            "compression.type": "producer",
+            "cleanup.policy": "delete",
+            "retention.bytes": str(retention_bytes),
+            "retention.ms": str(retention_ms),
+            "max.message.bytes": str(16 << 20),
+        })])
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        admin.close()
+
+
+def close_producer(producer: KafkaProducer, timeout_s: float = 5.0) -> None:
+    """Close a producer within ``timeout_s``, whatever state its broker is in.
+
+    kafka-python's ``close`` flushes first and raises if records are still pending (a broker
+    that is down), leaving the producer open; its ``__del__`` then tries again and prints a
+    traceback. A producer that cannot flush is force-closed instead: what it held was never
+    committed (every dssync write is transactional), so nothing acknowledged is dropped.
+    """
+    try:
+        producer.close(timeout=timeout_s)
+    except Exception as exc:  # closing must never raise
+        log.debug("force-closing a producer that could not flush: %s", exc)
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            sender.force_close()
+        producer._closed = True
+
+
 class KafkaLog:
     """An append-only log in a single-partition Kafka topic (module docstring)."""
 
@@ -125,7 +162,7 @@ class KafkaLog:
         probe(settings)
         try:
             if create:
-                self._create_topic(opts, retention_bytes, retention_ms)
+                create_topic(settings, topic, retention_bytes, retention_ms)
             self._consumer = KafkaConsumer(
                 **opts, enable_auto_commit=False, isolation_level="read_committed", group_id=group_id,
                 auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20,
@@ -147,22 +184,6 @@ class KafkaLog:
         except BaseException:
             self.close()
             raise
-
-    def _create_topic(self, opts: dict[str, Any], retention_bytes: int, retention_ms: int) -> None:
-        admin = KafkaAdminClient(**opts)
-        try:
-            admin.create_topics([NewTopic(self.topic, 1, 1, topic_configs={
-                "message.timestamp.type": "LogAppendTime",
-                "compression.type": "producer",
-                "cleanup.policy": "delete",
-                "retention.bytes": str(retention_bytes),
-                "retention.ms": str(retention_ms),
-                "max.message.bytes": str(16 << 20),
-            })])
-        except TopicAlreadyExistsError:
-            pass
-        finally:
-            admin.close()
 
     # ------------------------------------------------------------------ writing
 
@@ -291,8 +312,11 @@ class KafkaLog:
             client = getattr(self, name)
             setattr(self, name, None)
             if client is not None:
+                if name == "_producer":
+                    close_producer(client)
+                    continue
                 try:
-                    client.close(timeout=5) if name == "_producer" else client.close()
+                    client.close()
                 except Exception as exc:  # closing must never raise
                     log.debug("closing %s: %s", name, exc)
 

@@ -51,3 +51,13 @@ def kafka_broker() -> object:
     broker = start_broker("site-a", scram=True)
     yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker_b() -> object:
+    """A second cluster (site B), for mirroring between sites."""
+    from tests.kafka_broker import start_broker
+
+    broker = start_broker("site-b")
+    yield broker
+    broker.stop()

@@ -39,10 +39,12 @@ class Broker:
         """Stop the broker; unless ``remove`` is False (a restart follows), delete its data."""
         subprocess.run([sys.executable, KAFKA_PY, "stop", self.name, *(["--remove"] if remove else [])], check=True)
 
-    def start(self) -> None:
+    def start(self, keep_data: bool = False) -> None:
+        """Start the broker (formatted afresh, or on its existing data for a restart)."""
         proc = subprocess.run([sys.executable, KAFKA_PY, "start", self.name, "--port", str(self.port),
                                "--controller-port", str(free_port()),
-                               *(["--scram-port", str(self.scram_port)] if self.scram_port else [])],
+                               *(["--scram-port", str(self.scram_port)] if self.scram_port else []),
+                               *(["--keep-data"] if keep_data else [])],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             message = f"the Kafka broker could not be started: {proc.stderr.strip()[-2000:]}"

@@ -26,7 +26,7 @@ from dssync.tools.control import ControlClient
 from dssync.tools.demo import demo
 from dssync.tools.output import emit_json, human_bytes, progress, table
 from dssync.tools.status import status_cmd
-from dssync.tools.sync_cmd import configure, mirror_cmd, serve_cmd, service_group, sync_group
+from dssync.tools.sync_cmd import configure, mirror_cmd, mirror_topic_cmd, serve_cmd, service_group, sync_group
 
 HOME = click.argument("home", type=click.Path(file_okay=False, path_type=str))
 
@@ -232,6 +232,7 @@ cli.add_command(bench.bench)
 cli.add_command(demo)
 cli.add_command(serve_cmd)
 cli.add_command(mirror_cmd)
+cli.add_command(mirror_topic_cmd)
 cli.add_command(sync_group)
 cli.add_command(service_group)
 

@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import time
+from typing import Any
 
 import click
 
@@ -19,7 +20,8 @@ HOME = click.argument("home", type=click.Path(file_okay=False, path_type=str))
 def _logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    # kafka-python logs every internal retry; our services log one line per state change
+    logging.getLogger("kafka").setLevel(logging.WARNING if verbose else logging.CRITICAL)
 
 
 @click.command("serve")
@@ -48,20 +50,28 @@ def serve_cmd(home: str, verbose: bool) -> None:
 @click.option("--wait-ms", type=int, default=500, show_default=True, help="Long-poll wait per request.")
 @click.option("-v", "--verbose", is_flag=True)
 def mirror_cmd(home: str, wait_ms: int, verbose: bool) -> None:
-    """Run the log-mirroring service: copy the peer's own log here over the sync interface.
+    """Run the log-mirroring service: copy the peer's own log to this appliance.
 
-    A separate process from 'dssync serve'; killing either at any moment loses and doubles
-    nothing (the resume point is the mirror log's own end).
+    With the file log, over the sync interface into HOME/mirror/; with transport kafka-sites,
+    from the peer site's cluster into a mirror topic of this site's cluster. A separate process
+    from 'dssync serve'; killing either at any moment loses and doubles nothing (the resume
+    point is derived from the destination).
 
     \b
     Example:
       dssync mirror /var/lib/dssync/sh1 &
     """
+    import signal
+
     from dssync.sync.mirror import Mirror
+    from dssync.sync.site_mirror import SiteMirror
 
     _logging(verbose)
-    m = Mirror(home, wait_ms=wait_ms)
-    import signal
+    transport = cfgmod.load(home).sync.transport
+    if transport == "kafka-shared":
+        raise UsageError("appliances on one shared Kafka cluster need no mirror",
+                         hint="each service reads its peer's topic directly; run only 'dssync serve'")
+    m: Mirror | SiteMirror = SiteMirror(home) if transport == "kafka-sites" else Mirror(home, wait_ms=wait_ms)
 
     def stop(*_: object) -> None:
         m.stopped = True
@@ -69,6 +79,79 @@ def mirror_cmd(home: str, wait_ms: int, verbose: bool) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     m.run()
+
+
+@click.command("mirror-topic")
+@click.option("--from-kafka", default=None, metavar="HOST:PORT[,...]", help="Source cluster (with --from-topic).")
+@click.option("--from-topic", default=None, help="Source topic: an appliance's own log.")
+@click.option("--from-log", default=None, type=click.Path(file_okay=False), help="Or: an embedded log directory.")
+@click.option("--to-kafka", required=True, metavar="HOST:PORT[,...]", help="Destination cluster.")
+@click.option("--to-topic", required=True, help="Destination topic (created if missing).")
+@click.option("--origin", default=None, help="Origin header of the copies (default: the source's name).")
+@click.option("--stop-when-idle", is_flag=True, help="Exit once everything the source holds is copied.")
+@click.option("-v", "--verbose", is_flag=True)
+def mirror_topic_cmd(from_kafka: str | None, from_topic: str | None, from_log: str | None, to_kafka: str,
+                     to_topic: str, origin: str | None, stop_when_idle: bool, verbose: bool) -> None:
+    """Copy one log into a Kafka topic exactly once: Kafka to Kafka, or embedded to Kafka.
+
+    The building block of 'dssync mirror' between sites, usable on its own. Kill it at any
+    moment and start it again: it resumes after the last copy the destination holds.
+
+    \b
+    Example:
+      dssync mirror-topic --from-kafka siteA:9092 --from-topic dssync.sh1 \\
+          --to-kafka siteB:9092 --to-topic dssync.mirror.sh1
+      dssync mirror-topic --from-log /srv/sh1/log --to-kafka siteB:9092 --to-topic dssync.mirror.sh1
+    """
+    import signal
+
+    from dssync.log.filelog import FileLog
+    from dssync.log.kafka import KafkaLog, KafkaSettings
+    from dssync.sync.kafka_mirror import TopicCopier, keep_running
+
+    _logging(verbose)
+    if (from_log is None) == (from_kafka is None or from_topic is None):
+        raise UsageError("give either --from-kafka with --from-topic, or --from-log",
+                         hint="see 'dssync mirror-topic --help'")
+    stopped = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopped
+        stopped = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log = logging.getLogger("dssync.mirror")
+    status = {"now": ""}
+
+    def on_state(state: str, detail: str) -> None:
+        if state != status["now"]:
+            log.log(logging.WARNING if state == "disconnected" else logging.INFO, "mirror %s: %s", state, detail)
+            status["now"] = state
+
+    def session() -> None:
+        nonlocal stopped
+        if from_log is not None:
+            source: Any = FileLog(from_log)
+            name = os.path.abspath(from_log)
+        else:
+            assert from_kafka is not None and from_topic is not None
+            source = KafkaLog(KafkaSettings(from_kafka), from_topic)
+            name = from_topic
+        copier = TopicCopier(source, name, KafkaSettings(to_kafka), to_topic, origin or os.path.basename(name))
+        try:
+            at = copier.open()
+            on_state("connected", f"copying {name} into {to_topic} from offset {at}")
+            while not stopped:
+                if not copier.step():
+                    if stop_when_idle and copier.next is not None and copier.next >= source.end_offset():
+                        stopped = True
+                    time.sleep(0.01)
+        finally:
+            copier.close()
+            source.close()
+
+    keep_running(session, lambda: stopped, on_state, time.sleep)
 
 
 @click.group("sync")
@@ -82,17 +165,20 @@ def sync_group() -> None:
 @click.option("--peer", required=True, help="The peer's sync-interface address, HOST:PORT.")
 @click.option("--listen", required=True, help="This appliance's sync-interface address, HOST:PORT.")
 @click.option("--interface", type=click.Choice(["primary", "aux"]), default="primary", show_default=True)
-@click.option("--transport", type=click.Choice(["http", "kafka-shared"]), default="http", show_default=True,
+@click.option("--transport", type=click.Choice(list(cfgmod.TRANSPORTS)), default="http", show_default=True,
               help="http: 'dssync mirror' copies the peer's file log; kafka-shared: both logs live on one "
-                   "Kafka cluster and each appliance reads its peer's topic (no mirror process).")
+                   "Kafka cluster and each appliance reads its peer's topic (no mirror process); kafka-sites: "
+                   "one cluster per site, 'dssync mirror' copies the peer's topic into this site's cluster.")
+@click.option("--peer-kafka", default="", metavar="HOST:PORT[,...]",
+              help="kafka-sites: the peer site's cluster (same security settings as this one's).")
 @click.option("--secret", envvar="DSSYNC_SYNC_SECRET", required=True,
               help="Shared secret of the pair (or DSSYNC_SYNC_SECRET).")
 @click.option("--traffic-address", default=None, help="The in-path address (never used for sync).")
 @click.option("--tls-cert", default="", help="PEM certificate for TLS on the sync interface.")
 @click.option("--tls-key", default="", help="PEM key of --tls-cert.")
 @click.option("--tls-ca", default="", help="CA that signed the peer's certificate (enables client certs).")
-def configure(home: str, role: str, peer: str, listen: str, interface: str, transport: str, secret: str,
-              traffic_address: str | None, tls_cert: str, tls_key: str, tls_ca: str) -> None:
+def configure(home: str, role: str, peer: str, listen: str, interface: str, transport: str, peer_kafka: str,
+              secret: str, traffic_address: str | None, tls_cert: str, tls_key: str, tls_ca: str) -> None:
     """Configure pairing. The master restarts its service by itself; the backup must be
     restarted by its operator, and its store is then overwritten by the master's.
 
@@ -104,7 +190,7 @@ def configure(home: str, role: str, peer: str, listen: str, interface: str, tran
     """
     cfg = cfgmod.load(home)
     cfg.sync = cfgmod.SyncConfig(role=role, peer=peer, listen=listen, interface=interface, secret=secret,
-                                 transport=transport,
+                                 transport=transport, peer_kafka=peer_kafka,
                                  state="restart-required", tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
     if traffic_address is not None:
         cfg.traffic.address = traffic_address

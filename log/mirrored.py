@@ -1,0 +1,193 @@
+"""A mirrored Kafka topic, read in the offsets of the log it was copied from.
+
+The Kafka-to-Kafka mirror (``dssync.sync.kafka_mirror``) cannot keep offsets across
+clusters, so every record it writes carries its source offset and source append time in
+headers. This read-only view turns them back into the source's offsets and times: a store
+consuming the mirror commits positions in the *source* log's offsets, exactly as if it read
+the source directly (a shared cluster) or an offset-preserving file mirror. So pairing
+snapshots, lag and ``verify`` speak one language whatever the topology.
+
+Seeking to a source offset uses the headers: source offsets increase with destination
+offsets (the mirror copies in order, in transactions), so a binary search over destination
+offsets finds the first record at or after it; sequential reads then continue from where
+the previous read stopped, without searching.
+
+Error contract: that of ``dssync.log.base`` for reads (``BackendUnavailableError`` when the
+cluster does not answer); a record without the mirror's headers raises ``CorruptLogError``
+(the topic is not a dssync mirror). It cannot be appended to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError, KafkaTimeoutError
+
+from dssync.errors import BackendUnavailableError, CorruptLogError, LockedError, UsageError
+from dssync.log.base import LogRecord
+from dssync.log.kafka import KafkaSettings, probe
+
+H_SRC_OFFSET = "dssync-src-offset"
+H_SRC_TS = "dssync-src-ts"
+H_SRC_TOPIC = "dssync-src"
+H_ORIGIN = "origin"
+H_THROUGH = "dssync-through"
+"""On a record with an empty value: the source had nothing but transaction markers up to
+here (its source offset + 1), so a consumer may advance past them, as on the source."""
+
+
+def source_position(record: Any) -> tuple[int, int]:
+    """(source offset, source append time) from a mirrored record's headers."""
+    off = ts = None
+    for key, value in record.headers or ():
+        if key == H_SRC_OFFSET:
+            off = int.from_bytes(value, "big")
+        elif key == H_SRC_TS:
+            ts = int.from_bytes(value, "big")
+    if off is None or ts is None:
+        raise CorruptLogError(f"record {record.offset} of {record.topic} has no dssync mirror headers",
+                              hint="only topics written by 'dssync mirror' can be read as mirrors")
+    return off, ts
+
+
+class TopicReader:
+    """A read_committed consumer on one single-partition topic, with bounded waits."""
+
+    def __init__(self, settings: KafkaSettings, topic: str, isolation: str = "read_committed") -> None:
+        self.settings, self.topic, self.tp = settings, topic, TopicPartition(topic, 0)
+        probe(settings)
+        try:
+            self.consumer = KafkaConsumer(
+                **settings.client_options(), enable_auto_commit=False, isolation_level=isolation,
+                group_id=None, auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20,
+                fetch_max_bytes=32 << 20,
+            )
+        except KafkaTimeoutError:
+            raise BackendUnavailableError(f"cannot reach Kafka at {settings.bootstrap_servers}",
+                                          hint="check that the broker runs and the address is right") from None
+        self.consumer.assign([self.tp])
+
+    def bounds(self) -> tuple[int, int]:
+        """(beginning, end) offsets; the end is the last stable offset under read_committed."""
+        try:
+            c = self.consumer
+            return int(c.beginning_offsets([self.tp])[self.tp]), int(c.end_offsets([self.tp])[self.tp])
+        except (KafkaTimeoutError, KafkaError) as exc:
+            raise BackendUnavailableError(f"Kafka at {self.settings.bootstrap_servers} did not answer "
+                                          f"for {self.topic}: {type(exc).__name__}") from None
+
+    def fetch(self, start: int, end: int, max_records: int) -> list[Any]:
+        """Records with ``start <= offset < end``, up to ``max_records`` (fewer at the end)."""
+        c = self.consumer
+        c.seek(self.tp, start)
+        out: list[Any] = []
+        deadline = time.monotonic() + self.settings.timeout_ms / 1000
+        while len(out) < max_records and c.position(self.tp) < end:
+            got = c.poll(timeout_ms=200, max_records=max_records - len(out)).get(self.tp, [])
+            if got:
+                out.extend(r for r in got if start <= r.offset < end)
+                deadline = time.monotonic() + self.settings.timeout_ms / 1000
+            elif time.monotonic() > deadline:
+                raise BackendUnavailableError(f"no data from Kafka topic {self.topic} below offset {end}")
+        return out[:max_records]
+
+    def last_record(self) -> Any | None:
+        """The last committed data record, or None if the topic holds none (markers skipped)."""
+        begin, end = self.bounds()
+        step = 16
+        while end > begin:
+            lo = max(begin, end - step)
+            recs = self.fetch(lo, end, 1 << 30)
+            if recs:
+                return recs[-1]
+            if lo == begin:
+                return None
+            step *= 8
+        return None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # closing must never raise
+            self.consumer.close()
+
+
+class MirroredTopic:
+    """Read-only ``Log`` over a mirror topic, in source offsets (module docstring)."""
+
+    def __init__(self, settings: KafkaSettings, topic: str) -> None:
+        self.topic = topic
+        self.reader = TopicReader(settings, topic)
+        self.read_through: int | None = None
+        self.recovery = None
+        self.retain_from: int | None = None
+        self._cursor: tuple[int, int] | None = None  # (next source offset, its destination offset)
+
+    def _seek(self, src: int, begin: int, end: int) -> int:
+        """The first destination offset whose record has a source offset >= ``src``."""
+        if self._cursor is not None and self._cursor[0] == src:
+            return self._cursor[1]
+        lo, hi = begin, end
+        while lo < hi:
+            mid = (lo + hi) // 2
+            recs = self.reader.fetch(mid, end, 1)
+            if not recs:
+                hi = mid
+                continue
+            if source_position(recs[0])[0] >= src:
+                hi = mid
+            else:
+                lo = recs[0].offset + 1
+        return lo
+
+    def read(self, from_offset: int, max_records: int = 10_000) -> list[LogRecord]:
+        begin, end = self.reader.bounds()
+        at = self._seek(from_offset, begin, end)
+        if at >= end:
+            return []
+        out: list[LogRecord] = []
+        self.read_through = None
+        for r in self.reader.fetch(at, end, max_records):
+            off, ts = source_position(r)
+            if any(k == H_THROUGH for k, _ in r.headers or ()):
+                if out:
+                    break  # the next read reports it
+                self.read_through = off + 1
+            elif off >= from_offset:
+                out.append(LogRecord(off, ts, r.value))
+            self._cursor = (off + 1, r.offset + 1)
+        if out:
+            self.read_through = None
+        return out
+
+    def start_offset(self) -> int:
+        """0 while the mirror topic holds everything it was given; else its first source offset."""
+        begin, end = self.reader.bounds()
+        if begin == 0:
+            return 0
+        recs = self.reader.fetch(begin, end, 1)
+        return source_position(recs[0])[0] if recs else self.end_offset()
+
+    def end_offset(self) -> int:
+        last = self.reader.last_record()
+        return source_position(last)[0] + 1 if last is not None else 0
+
+    def offset_for_time(self, timestamp_ms: int) -> int:
+        raise UsageError("a mirror topic is not indexed by time", hint="read the source topic instead")
+
+    def append(self, values: Sequence[bytes]) -> int:
+        raise LockedError(f"{self.topic} is written by its mirror only")
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def __enter__(self) -> MirroredTopic:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

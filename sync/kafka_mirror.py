@@ -1,0 +1,192 @@
+"""The mirror between sites on Kafka: copy one appliance's own log into a topic of another cluster.
+
+Exactly once, by the same principle as the file mirror: the destination says where to resume.
+
+* Every copied record carries its source offset and source append time in headers
+  (``dssync.log.mirrored``), and the copies of one source read go to the destination in one
+  Kafka transaction. The transactional id is derived from the destination topic, so a second
+  mirror on the same topic fences the first.
+* A session starts by initialising the transactional producer, which aborts (or completes)
+  whatever transaction a killed predecessor left open, and only then reads the last
+  committed record of the destination: its source offset + 1 is the resume point. A crash
+  at any instant therefore leaves either a whole transaction or none, and the next session
+  continues right after the last whole one: no gap, no duplicate.
+* Any failure of either cluster ends the session; the next one starts from the destination
+  again, after an exponential backoff (tenacity) with one log line per state change.
+
+Loop prevention is structural: the source is always an appliance's *own* log (a file log
+or the topic ``<prefix><name>``), never a mirror topic (``<prefix>mirror.<name>``, refused).
+
+The source may be any ``dssync.log.base.Log``: a Kafka topic on the peer's cluster (Kafka to
+Kafka) or an embedded file log (embedded to Kafka). Values are copied as they are, never
+decoded and re-encoded.
+
+If the source's retention removed offsets before they were copied, the gap is detected,
+counted (in source offsets; on Kafka they include transaction markers, so it is an upper
+bound of the events lost) and recorded in the mirror's state; copying continues from the
+source's start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.errors import InvalidProducerEpochError, KafkaError, KafkaTimeoutError, ProducerFencedError
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
+
+from dssync.errors import BackendUnavailableError, LockedError, OffsetOutOfRangeError, UsageError
+from dssync.log.base import Log
+from dssync.log.kafka import KafkaSettings, close_producer, create_topic, probe
+from dssync.log.mirrored import (
+    H_ORIGIN,
+    H_SRC_OFFSET,
+    H_SRC_TOPIC,
+    H_SRC_TS,
+    H_THROUGH,
+    TopicReader,
+    source_position,
+)
+
+log = logging.getLogger("dssync.mirror")
+MIRROR_INFIX = "mirror."
+
+
+def mirror_topic(prefix: str, name: str) -> str:
+    """The topic holding appliance ``name``'s log at the other site."""
+    return f"{prefix}{MIRROR_INFIX}{name}"
+
+
+class TopicCopier:
+    """Copies ``source`` into ``dest_topic`` on the destination cluster (module docstring).
+
+    ``start`` is where to begin when the destination is empty (default: the source's start).
+    Counters in ``stats`` cover this process's lifetime.
+    """
+
+    def __init__(self, source: Log, source_name: str, dest: KafkaSettings, dest_topic: str, origin: str,
+                 start: int | None = None, max_records: int = 5_000, retention_bytes: int = -1,
+                 retention_ms: int = -1) -> None:
+        if MIRROR_INFIX in source_name or "/mirror/" in source_name:
+            raise UsageError(f"{source_name} is a mirror topic; only an appliance's own log is mirrored",
+                             hint="mirror the peer's own topic (<prefix><name>), never a mirror of it")
+        self.source, self.source_name = source, source_name
+        self.dest, self.dest_topic, self.origin = dest, dest_topic, origin
+        self.start, self.max_records = start, max_records
+        self.retention = (retention_bytes, retention_ms)
+        self.next: int | None = None
+        self.stats: dict[str, Any] = {"copied_records": 0, "copied_bytes": 0, "transactions": 0, "gaps": [],
+                                      "not_copied_offsets": 0}
+        self._producer: KafkaProducer | None = None
+        self._headers = [(H_ORIGIN, origin.encode()), (H_SRC_TOPIC, source_name.encode())]
+
+    # ------------------------------------------------------------------ session
+
+    def open(self) -> int:
+        """Start a session: fence any predecessor, then derive the resume point; return it."""
+        self.close()
+        probe(self.dest)
+        create_topic(self.dest, self.dest_topic, *self.retention)
+        try:
+            self._producer = KafkaProducer(
+                **self.dest.client_options(), acks="all", enable_idempotence=True, compression_type="lz4",
+                transactional_id=f"dssync-mirror-{self.dest_topic}", linger_ms=0, batch_size=1 << 20,
+                max_request_size=16 << 20,
+            )
+            self._producer.init_transactions()
+        except (KafkaTimeoutError, KafkaError) as exc:
+            self.close()
+            raise BackendUnavailableError(f"cannot open the mirror topic {self.dest_topic} at "
+                                          f"{self.dest.bootstrap_servers}: {type(exc).__name__}") from None
+        reader = TopicReader(self.dest, self.dest_topic)
+        try:
+            last = reader.last_record()
+        finally:
+            reader.close()
+        if last is not None:
+            self.next = source_position(last)[0] + 1
+        else:
+            self.next = self.start if self.start is not None else self.source.start_offset()
+        return self.next
+
+    def step(self) -> int:
+        """Copy what the source has from the resume point, one transaction; return records copied."""
+        if self._producer is None or self.next is None:
+            self.open()
+        assert self._producer is not None and self.next is not None
+        try:
+            records = self.source.read(self.next, self.max_records)
+        except OffsetOutOfRangeError:
+            start = self.source.start_offset()
+            gap = {"from": self.next, "source_start": start, "offsets": start - self.next,
+                   "at_ms": int(time.time() * 1000)}
+            self.stats["gaps"].append(gap)
+            self.stats["not_copied_offsets"] += gap["offsets"]
+            log.warning("mirror gap: source offsets %d..%d were removed by retention before being copied",
+                        self.next, start - 1)
+            self.next = start
+            return 0
+        through = getattr(self.source, "read_through", None)
+        if not records and (through is None or through <= self.next):
+            return 0
+        p = self._producer
+        try:
+            p.begin_transaction()
+            for r in records:
+                p.send(self.dest_topic, r.value, partition=0, headers=[
+                    *self._headers, (H_SRC_OFFSET, r.offset.to_bytes(8, "big")),
+                    (H_SRC_TS, r.timestamp_ms.to_bytes(8, "big"))])
+            if not records:  # only transaction markers: say how far the source went
+                assert through is not None
+                p.send(self.dest_topic, b"", partition=0, headers=[
+                    *self._headers, (H_SRC_OFFSET, (through - 1).to_bytes(8, "big")),
+                    (H_SRC_TS, int(time.time() * 1000).to_bytes(8, "big")), (H_THROUGH, b"1")])
+            p.flush(timeout=self.dest.timeout_ms / 1000)  # bounded: commit_transaction alone waits forever
+            p.commit_transaction()
+        except (ProducerFencedError, InvalidProducerEpochError):
+            self.close()
+            raise LockedError(f"another mirror took over {self.dest_topic}",
+                              hint="run one mirror per destination topic") from None
+        except (KafkaTimeoutError, KafkaError) as exc:
+            self.close()  # the open transaction is aborted by the next session's fencing
+            raise BackendUnavailableError(f"writing to {self.dest_topic} failed: {type(exc).__name__}") from None
+        if not records:
+            assert through is not None
+            self.next = through
+            return 0
+        self.next = records[-1].offset + 1
+        self.stats["copied_records"] += len(records)
+        self.stats["copied_bytes"] += sum(len(r.value) for r in records)
+        self.stats["transactions"] += 1
+        return len(records)
+
+    def close(self) -> None:
+        p, self._producer = self._producer, None
+        self.next = None
+        if p is not None:
+            close_producer(p)
+
+
+def keep_running(session: Callable[[], None], stopped: Callable[[], bool],
+                 on_state: Callable[[str, str], None], sleep: Callable[[float], None]) -> None:
+    """Run ``session`` until ``stopped()``, restarting it after every transient failure.
+
+    Transient means ``BackendUnavailableError`` (a cluster or the peer does not answer): the
+    wait grows exponentially to 5 s and ``on_state("disconnected", why)`` says what it waits
+    for, once per state change (the caller dedups). Anything else propagates.
+    """
+    def before_sleep(rs: RetryCallState) -> None:
+        exc = rs.outcome.exception() if rs.outcome else None
+        wait = rs.next_action.sleep if rs.next_action else 0.0
+        on_state("disconnected", f"{getattr(exc, 'message', exc)}; retrying (next in {wait:.1f} s)")
+
+    retrying = Retrying(retry=retry_if_exception_type(BackendUnavailableError),
+                        wait=wait_exponential(multiplier=0.1, min=0.1, max=5.0), before_sleep=before_sleep,
+                        stop=lambda rs: stopped(), sleep=sleep, reraise=True)
+    while not stopped():
+        with contextlib.suppress(BackendUnavailableError):  # raised only once stopped
+            retrying(session)

@@ -1,0 +1,160 @@
+"""Mirroring between two real Kafka clusters (and from the embedded log into Kafka), exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dssync.errors import UsageError
+from dssync.log.filelog import FileLog
+from dssync.log.kafka import KafkaLog, KafkaSettings
+from dssync.log.mirrored import MirroredTopic, TopicReader, source_position
+from dssync.sync.kafka_mirror import TopicCopier
+from dssync.tools.localpair import SECRET, Node, dss, free_port, wait_converged
+from tests.pair import release
+
+pytestmark = pytest.mark.kafka
+
+
+def _all(log: Any) -> list[tuple[int, bytes]]:
+    out: list[tuple[int, bytes]] = []
+    at = log.start_offset()
+    while True:
+        recs = log.read(at, 10_000)
+        if not recs:
+            return out
+        out.extend((r.offset, r.value) for r in recs)
+        at = recs[-1].offset + 1
+
+
+def _mirror_proc(src: str, topic: str, dst: str, dest_topic: str, logfile: Any) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "dssync.tools.cli", "mirror-topic", "--from-kafka", src,
+                             "--from-topic", topic, "--to-kafka", dst, "--to-topic", dest_topic],
+                            stdout=logfile, stderr=logfile)
+
+
+def test_a_mirror_killed_and_a_destination_broker_restarted_mid_stream_lose_and_double_nothing(
+        tmp_path: Path, kafka_broker: Any, kafka_broker_b: Any) -> None:
+    topic, dest = f"src-{uuid.uuid4().hex[:8]}", f"mirror.src-{uuid.uuid4().hex[:8]}"
+    source = KafkaLog(KafkaSettings(kafka_broker.bootstrap), topic, writer=True, create=True)
+    done = threading.Event()
+
+    def write() -> None:
+        try:
+            for i in range(120):
+                source.append([f"event {i}.{j} ".encode() * 20 for j in range(50)])
+                time.sleep(0.05)
+        finally:
+            done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    with open(tmp_path / "mirror.log", "ab") as logfile:
+        proc = _mirror_proc(kafka_broker.bootstrap, topic, kafka_broker_b.bootstrap, dest, logfile)
+        try:
+            time.sleep(2.5)
+            proc.send_signal(signal.SIGKILL)  # mid-transaction, most likely
+            proc.wait()
+            proc = _mirror_proc(kafka_broker.bootstrap, topic, kafka_broker_b.bootstrap, dest, logfile)
+            time.sleep(2.0)
+            kafka_broker_b.stop(remove=False)
+            time.sleep(15.0)  # longer than a request timeout: the mirror must notice and back off
+            kafka_broker_b.start(keep_data=True)
+            writer.join()
+            with KafkaLog(KafkaSettings(kafka_broker.bootstrap), topic) as plain:
+                want = _all(plain)
+            assert len(want) == 6000
+            deadline = time.time() + 120
+            with MirroredTopic(KafkaSettings(kafka_broker_b.bootstrap, timeout_ms=30_000), dest) as mirrored:
+                while mirrored.end_offset() < source.end_offset() and time.time() < deadline:
+                    time.sleep(0.5)
+                got = _all(mirrored)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+            source.close()
+    assert [o for o, _ in got] == [o for o, _ in want]  # no gap, no duplicate, in order
+    assert got == want  # and the values as they were
+    raw = TopicReader(KafkaSettings(kafka_broker_b.bootstrap), dest)
+    try:
+        begin, end = raw.bounds()
+        offsets = [source_position(r)[0] for r in raw.fetch(begin, end, 1 << 30) if r.value]
+    finally:
+        raw.close()
+    assert len(offsets) == len(set(offsets)) == 6000  # not even a committed duplicate is hidden
+    log_text = (tmp_path / "mirror.log").read_text()
+    assert "disconnected" in log_text and "retrying" in log_text
+
+
+def test_the_embedded_log_mirrors_into_kafka_and_resumes_where_the_topic_ends(
+        tmp_path: Path, kafka_broker_b: Any) -> None:
+    flog = FileLog(str(tmp_path / "log"), writer=True, create=True)
+    for i in range(20):
+        flog.append([f"r{i}.{j}".encode() for j in range(100)])
+    dest = f"mirror.file-{uuid.uuid4().hex[:8]}"
+    settings = KafkaSettings(kafka_broker_b.bootstrap)
+    copier = TopicCopier(FileLog(str(tmp_path / "log")), str(tmp_path / "log"), settings, dest, "sh1",
+                         max_records=700)
+    assert copier.open() == 0
+    while copier.step():
+        pass
+    copier.close()
+    flog.append([b"late"])
+    again = TopicCopier(FileLog(str(tmp_path / "log")), str(tmp_path / "log"), settings, dest, "sh1")
+    assert again.open() == 2000  # the destination says where to resume
+    assert again.step() == 1 and again.step() == 0
+    again.close()
+    with MirroredTopic(settings, dest) as mirrored:
+        got = mirrored.read(0, 100_000)
+        assert [(r.offset, r.timestamp_ms, r.value) for r in got] == \
+               [(r.offset, r.timestamp_ms, r.value) for r in flog.read(0, 100_000)]
+        assert mirrored.read(1500, 3)[0].offset == 1500  # seeks by source offset
+    flog.close()
+
+
+def test_a_mirror_topic_is_never_mirrored_again() -> None:
+    with pytest.raises(UsageError, match="only an appliance's own log"):
+        TopicCopier(None, "dssync.mirror.sh1", KafkaSettings("127.0.0.1:1"), "x", "sh1")
+
+
+def test_a_pair_on_two_sites_converges_through_kafka_mirrors_and_fails_over(
+        tmp_path: Path, kafka_broker: Any, kafka_broker_b: Any) -> None:
+    logs = str(tmp_path / "logs")
+    os.makedirs(logs)
+    prefix = f"sites{os.getpid()}-{uuid.uuid4().hex[:6]}."
+    a = Node("sha", str(tmp_path / "sha"), free_port(), logs)
+    b = Node("shb", str(tmp_path / "shb"), free_port(), logs)
+    sites = {a.name: kafka_broker.bootstrap, b.name: kafka_broker_b.bootstrap}
+    for n in (a, b):
+        dss("init", n.home, "--name", n.name, "--model", "SH", "--version", "1", "--kafka", sites[n.name],
+            "--kafka-topic-prefix", prefix)
+    for n, peer, role in ((a, b, "master"), (b, a, "backup")):
+        dss("sync", "configure", n.home, "--role", role, "--transport", "kafka-sites", "--peer-kafka", sites[peer.name],
+            "--peer", f"127.0.0.1:{peer.port}", "--listen", f"127.0.0.1:{n.port}", "--secret", SECRET)
+    r = release(tmp_path, 43, 2_000_000, 4)
+    a.ingest(r[0])
+    try:
+        a.start_all()
+        b.start_all()
+        wait_converged(a, b, timeout=120)
+        a.ingest(r[1])
+        b.ingest(r[2])
+        b.kill("mirror")  # a mirror killed mid-stream resumes from its destination topic
+        b.start("mirror")
+        wait_converged(a, b, timeout=120)
+        status = b.status()
+        assert status["mirrors"]["sha"]["state"] == "connected"
+        a.stop_all()
+        assert b.ingest(r[1])["savings"] > 0.999
+    finally:
+        a.stop_all()
+        b.stop_all()
