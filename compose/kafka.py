@@ -9,6 +9,7 @@ lives in its own directory with its config, data, log and pid file.
     python compose/kafka.py start site-a --port 19092 [--controller-port 19093] [--scram-port 19094]
     python compose/kafka.py stop site-a [--remove]
     python compose/kafka.py status site-a
+    python compose/kafka.py mirrormaker mm2 --source 127.0.0.1:19092 --target 127.0.0.1:29092 --topic T
 
 Exit codes: 0 ok, 1 the broker did not start (its log tail is printed), 2 usage,
 3 java or mvn missing. Standard library only: it runs before the project is installed.
@@ -157,6 +158,36 @@ def _launch(name: str, java: str, cp: str, d: str, props: str, port: int, timeou
     sys.exit(1)
 
 
+def mirrormaker(name: str, source: str, target: str, topic: str) -> None:
+    """Start MirrorMaker 2 (dedicated mode, from the same jars) copying ``topic`` from the
+    cluster at ``source`` to the one at ``target`` (as ``A.<topic>``); stop it with ``stop``."""
+    java = _need("java")
+    cp = fetch()
+    d = _dir(name)
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    props = os.path.join(d, "mm2.properties")
+    rf1 = ["replication.factor", "checkpoints.topic.replication.factor", "heartbeats.topic.replication.factor",
+           "offset-syncs.topic.replication.factor", "offset.storage.replication.factor",
+           "status.storage.replication.factor", "config.storage.replication.factor"]
+    with open(props, "w") as f:
+        f.write("\n".join([
+            "clusters = A, B", f"A.bootstrap.servers = {source}", f"B.bootstrap.servers = {target}",
+            "A->B.enabled = true", f"A->B.topics = {topic}", "B->A.enabled = false",
+            "tasks.max = 1", "refresh.topics.interval.seconds = 1", "emit.heartbeats.enabled = false",
+            "emit.checkpoints.enabled = false", "sync.group.offsets.enabled = false",
+            *(f"{k} = 1" for k in rf1), "",
+        ]))
+    log4j = f"-Dlog4j2.configurationFile={os.path.join(HERE, 'log4j2.properties')}"
+    with open(os.path.join(d, "broker.log"), "w") as logf:
+        proc = subprocess.Popen([java, "-Xms256m", "-Xmx768m", log4j, "-cp", cp,
+                                 "org.apache.kafka.connect.mirror.MirrorMaker", props],
+                                stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(os.path.join(d, "broker.pid"), "w") as f:
+        f.write(str(proc.pid))
+    print(f"mirrormaker {name} started (pid {proc.pid}): {source} -> {target}, topic {topic} as A.{topic}")
+
+
 def stop(name: str) -> None:
     pid = _pid(name)
     if pid is None:
@@ -190,11 +221,18 @@ def main() -> None:
     st.add_argument("name")
     st.add_argument("--remove", action="store_true", help="also delete the broker's directory and data")
     sub.add_parser("status").add_argument("name")
+    mm = sub.add_parser("mirrormaker", help="start MirrorMaker 2 between two running brokers")
+    mm.add_argument("name")
+    mm.add_argument("--source", required=True)
+    mm.add_argument("--target", required=True)
+    mm.add_argument("--topic", required=True)
     a = p.parse_args()
     if a.cmd == "fetch":
         print(fetch())
     elif a.cmd == "start":
         start(a.name, a.port, a.controller_port or a.port + 1, a.scram_port, a.timeout, a.keep_data)
+    elif a.cmd == "mirrormaker":
+        mirrormaker(a.name, a.source, a.target, a.topic)
     elif a.cmd == "stop":
         stop(a.name)
         if a.remove:

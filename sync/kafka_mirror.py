@@ -54,6 +54,7 @@ from dssync.log.mirrored import (
 
 log = logging.getLogger("dssync.mirror")
 MIRROR_INFIX = "mirror."
+THROUGH_AFTER_S = 0.2
 
 
 def mirror_topic(prefix: str, name: str) -> str:
@@ -82,6 +83,7 @@ class TopicCopier:
         self.stats: dict[str, Any] = {"copied_records": 0, "copied_bytes": 0, "transactions": 0, "gaps": [],
                                       "not_copied_offsets": 0}
         self._producer: KafkaProducer | None = None
+        self._quiet_since: float | None = None
         self._headers = [(H_ORIGIN, origin.encode()), (H_SRC_TOPIC, source_name.encode())]
 
     # ------------------------------------------------------------------ session
@@ -131,8 +133,17 @@ class TopicCopier:
             self.next = start
             return 0
         through = getattr(self.source, "read_through", None)
-        if not records and (through is None or through <= self.next):
-            return 0
+        if not records:
+            # Only transaction markers past the resume point: worth a record at the destination
+            # once the source has stayed quiet a moment (a busy source moves it on anyway).
+            now = time.monotonic()
+            if through is None or through <= self.next:
+                self._quiet_since = None
+                return 0
+            if self._quiet_since is None or now - self._quiet_since < THROUGH_AFTER_S:
+                self._quiet_since = self._quiet_since or now
+                return 0
+        self._quiet_since = None
         p = self._producer
         try:
             p.begin_transaction()

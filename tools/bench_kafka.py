@@ -4,9 +4,14 @@
   lz4, acks=all) and to the embedded file log (fsync always);
 * replay: the same events replayed from each log into an empty DuckDB store.
 
-The broker is started from compose/kafka.py (a checkout is needed) unless ``--bootstrap``
-names a running one. Kafka-to-Kafka mirroring against MirrorMaker 2 is not measured: dssync
-has no Kafka-to-Kafka mirror yet (see the README).
+* mirror: the same topic copied from one cluster to another by ``dssync mirror-topic``
+  and by MirrorMaker 2 (from the same Kafka release's jars), one after the other on the same
+  two brokers: throughput of the bulk copy (first to last arrival at the destination), then
+  end-to-end latency (source append time to arrival at a destination consumer) of records
+  appended at a steady rate while the mirror runs.
+
+The brokers are started from compose/kafka.py (a checkout is needed) unless ``--bootstrap``
+(and ``--bootstrap-b`` for the mirror) name running ones.
 """
 
 from __future__ import annotations
@@ -70,22 +75,28 @@ def _replay(log: Any, directory: str) -> float:
         store.close()
 
 
-def _compose_broker() -> tuple[str, str]:
+def _compose_broker(site: str = "a") -> tuple[str, str]:
     script = COMPOSE_KAFKA
     if not os.path.exists(script):
         raise BackendUnavailableError("no compose/kafka.py next to this dssync (an installed wheel)",
                                       hint="run from a checkout, or pass --bootstrap HOST:PORT of a running broker")
-    name = f"bench-{os.getpid()}"
+    name = f"bench-{site}-{os.getpid()}"
     port = free_port()
     subprocess.run([sys.executable, script, "start", name, "--port", str(port), "--controller-port",
                     str(free_port())], check=True, capture_output=True)
     return f"127.0.0.1:{port}", name
 
 
-def kafka_report(events: int, bootstrap: str | None) -> dict[str, Any]:
-    started = None
+def kafka_report(events: int, bootstrap: str | None, bootstrap_b: str | None = None,
+                 mirror: bool = True) -> dict[str, Any]:
+    started: list[str] = []
     if bootstrap is None:
-        bootstrap, started = _compose_broker()
+        bootstrap, name = _compose_broker("a")
+        started.append(name)
+    if mirror and bootstrap_b is None:
+        bootstrap_b, name = _compose_broker("b")
+        started.append(name)
+    mirrored: dict[str, Any] | None = None
     directory = tempfile.mkdtemp(prefix="dssync-bench-kafka-")
     try:
         batches = _events(events)
@@ -98,33 +109,46 @@ def kafka_report(events: int, bootstrap: str | None) -> dict[str, Any]:
         with KafkaLog(KafkaSettings(bootstrap), topic) as klog:
             k_replay = _replay(klog, os.path.join(directory, "store-kafka"))
         f_replay = _replay(FileLog(os.path.join(directory, "log")), os.path.join(directory, "store-file"))
+        if mirror:
+            from dssync.tools.bench_mirror import mirror_report
+
+            assert bootstrap_b is not None
+            mirrored = mirror_report(bootstrap, bootstrap_b, topic, COMPOSE_KAFKA)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-        if started:
-            subprocess.run([sys.executable, COMPOSE_KAFKA, "stop", started], check=False)
+        for name in started:
+            subprocess.run([sys.executable, COMPOSE_KAFKA, "stop", name, "--remove"], check=False,
+                           capture_output=True)
 
     def case(sys_s: float, base_s: float) -> dict[str, Any]:
         return {"unit": "events_per_s", "system": round(events / sys_s), "baseline": round(events / base_s),
                 "ratio": round(base_s / sys_s, 3), "system_MB_per_s": round(nbytes / MB / sys_s, 1),
                 "baseline_MB_per_s": round(nbytes / MB / base_s, 1)}
 
-    return {"events": events, "bytes": nbytes, "system": "kafka log", "baseline": "embedded file log",
-            "append": case(k_append, f_append), "replay": case(k_replay, f_replay)}
+    report = {"events": events, "bytes": nbytes, "system": "kafka log", "baseline": "embedded file log",
+              "append": case(k_append, f_append), "replay": case(k_replay, f_replay)}
+    if mirrored is not None:
+        report["mirror"] = {"system": "dssync mirror-topic", "baseline": "MirrorMaker 2", **mirrored}
+    return report
 
 
 @click.command("kafka")
 @click.option("--events", type=int, default=200_000, show_default=True)
 @click.option("--bootstrap", default=None, help="A running broker (default: start one with compose/kafka.py).")
+@click.option("--bootstrap-b", default=None, help="A second running broker, the mirror's destination.")
+@click.option("--no-mirror", is_flag=True, help="Leave out the mirror against MirrorMaker 2.")
 @click.option("--json", "as_json", is_flag=True)
-def bench_kafka(events: int, bootstrap: str | None, as_json: bool) -> None:
-    """Append and replay on the Kafka log against the embedded log, same events, one run.
+def bench_kafka(events: int, bootstrap: str | None, bootstrap_b: str | None, no_mirror: bool,
+                as_json: bool) -> None:
+    """Kafka log against embedded log (append, replay) and dssync's Kafka-to-Kafka mirror
+    against MirrorMaker 2 (throughput, p99 latency): same events, same brokers, one run.
 
     \\b
     Example:
       dssync bench kafka --json
-      dssync bench kafka --bootstrap 127.0.0.1:9092 --events 100000
+      dssync bench kafka --bootstrap 127.0.0.1:9092 --bootstrap-b 127.0.0.1:9192 --events 100000
     """
-    report = kafka_report(events, bootstrap)
+    report = kafka_report(events, bootstrap, bootstrap_b, mirror=not no_mirror)
     if as_json:
         emit_json(report)
         return
@@ -132,3 +156,10 @@ def bench_kafka(events: int, bootstrap: str | None, as_json: bool) -> None:
         c = report[name]
         click.echo(f"{name:<7} kafka {c['system']:>8} events/s ({c['system_MB_per_s']} MB/s)  embedded "
                    f"{c['baseline']:>8} events/s ({c['baseline_MB_per_s']} MB/s)  ratio {c['ratio']}")
+    m = report.get("mirror")
+    if m:
+        ours, mm2 = m["dssync"], m["mirrormaker2"]
+        click.echo(f"mirror  dssync {m['system']:>8} events/s  MirrorMaker 2 {m['baseline']:>8} events/s  "
+                   f"ratio {m['ratio']}")
+        click.echo(f"latency dssync p50 {ours['latency_ms']['p50']} ms p99 {ours['latency_ms']['p99']} ms  "
+                   f"MirrorMaker 2 p50 {mm2['latency_ms']['p50']} ms p99 {mm2['latency_ms']['p99']} ms")
