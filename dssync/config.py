@@ -86,6 +86,29 @@ class TrafficConfig:
 
 
 @dataclass
+class MonitorConfig:
+    """Lag monitoring and alarms (see dssync.monitor): evaluation cadence, thresholds with
+    hysteresis (an alarm raises at or above *rising* held for raise_after_s, clears at or below
+    *reset* held for clear_after_s), notifiers and the Prometheus endpoint."""
+
+    interval_s: float = 5.0
+    window_s: float = 60.0
+    heartbeat_s: float = 5.0
+    lag_seconds_rising: float = 60.0
+    lag_seconds_reset: float = 10.0
+    lag_records_rising: float = 100_000
+    lag_records_reset: float = 1_000
+    lag_bytes_rising: float = 1 << 30
+    lag_bytes_reset: float = 64 << 20
+    raise_after_s: float = 15.0
+    clear_after_s: float = 15.0
+    notify_command: str = ""
+    notify_webhook: str = ""
+    notify_max_per_hour: int = 30
+    metrics_listen: str = "127.0.0.1:0"
+
+
+@dataclass
 class Config:
     name: str
     model: str
@@ -97,6 +120,7 @@ class Config:
     sync: SyncConfig = field(default_factory=SyncConfig)
     traffic: TrafficConfig = field(default_factory=TrafficConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def validate(self) -> None:
         if not _NAME.match(self.name) or self.name.startswith("mirror."):
@@ -105,6 +129,13 @@ class Config:
                 hint="use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit "
                 "(and not with 'mirror.', kept for mirror topics)",
             )
+        m = self.monitor
+        if min(m.interval_s, m.window_s, m.heartbeat_s) <= 0 or m.notify_max_per_hour < 0:
+            raise UsageError("[monitor] interval_s, window_s and heartbeat_s must be positive")
+        for what in ("lag_seconds", "lag_records", "lag_bytes"):
+            if getattr(m, f"{what}_reset") > getattr(m, f"{what}_rising"):
+                raise UsageError(f"[monitor] {what}_reset is above {what}_rising",
+                                 hint="an alarm clears at or below reset and raises at or above rising")
         if not self.model or not self.software_version:
             raise UsageError("model and software version must not be empty")
         if self.log.backend not in ("file", "kafka"):
@@ -149,8 +180,8 @@ class Config:
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
+    if isinstance(v, (int, float)):
+        return repr(v)
     s = str(v).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{s}"'
 
@@ -188,7 +219,7 @@ def load(home: str) -> Config:
             store_id=doc["store_id"], chunker=doc.get("chunker", Config.chunker),
             log=LogConfig(**doc.get("log", {})), store=StoreConfig(**doc.get("store", {})),
             sync=SyncConfig(**doc.get("sync", {})), traffic=TrafficConfig(**doc.get("traffic", {})),
-            kafka=KafkaConfig(**doc.get("kafka", {})),
+            kafka=KafkaConfig(**doc.get("kafka", {})), monitor=MonitorConfig(**doc.get("monitor", {})),
         )
     except (KeyError, TypeError) as exc:
         raise UsageError(

@@ -34,6 +34,9 @@ from dssync.consumers.packs import Packs
 from dssync.consumers.store import Row
 from dssync.errors import DssyncError, LockedError, OffsetOutOfRangeError
 from dssync.log.filelog import FileLog
+from dssync.monitor.metrics import serve_metrics
+from dssync.monitor.monitor import Monitor
+from dssync.monitor.probes import ServiceProbes
 from dssync.producers.optimizer import Optimizer
 from dssync.schemas import encode
 from dssync.sync import protocol, server, snapshot
@@ -85,6 +88,7 @@ class Service:
         self.restart = False
         self.token = secrets.token_hex(16)
         self.refusals: dict[str, str] = {}
+        self.refusal_times: dict[str, tuple[str, float]] = {}
         cfg = cfgmod.load(home)
         if cfg.sync.role and cfg.sync.state == "restart-required":
             self._activate_pairing(cfg)
@@ -97,6 +101,9 @@ class Service:
         self._next_handshake = 0.0
         self._consumers: dict[str, tuple[Consumer, FileLog]] = {}
         self._started: set[str] = set()
+        self.probes = ServiceProbes(self)
+        self.monitor = Monitor(self.config.monitor, self.config.name, self.probes.measure, self.probes.conditions,
+                               book_path=os.path.join(run_dir(home), "alarms.json"))
 
     # ------------------------------------------------------------------ pairing
 
@@ -164,6 +171,7 @@ class Service:
         if self.refusals.get(peer) != reason:
             log.warning("refused peer %s: %s", peer, reason)
         self.refusals[peer] = reason
+        self.refusal_times[peer] = (reason, time.time())
 
     # ------------------------------------------------------------------ serving the peer
 
@@ -216,6 +224,25 @@ class Service:
     def rows(self) -> list[list[Any]]:
         with self.lock:
             return [[r[0].hex(), r[1], r[2], r[3], r[4], r[5], (r[8] or b"").hex()] for r in self.app.store.rows()]
+
+    def log_position(self, at: int) -> dict[str, Any]:
+        """For the peer's lag monitor: where this appliance's own log stands, seen from ``at``."""
+        log = self.log_reader()
+        try:
+            start, end = log.start_offset(), log.end_offset()
+            ts_at = None
+            if start <= at < end:
+                recs = log.read(at, 1)
+                ts_at = recs[0].timestamp_ms if recs else None
+            return {"start": start, "end": end, "ts_at": ts_at,
+                    "bytes_from": log.bytes_from(max(at, start)) if at < end else 0}
+        finally:
+            log.close()
+
+    def lag(self) -> dict[str, Any]:
+        """The monitor's latest report (evaluated now if it has not run yet)."""
+        report = self.monitor.latest()
+        return report if report.get("evaluated") else self.monitor.evaluate()
 
     def request_stop(self, restart: bool = False) -> None:
         self.restart = restart
@@ -372,18 +399,29 @@ class Service:
             sync_srv, _ = server.start((host, int(port)), server.SyncHandler, self,
                                        protocol.ssl_context(self.config.sync, server=True))
         ctl_srv, _ = server.start(("127.0.0.1", 0), server.ControlHandler, self)
+        metrics_srv, metrics = None, ""
+        if self.config.monitor.metrics_listen:
+            try:
+                metrics_srv, metrics = serve_metrics(self.config.monitor.metrics_listen, self.monitor.latest)
+            except OSError as exc:
+                log.error("no Prometheus endpoint: cannot listen on %s (%s)", self.config.monitor.metrics_listen, exc)
+        monitor_thread = threading.Thread(target=self.monitor.run, args=(self.stopping,), name="dssync-monitor",
+                                          daemon=True)
+        monitor_thread.start()
         os.makedirs(run_dir(self.home), exist_ok=True)
         doc = {"pid": os.getpid(), "control": f"127.0.0.1:{ctl_srv.server_address[1]}", "token": self.token,
-               "sync": self.config.sync.listen if sync_srv else ""}
+               "sync": self.config.sync.listen if sync_srv else "", "metrics": metrics}
         tmp = service_file(self.home) + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(doc, f)
         os.replace(tmp, service_file(self.home))
-        log.info("serving %s (control %s%s)", self.config.name, doc["control"],
-                 f", sync {doc['sync']}" if doc["sync"] else "")
+        log.info("serving %s (control %s%s%s)", self.config.name, doc["control"],
+                 f", sync {doc['sync']}" if doc["sync"] else "",
+                 f", metrics http://{metrics}/metrics" if metrics else "")
         last_status = 0.0
         last_error = ""
+        beat = _Heartbeat(self)
         try:
             while not self.stopping.is_set():
                 try:
@@ -399,6 +437,7 @@ class Service:
                         log.info("applying the peer's log again")
                         last_error = ""
                 now = time.monotonic()
+                beat.tick(now)
                 if now - last_status > 1.0:
                     with self.lock:
                         self.app.store.publish_status({**self.app.status_extra(), "sync_state": self.config.sync.state})
@@ -406,6 +445,12 @@ class Service:
                 if not n:
                     self.stopping.wait(APPLY_INTERVAL_S)
         finally:
+            self.stopping.set()
+            monitor_thread.join(timeout=30)
+            self.probes.close()
+            if metrics_srv is not None:
+                metrics_srv.shutdown()
+                metrics_srv.server_close()
             if sync_srv:
                 sync_srv.shutdown()
                 sync_srv.server_close()
@@ -416,6 +461,33 @@ class Service:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(service_file(self.home))
             log.info("stopped %s", self.config.name)
+
+
+class _Heartbeat:
+    """Writes a Heartbeat event into the appliance's own log when nothing else was written
+    for ``heartbeat_s``: every path then keeps seeing fresh records on a quiet link, which is
+    how the lag monitor tells a quiet path (idle) from a dead one (its lag in seconds grows)."""
+
+    def __init__(self, svc: Service) -> None:
+        self.svc = svc
+        self.every = svc.config.monitor.heartbeat_s
+        self.next = time.monotonic() + self.every
+        self.end = -1
+
+    def tick(self, now: float) -> None:
+        if now < self.next:
+            return
+        self.next = now + self.every
+        svc = self.svc
+        with svc.lock:
+            end = svc.app.log.end_offset()
+            if end == self.end:  # nothing written since the last tick
+                cfg = svc.config
+                svc.app.log.append([encode("Heartbeat", {"origin": cfg.name, "hlc": svc.app.hlc.now(),
+                                                         "sent_ms": int(time.time() * 1000)})])
+                svc.app.applied()
+                end = svc.app.log.end_offset()
+        self.end = end
 
 
 def _read_json(path: str) -> dict[str, Any]:

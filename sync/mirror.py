@@ -250,7 +250,7 @@ class Mirror:
         self._set("connected", f"snapshot of {events} events loaded; mirroring from offset {covers_to}")
 
     def close(self) -> None:
-        self._save_state(force=True)
+        self._set("stopped")  # the lag monitor tells a stopped mirror from a running one by this
         if self.out is not None:
             self.out.close()
             self.out = None

@@ -77,6 +77,10 @@ class SyncHandler(_Handler):
             self._log(svc, int(q.get("from", 0)), int(q.get("max_bytes", 4 << 20)), int(q.get("wait_ms", 0)))
         elif url.path == "/v1/snapshot":
             self._snapshot(svc)
+        elif url.path == "/v1/position":
+            self._json(200, svc.log_position(int(q.get("at", 0))))
+        elif url.path == "/v1/digest":
+            self._json(200, svc.digest())
         else:
             self._error(404, "unknown endpoint")
 
@@ -136,7 +140,7 @@ class ControlHandler(_Handler):
         svc = self.server.service
         self._dispatch({
             "/v1/status": svc.status, "/v1/verify": svc.verify, "/v1/offsets": svc.offsets,
-            "/v1/digest": svc.digest, "/v1/rows": svc.rows,
+            "/v1/digest": svc.digest, "/v1/rows": svc.rows, "/v1/lag": svc.lag,
         })
 
     def do_POST(self) -> None:

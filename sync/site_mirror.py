@@ -150,4 +150,4 @@ class SiteMirror:
         self.copier = None
 
     def close(self) -> None:
-        self._save(force=True)
+        self._set("stopped")  # the lag monitor tells a stopped mirror from a running one by this

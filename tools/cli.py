@@ -24,6 +24,7 @@ from dssync.producers.optimizer import IngestStats
 from dssync.tools import bench, inspect_cmd, verify
 from dssync.tools.control import ControlClient
 from dssync.tools.demo import demo
+from dssync.tools.lag_cmd import lag_cmd
 from dssync.tools.output import emit_json, human_bytes, progress, table
 from dssync.tools.status import status_cmd
 from dssync.tools.sync_cmd import configure, mirror_cmd, mirror_topic_cmd, serve_cmd, service_group, sync_group
@@ -228,6 +229,7 @@ def recover(home: str, as_json: bool) -> None:
 cli.add_command(inspect_cmd.inspect)
 cli.add_command(verify.verify_cmd)
 cli.add_command(status_cmd)
+cli.add_command(lag_cmd)
 cli.add_command(bench.bench)
 cli.add_command(demo)
 cli.add_command(serve_cmd)

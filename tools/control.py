@@ -74,6 +74,10 @@ class ControlClient:
         doc: dict[str, Any] = self._request("GET", "/v1/digest")
         return doc
 
+    def lag(self) -> dict[str, Any]:
+        doc: dict[str, Any] = self._request("GET", "/v1/lag", timeout=60)
+        return doc
+
     def rows(self) -> list[list[Any]]:
         doc: list[list[Any]] = self._request("GET", "/v1/rows")
         return doc

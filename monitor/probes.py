@@ -1,0 +1,194 @@
+"""The paths of a running appliance service, measured for the monitor.
+
+Runs on the monitor's thread with its own log readers and its own peer client (Kafka
+consumers and HTTP connections are not shared between threads); the store is read under the
+service's lock, briefly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+from dssync.appliance import kafka_settings, open_log
+from dssync.errors import DssyncError
+from dssync.log.filelog import FileLog
+from dssync.monitor.evaluate import Sample
+from dssync.monitor.lag import measure_log, measure_remote, mirror_alive, mirror_state
+from dssync.monitor.monitor import Conditions
+from dssync.sync import protocol
+
+if TYPE_CHECKING:
+    from dssync.service import Service
+
+DIGEST_EVERY_S = 60.0
+"""Digests are compared at most this often, and only when the pair is caught up: computing
+one reads the whole index, and the service's traffic must not wait for it often."""
+
+
+class ServiceProbes:
+    def __init__(self, svc: Service) -> None:
+        self.svc = svc
+        self._own: Any = None
+        self._logs: dict[str, Any] = {}
+        self._client: protocol.PeerClient | None = None
+        self._digest_at = 0.0
+        self._digest_offsets: dict[str, int] | None = None
+        self._digest_value: tuple[float | None, str] = (None, "not compared yet")
+
+    # ------------------------------------------------------------------ peers and readers
+
+    def peers(self) -> list[str]:
+        svc = self.svc
+        if svc.config.sync.transport != "http":
+            return [svc._peer.name] if svc._peer is not None else []
+        from dssync.service import mirror_root
+
+        root = mirror_root(svc.home)
+        names = os.listdir(root) if os.path.isdir(root) else []
+        return sorted(n for n in names if ".snapshot" not in n and os.path.isdir(os.path.join(root, n)))
+
+    def client(self) -> protocol.PeerClient:
+        if self._client is None:
+            self._client = protocol.PeerClient(self.svc.config.sync, self.svc.identity(), timeout_s=5)
+        return self._client
+
+    def _peer_log(self, peer: str) -> Any:
+        """The log this appliance's store consumes for ``peer`` (own reader, this thread only)."""
+        svc = self.svc
+        if svc.config.sync.transport == "http":
+            from dssync.service import mirror_root
+
+            return FileLog(os.path.join(mirror_root(svc.home), peer))
+        if peer not in self._logs:
+            self._logs[peer] = svc._open_peer_log(peer)
+        return self._logs[peer]
+
+    def _source_log(self, peer: str) -> Any:
+        """kafka-sites: the peer's own topic on the peer site's cluster."""
+        key = f"source:{peer}"
+        if key not in self._logs:
+            from dssync.log.kafka import KafkaLog
+
+            own = kafka_settings(self.svc.config)
+            settings = own.__class__(**{**own.__dict__, "bootstrap_servers": self.svc.config.sync.peer_kafka})
+            self._logs[key] = KafkaLog(settings, self.svc.config.kafka.topic_prefix + peer)
+        return self._logs[key]
+
+    def _reset(self, key: str) -> None:
+        log = self._logs.pop(key, None)
+        if log is not None:
+            with contextlib.suppress(Exception):
+                log.close()
+
+    # ------------------------------------------------------------------ measuring
+
+    def measure(self, now: float) -> dict[str, Sample]:
+        svc = self.svc
+        me = svc.config.name
+        with svc.lock:
+            offsets = svc.app.store.offsets()
+        if self._own is None:
+            self._own = open_log(svc.home, svc.config, writer=False)
+        out = {f"store:{me}": measure_log(self._own, offsets.get(svc.app.source, 0), now, True)}
+        for peer in self.peers():
+            out[f"store:{peer}"] = self._measure_store(peer, offsets, now)
+            if svc.config.sync.transport != "kafka-shared":
+                out[f"mirror:{peer}"] = self._measure_mirror(peer, now)
+        return out
+
+    def _measure_store(self, peer: str, offsets: dict[str, int], now: float) -> Sample:
+        try:
+            log = self._peer_log(peer)
+        except (DssyncError, OSError) as exc:
+            return Sample(now, 0, 0, 0, 0, None, True, error=str(getattr(exc, "message", exc)))
+        s = measure_log(log, offsets.get(f"log:{peer}", 0), now, True)
+        if s.error:
+            self._reset(peer)
+        return s
+
+    def _measure_mirror(self, peer: str, now: float) -> Sample:
+        svc = self.svc
+        state = mirror_state(svc.home, peer)
+        alive = mirror_alive(state, now)
+        if svc.config.sync.transport == "http":
+            try:
+                position = self._peer_log(peer).end_offset()
+            except (DssyncError, OSError) as exc:
+                return Sample(now, 0, 0, 0, 0, None, alive, error=f"no mirror log: {exc}")
+            s = measure_remote(self.client(), position, now, alive)
+            if s.error and self._client is not None:
+                self._client.close()
+                self._client = None
+            return s
+        try:
+            position = self._peer_log(peer).end_offset()
+            s = measure_log(self._source_log(peer), position, now, alive)
+        except DssyncError as exc:
+            s = Sample(now, 0, 0, 0, 0, None, alive, error=exc.message)
+        if s.error:
+            self._reset(f"source:{peer}")
+        return s
+
+    # ------------------------------------------------------------------ other alarm conditions
+
+    def conditions(self, now: float, paths: dict[str, dict[str, Any]]) -> Conditions:
+        svc = self.svc
+        window = svc.config.monitor.window_s
+        out: Conditions = {}
+        for peer in self.peers():
+            st = mirror_state(svc.home, peer)
+            recent = [g for g in st.get("gaps", []) if g.get("at_ms", 0) / 1000 > now - window]
+            in_gap = st.get("state") in ("gap", "bootstrapping") or bool(recent)
+            events = st.get("not_copied_events", 0)
+            out[("retention_gap", f"mirror:{peer}")] = (
+                1.0 if in_gap else 0.0,
+                f"{events} events ({st.get('not_copied_bytes', 0)} bytes) not copied in all; "
+                f"{len(recent)} gap(s) in the last {window:.0f} s" + (f"; mirror {st.get('state')}" if in_gap else ""))
+        refused = {p: r for p, (r, at) in svc.refusal_times.items() if at > now - window}
+        for peer in self.peers():
+            if mirror_state(svc.home, peer).get("state") == "refused":
+                refused[peer] = mirror_state(svc.home, peer).get("detail", "refused")
+        out[("pairing_refused", "sync")] = (1.0 if refused else 0.0,
+                                             "; ".join(f"{p}: {r}" for p, r in refused.items()) or "no refusal")
+        out[("digest_mismatch", "pair")] = self._digests(now, paths)
+        return out
+
+    def _digests(self, now: float, paths: dict[str, dict[str, Any]]) -> tuple[float | None, str]:
+        caught_up = len(paths) > 1 and all(p["lag_records"] == 0 and p["status"] in ("ok", "idle")
+                                           for p in paths.values())
+        if not caught_up:
+            return None, "not caught up: not compared"
+        if now - self._digest_at < (DIGEST_EVERY_S if self._digest_value[0] is not None else DIGEST_EVERY_S / 6):
+            return self._digest_value
+        self._digest_at = now
+        with self.svc.lock:
+            mine = self.svc.app.store.digest()
+            my_offsets = self.svc.app.store.offsets()
+        try:
+            status, _, body = self.client().get("/v1/digest")
+            if status != 200:
+                return None, f"peer answered HTTP {status}"
+            theirs = json.loads(body)
+        except DssyncError as exc:
+            return None, exc.message
+        if {k: v for k, v in theirs["offsets"].items() if k.startswith("log:")} != \
+                {k: v for k, v in my_offsets.items() if k.startswith("log:")}:
+            self._digest_value = (None, "the peer is at other offsets: not compared")
+            return self._digest_value
+        same = theirs["md5"] == mine.md5
+        self._digest_value = (0.0 if same else 1.0,
+                              f"digests {'equal' if same else 'differ'} at offsets {my_offsets}: "
+                              f"{mine.md5} here, {theirs['md5']} at the peer ({mine.rows} / {theirs['rows']} rows)")
+        return self._digest_value
+
+    def close(self) -> None:
+        for key in list(self._logs):
+            self._reset(key)
+        if self._own is not None:
+            with contextlib.suppress(Exception):
+                self._own.close()
+        if self._client is not None:
+            self._client.close()
