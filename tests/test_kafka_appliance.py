@@ -58,6 +58,37 @@ def test_the_store_position_is_visible_to_kafka_consumer_group_tools(tmp_path: P
     assert offsets[TopicPartition(topic, 0)].offset == committed
 
 
+def test_lag_on_kafka_equals_the_consumer_group_lag_kafka_tools_report(tmp_path: Path, kafka_broker: Any) -> None:
+    from dssync.log.kafka import KafkaLog
+    from dssync.schemas import encode
+
+    home = _home(tmp_path, kafka_broker, "ka4")
+    run_dssync("ingest", home, "-", input_bytes=os.urandom(300_000))
+    with Appliance(home) as app:
+        topic = app.config.kafka.topic_prefix + "ka4"
+        settings = app.log.settings
+    writer = KafkaLog(settings, topic, writer=True)  # events the store has not applied yet
+    try:
+        for i in range(3):
+            writer.append([encode("Heartbeat", {"origin": "ka4", "hlc": 1 << 40, "sent_ms": i})] * 5)
+    finally:
+        writer.close()
+    code = run_dssync("lag", home, "--json", check=False)
+    report = json.loads(code.stdout)
+    ours = report["paths"]["store:ka4"]
+    admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap)
+    consumer = KafkaConsumer(bootstrap_servers=kafka_broker.bootstrap, isolation_level="read_committed")
+    try:
+        group = admin.list_group_offsets("dssync-store-ka4")["dssync-store-ka4"][TopicPartition(topic, 0)].offset
+        end = consumer.end_offsets([TopicPartition(topic, 0)])[TopicPartition(topic, 0)]
+    finally:
+        admin.close()
+        consumer.close()
+    assert ours["lag_records"] == end - group > 15  # 15 events and their transaction markers
+    assert ours["status"] == "stopped" and code.returncode == 2  # no service applies them
+    assert ours["lag_seconds"] >= 0 and ours["lag_bytes"] > 0
+
+
 def test_records_decode_with_a_plain_consumer_and_the_avsc_files(tmp_path: Path, kafka_broker: Any) -> None:
     home = _home(tmp_path, kafka_broker, "ka3")
     run_dssync("ingest", home, "-", input_bytes=os.urandom(200_000))

@@ -22,24 +22,30 @@ from dssync.tools.output import emit_json
 
 
 def offline_report(home: str) -> dict[str, Any]:
-    from dssync.appliance import Appliance
+    from dssync import config as cfgmod
+    from dssync.appliance import open_log, source_name, store_dir
+    from dssync.consumers.store import Store
     from dssync.log.filelog import FileLog
     from dssync.monitor.lag import measure_log
     from dssync.monitor.monitor import Monitor
     from dssync.service import mirror_root
 
-    with Appliance(home) as app:
-        offsets = app.store.offsets()
-        now = time.time()
-        samples = {f"store:{app.config.name}": measure_log(app.log, offsets.get(app.source, 0), now, False)}
-        root = mirror_root(home)
-        if app.config.sync.transport == "http" and os.path.isdir(root):
-            for peer in sorted(os.listdir(root)):
-                if ".snapshot" not in peer and os.path.isdir(os.path.join(root, peer)):
-                    with FileLog(os.path.join(root, peer)) as mlog:
-                        samples[f"store:{peer}"] = measure_log(mlog, offsets.get(f"log:{peer}", 0), now, False)
-        monitor = Monitor(app.config.monitor, app.config.name, lambda _now: samples)
-        report = monitor.evaluate()
+    cfg = cfgmod.load(home)
+    store = Store(store_dir(home), read_only=True)  # measured as it is: nothing is applied here
+    try:
+        offsets = store.offsets()
+    finally:
+        store.close()
+    now = time.time()
+    with open_log(home, cfg, writer=False) as own:
+        samples = {f"store:{cfg.name}": measure_log(own, offsets.get(source_name(cfg.name), 0), now, False)}
+    root = mirror_root(home)
+    if cfg.sync.transport == "http" and os.path.isdir(root):
+        for peer in sorted(os.listdir(root)):
+            if ".snapshot" not in peer and os.path.isdir(os.path.join(root, peer)):
+                with FileLog(os.path.join(root, peer)) as mlog:
+                    samples[f"store:{peer}"] = measure_log(mlog, offsets.get(f"log:{peer}", 0), now, False)
+    report = Monitor(cfg.monitor, cfg.name, lambda _now: samples).evaluate()
     report["service_running"] = False
     report["note"] = "no service runs: store paths measured once from the files; mirror paths need the service"
     return report
