@@ -464,7 +464,7 @@ class Service:
 
 
 class _Heartbeat:
-    """Writes a Heartbeat event into the appliance's own log when nothing else was written
+    """Writes a HeartbeatSent event into the appliance's own log when nothing else was written
     for ``heartbeat_s``: every path then keeps seeing fresh records on a quiet link, which is
     how the lag monitor tells a quiet path (idle) from a dead one (its lag in seconds grows)."""
 
@@ -483,7 +483,7 @@ class _Heartbeat:
             end = svc.app.log.end_offset()
             if end == self.end:  # nothing written since the last tick
                 cfg = svc.config
-                svc.app.log.append([encode("Heartbeat", {"origin": cfg.name, "hlc": svc.app.hlc.now(),
+                svc.app.log.append([encode("HeartbeatSent", {"origin": cfg.name, "hlc": svc.app.hlc.now(),
                                                          "sent_ms": int(time.time() * 1000)})])
                 svc.app.applied()
                 end = svc.app.log.end_offset()

@@ -156,6 +156,7 @@ class KafkaLog:
         self.read_through: int | None = None
         """After a ``read`` that returned nothing: the end it read through (markers only)."""
         self.recovery = None  # the broker recovers its own log
+        self._follow_next = -1
         self._producer: KafkaProducer | None = None
         self._consumer: KafkaConsumer | None = None
         opts = settings.client_options()
@@ -166,6 +167,7 @@ class KafkaLog:
             self._consumer = KafkaConsumer(
                 **opts, enable_auto_commit=False, isolation_level="read_committed", group_id=group_id,
                 auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20,
+                fetch_max_wait_ms=100,
             )
             self._consumer.assign([self.tp])
             if self.tp.topic not in (self._consumer.topics() or set()):
@@ -276,6 +278,40 @@ class KafkaLog:
         if not out:
             self.read_through = end  # everything in [from_offset, end) was a transaction marker
         return out[:max_records]
+
+    def follow(self, from_offset: int, max_records: int, wait_ms: int) -> list[LogRecord]:
+        """Tail the log: records from ``from_offset``, waiting up to ``wait_ms`` at the broker
+        for the first ones (a long poll, no offset lookups), for mirrors that follow a live log.
+
+        Sets ``read_through`` to the consumer's position when only transaction markers were
+        passed; raises ``OffsetOutOfRangeError`` below the log's start, like ``read``.
+        """
+        c = self._consumer
+        assert c is not None
+        self.read_through = None
+        try:
+            # Continuing where the last follow stopped needs no seek: the consumer may already be
+            # past it, but only over transaction markers.
+            if from_offset != self._follow_next or c.position(self.tp) < from_offset:
+                start = self.start_offset()
+                if from_offset < start:
+                    raise OffsetOutOfRangeError(
+                        f"offset {from_offset} is below the start {start} of Kafka topic {self.topic} (retention)")
+                c.seek(self.tp, from_offset)
+            got = c.poll(timeout_ms=wait_ms, max_records=max_records).get(self.tp, [])
+            out = [LogRecord(r.offset, r.timestamp, r.value) for r in got if r.offset >= from_offset]
+            if out:
+                self._follow_next = out[-1].offset + 1
+            else:
+                position = c.position(self.tp)
+                if position is not None and position > from_offset:
+                    self.read_through = position
+                self._follow_next = max(from_offset, position or 0)
+            return out
+        except KafkaTimeoutError as exc:
+            raise _unavailable(self.settings, exc) from None
+        except KafkaError as exc:
+            raise BackendUnavailableError(f"reading {self.topic} failed: {type(exc).__name__}") from None
 
     def offset_for_time(self, timestamp_ms: int) -> int:
         c = self._consumer

@@ -11,7 +11,7 @@ store, its own or its peer's) and ``mirror:<peer>`` (the peer's own log copied h
   (0 when caught up: a quiet path is idle, not late; never negative, never NaN).
 
 Liveness does not come from how often positions move: the appliance service writes a
-Heartbeat event into its own log when nothing else was written for ``heartbeat_s``, so a path
+HeartbeatSent event into its own log when nothing else was written for ``heartbeat_s``, so a path
 that works always sees fresh records, and a path whose consumer is gone falls behind in
 seconds even when there is no traffic.
 

@@ -71,19 +71,20 @@ class TopicCopier:
 
     def __init__(self, source: Log, source_name: str, dest: KafkaSettings, dest_topic: str, origin: str,
                  start: int | None = None, max_records: int = 5_000, retention_bytes: int = -1,
-                 retention_ms: int = -1) -> None:
+                 retention_ms: int = -1, wait_ms: int = 100) -> None:
         if MIRROR_INFIX in source_name or "/mirror/" in source_name:
             raise UsageError(f"{source_name} is a mirror topic; only an appliance's own log is mirrored",
                              hint="mirror the peer's own topic (<prefix><name>), never a mirror of it")
         self.source, self.source_name = source, source_name
         self.dest, self.dest_topic, self.origin = dest, dest_topic, origin
-        self.start, self.max_records = start, max_records
+        self.start, self.max_records, self.wait_ms = start, max_records, wait_ms
         self.retention = (retention_bytes, retention_ms)
         self.next: int | None = None
         self.stats: dict[str, Any] = {"copied_records": 0, "copied_bytes": 0, "transactions": 0, "gaps": [],
                                       "not_copied_offsets": 0}
         self._producer: KafkaProducer | None = None
         self._quiet_since: float | None = None
+        self._read_from = 0  # where to read next: the resume point, or past markers not yet recorded
         self._headers = [(H_ORIGIN, origin.encode()), (H_SRC_TOPIC, source_name.encode())]
 
     # ------------------------------------------------------------------ session
@@ -97,7 +98,7 @@ class TopicCopier:
             self._producer = KafkaProducer(
                 **self.dest.client_options(), acks="all", enable_idempotence=True, compression_type="lz4",
                 transactional_id=f"dssync-mirror-{self.dest_topic}", linger_ms=0, batch_size=1 << 20,
-                max_request_size=16 << 20,
+                max_request_size=16 << 20, retry_backoff_ms=10,  # a transaction still completing: ask again soon
             )
             self._producer.init_transactions()
         except (KafkaTimeoutError, KafkaError) as exc:
@@ -113,6 +114,7 @@ class TopicCopier:
             self.next = source_position(last)[0] + 1
         else:
             self.next = self.start if self.start is not None else self.source.start_offset()
+        self._read_from = self.next
         return self.next
 
     def step(self) -> int:
@@ -121,9 +123,13 @@ class TopicCopier:
             self.open()
         assert self._producer is not None and self.next is not None
         try:
-            records = self.source.read(self.next, self.max_records)
+            follow = getattr(self.source, "follow", None)
+            at = max(self.next, self._read_from)
+            records = (follow(at, self.max_records, self.wait_ms) if follow is not None
+                       else self.source.read(at, self.max_records))
         except OffsetOutOfRangeError:
             start = self.source.start_offset()
+            self._read_from = start
             gap = {"from": self.next, "source_start": start, "offsets": start - self.next,
                    "at_ms": int(time.time() * 1000)}
             self.stats["gaps"].append(gap)
@@ -132,14 +138,15 @@ class TopicCopier:
                         self.next, start - 1)
             self.next = start
             return 0
-        through = getattr(self.source, "read_through", None)
+        through = max(getattr(self.source, "read_through", None) or 0, self._read_from)
         if not records:
             # Only transaction markers past the resume point: worth a record at the destination
             # once the source has stayed quiet a moment (a busy source moves it on anyway).
             now = time.monotonic()
-            if through is None or through <= self.next:
+            if through <= self.next:
                 self._quiet_since = None
                 return 0
+            self._read_from = through  # markers only: read on from there
             if self._quiet_since is None or now - self._quiet_since < THROUGH_AFTER_S:
                 self._quiet_since = self._quiet_since or now
                 return 0
@@ -152,7 +159,6 @@ class TopicCopier:
                     *self._headers, (H_SRC_OFFSET, r.offset.to_bytes(8, "big")),
                     (H_SRC_TS, r.timestamp_ms.to_bytes(8, "big"))])
             if not records:  # only transaction markers: say how far the source went
-                assert through is not None
                 p.send(self.dest_topic, b"", partition=0, headers=[
                     *self._headers, (H_SRC_OFFSET, (through - 1).to_bytes(8, "big")),
                     (H_SRC_TS, int(time.time() * 1000).to_bytes(8, "big")), (H_THROUGH, b"1")])
@@ -166,7 +172,6 @@ class TopicCopier:
             self.close()  # the open transaction is aborted by the next session's fencing
             raise BackendUnavailableError(f"writing to {self.dest_topic} failed: {type(exc).__name__}") from None
         if not records:
-            assert through is not None
             self.next = through
             return 0
         self.next = records[-1].offset + 1

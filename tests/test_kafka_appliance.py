@@ -70,7 +70,7 @@ def test_lag_on_kafka_equals_the_consumer_group_lag_kafka_tools_report(tmp_path:
     writer = KafkaLog(settings, topic, writer=True)  # events the store has not applied yet
     try:
         for i in range(3):
-            writer.append([encode("Heartbeat", {"origin": "ka4", "hlc": 1 << 40, "sent_ms": i})] * 5)
+            writer.append([encode("HeartbeatSent", {"origin": "ka4", "hlc": 1 << 40, "sent_ms": i})] * 5)
     finally:
         writer.close()
     code = run_dssync("lag", home, "--json", check=False)

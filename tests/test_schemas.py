@@ -22,10 +22,10 @@ HLC = st.integers(min_value=0, max_value=(1 << 63) - 1)
 
 def test_every_schema_file_is_versioned_and_past_tense() -> None:
     names = {es.name for es in codec.registry.by_fingerprint.values()}
-    assert names == {"SegmentStored", "ReferenceStored", "SegmentEvicted", "StoreReset"}
+    assert names == {"SegmentStored", "ReferenceStored", "SegmentEvicted", "StoreReset", "HeartbeatSent"}
     for es in codec.registry.by_fingerprint.values():
         assert es.source == f"{es.name}.v{es.version}.avsc"
-        assert es.name.endswith(("ed", "Reset"))
+        assert es.name.endswith(("ed", "Reset", "Sent"))
 
 
 def test_a_v1_store_reset_is_read_as_v2_with_defaults() -> None:
