@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -61,3 +66,27 @@ def kafka_broker_b() -> object:
     broker = start_broker("site-b")
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A real local webhook receiver: its URL, and the JSON documents POSTed to it (in order,
+    each with the time it arrived as ``received_at``)."""
+    got: list[dict[str, Any]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            doc = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            doc["received_at"] = time.time()
+            got.append(doc)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *a: Any) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/alarms", got
+    srv.shutdown()
+    srv.server_close()

@@ -7,40 +7,14 @@ import os
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from dssync import config as cfgmod
 from dssync.config import MonitorConfig
 from tests.pair import dss, make_pair, wait_converged
 
 RISING, RAISE_AFTER, INTERVAL = 3.0, 2.0, 1.0
-
-
-@pytest.fixture
-def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    got: list[dict[str, Any]] = []
-
-    class H(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            doc = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            doc["received_at"] = time.time()
-            got.append(doc)
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *a: Any) -> None:
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}/alarms", got
-    srv.shutdown()
-    srv.server_close()
 
 
 def _wait(pred: Any, timeout: float, what: str) -> Any:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -206,26 +204,6 @@ def test_notifications_over_the_rate_limit_are_suppressed_with_their_clears() ->
     assert len({e.incident for e in raises}) <= 3
     assert {e.incident for e in clears} <= {e.incident for e in raises}  # never a clear without its raise
     assert m.notifier.suppressed > 0
-
-
-@pytest.fixture
-def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    got: list[dict[str, Any]] = []
-
-    class H(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *a: Any) -> None:
-            pass
-
-    srv = HTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}/hook", got
-    srv.shutdown()
-    srv.server_close()
 
 
 def test_a_raise_and_its_clear_reach_a_webhook_and_a_command(tmp_path: Path,

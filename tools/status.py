@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
 import click
 
 from dssync.appliance import source_name
+from dssync.errors import DssyncError
 from dssync.service import mirror_states
 from dssync.tools.control import ControlClient
 from dssync.tools.output import emit_json, human_bytes, table
@@ -54,6 +56,12 @@ def collect(home: str) -> dict[str, Any]:
     doc["sync"] = {"role": cfg.sync.role, "state": cfg.sync.state, "peer": cfg.sync.peer,
                    "listen": cfg.sync.listen, "interface": cfg.sync.interface}
     doc["mirrors"] = mirror_states(home)
+    client = ControlClient.for_home(home)
+    if client is not None:  # the running service's monitor: worst path status and raised alarms
+        with contextlib.suppress(DssyncError):
+            lag = client.lag()
+            doc["lag"] = {"worst": lag["worst"], "alarms": lag["alarms"],
+                          "paths": {k: v["status"] for k, v in lag["paths"].items()}}
     return doc
 
 
@@ -93,6 +101,12 @@ def status_cmd(home: str, as_json: bool) -> None:
         table([("sync", f"{sync['role']} of {sync['peer']} over {sync['interface']} {sync['listen']}: {state}")])
         for reason in (sync.get("refusals") or {}).values():
             table([("refused", reason)])
+    lag = doc.get("lag")
+    if lag:
+        paths = ", ".join(f"{k} {v}" for k, v in lag["paths"].items())
+        table([("lag", f"worst {lag['worst']} ({paths}); see 'dssync lag'")])
+        for a in lag["alarms"]:
+            table([("alarm", f"{a['severity']} {a['alarm']} on {a['path']}: {a['evidence']}")])
     for peer, m in doc.get("mirrors", {}).items():
         table([(f"mirror {peer}", f"{m.get('state')}: {m.get('copied_records', 0)} events copied, "
                                   f"{m.get('not_copied_events', 0)} not copied ({m.get('not_copied_bytes', 0)} bytes), "
