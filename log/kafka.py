@@ -167,7 +167,9 @@ class KafkaLog:
             self._consumer = KafkaConsumer(
                 **opts, enable_auto_commit=False, isolation_level="read_committed", group_id=group_id,
                 auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20,
-                fetch_max_wait_ms=100,
+                # short broker waits: under read_committed a fetch that found only records of an
+                # open transaction is not woken by its commit, so it would sit out the whole wait
+                fetch_max_wait_ms=20,
             )
             self._consumer.assign([self.tp])
             if self.tp.topic not in (self._consumer.topics() or set()):

@@ -46,7 +46,8 @@ class Arrivals(threading.Thread):
     def run(self) -> None:
         c = KafkaConsumer(bootstrap_servers=self.bootstrap, isolation_level="read_committed", group_id=None,
                           enable_auto_commit=False, auto_offset_reset="earliest",
-                          max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20)
+                          max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20,
+                          fetch_max_wait_ms=10)  # the consumer's own waits are not the mirror's latency
         try:
             while self.topic not in c.topics() and not self.stop.is_set():
                 time.sleep(0.2)
