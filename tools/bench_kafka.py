@@ -143,7 +143,7 @@ def bench_kafka(events: int, bootstrap: str | None, bootstrap_b: str | None, no_
     """Kafka log against embedded log (append, replay) and dssync's Kafka-to-Kafka mirror
     against MirrorMaker 2 (throughput, p99 latency): same events, same brokers, one run.
 
-    \\b
+    \b
     Example:
       dssync bench kafka --json
       dssync bench kafka --bootstrap 127.0.0.1:9092 --bootstrap-b 127.0.0.1:9192 --events 100000

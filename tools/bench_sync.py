@@ -278,7 +278,7 @@ def savings_retained(directory: str, size: int) -> dict[str, Any]:
 def bench_sync(log_mb: int, seconds: float, interruption: float, size: int, fsync: str, as_json: bool) -> None:
     """Mirror throughput, replication latency, catch-up and failover savings of a local pair.
 
-    \\b
+    \b
     Example:
       dssync bench sync --json
       dssync bench sync --log-mb 64 --seconds 5 --interruption 10
