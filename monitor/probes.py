@@ -164,9 +164,7 @@ class ServiceProbes:
         if now - self._digest_at < (DIGEST_EVERY_S if self._digest_value[0] is not None else DIGEST_EVERY_S / 6):
             return self._digest_value
         self._digest_at = now
-        with self.svc.lock:
-            mine = self.svc.app.store.digest()
-            my_offsets = self.svc.app.store.offsets()
+        mine, my_offsets = self.svc.app.store.digest_snapshot()  # no lock: traffic never waits for it
         try:
             status, _, body = self.client().get("/v1/digest")
             if status != 200:
