@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -95,6 +96,37 @@ def test_a_mirror_killed_and_a_destination_broker_restarted_mid_stream_lose_and_
     assert "disconnected" in log_text and "retrying" in log_text
 
 
+def test_a_source_broker_stopped_and_restarted_mid_stream_loses_and_doubles_nothing(
+        tmp_path: Path, kafka_broker: Any, kafka_broker_b: Any) -> None:
+    topic, dest = f"src-{uuid.uuid4().hex[:8]}", f"mirror.src-{uuid.uuid4().hex[:8]}"
+    settings = KafkaSettings(kafka_broker.bootstrap, timeout_ms=30_000)
+    with KafkaLog(settings, topic, writer=True, create=True) as source:
+        for i in range(40):
+            source.append([f"before {i}.{j}".encode() for j in range(50)])
+    with open(tmp_path / "mirror.log", "ab") as logfile:
+        proc = _mirror_proc(kafka_broker.bootstrap, topic, kafka_broker_b.bootstrap, dest, logfile)
+        try:
+            time.sleep(1.0)
+            kafka_broker.stop(remove=False)  # the source site goes away mid-copy
+            time.sleep(12.0)
+            kafka_broker.start(keep_data=True)
+            with KafkaLog(settings, topic, writer=True) as source:
+                for i in range(40):
+                    source.append([f"after {i}.{j}".encode() for j in range(50)])
+                end = source.end_offset()
+            with KafkaLog(settings, topic) as plain:
+                want = _all(plain)
+            deadline = time.time() + 120
+            with MirroredTopic(KafkaSettings(kafka_broker_b.bootstrap, timeout_ms=30_000), dest) as mirrored:
+                while mirrored.end_offset() < end and time.time() < deadline:
+                    time.sleep(0.5)
+                got = _all(mirrored)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+    assert len(want) == 4000 and got == want
+
+
 def test_the_embedded_log_mirrors_into_kafka_and_resumes_where_the_topic_ends(
         tmp_path: Path, kafka_broker_b: Any) -> None:
     flog = FileLog(str(tmp_path / "log"), writer=True, create=True)
@@ -153,6 +185,18 @@ def test_a_pair_on_two_sites_converges_through_kafka_mirrors_and_fails_over(
         wait_converged(a, b, timeout=120)
         status = b.status()
         assert status["mirrors"]["sha"]["state"] == "connected"
+        # every path measured on Kafka too: the mirror topic at shb's site, both stores
+        deadline = time.time() + 30
+        while True:
+            lag = dss("lag", b.home, "--json", check=False)
+            paths = json.loads(lag.stdout)["paths"]
+            ready = lag.returncode == 0 and set(paths) == {"store:shb", "store:sha", "mirror:sha"}
+            if ready or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        assert lag.returncode == 0, paths
+        assert set(paths) == {"store:shb", "store:sha", "mirror:sha"}
+        assert all(p["status"] in ("ok", "idle") and p["lag_seconds"] < 30 for p in paths.values()), paths
         a.stop_all()
         assert b.ingest(r[1])["savings"] > 0.999
     finally:

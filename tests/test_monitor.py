@@ -244,3 +244,57 @@ def test_thresholds_come_from_the_appliance_configuration(tmp_path: Path) -> Non
     cfg.monitor.lag_seconds_reset = 500.0
     with pytest.raises(Exception, match="reset is above"):
         cfgmod.save(home, cfg)
+
+
+class _FakePeer:
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.doc = doc
+
+    def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
+        assert path == "/v1/digest"
+        return 200, {}, json.dumps(self.doc).encode()
+
+    def close(self) -> None:
+        pass
+
+
+def _probes_over(tmp_path: Path, rows: int) -> Any:
+    """ServiceProbes over a real store holding ``rows`` events of log:sha (no service process)."""
+    import os
+    import threading
+    import types
+
+    from dssync.consumers.store import Store
+    from dssync.log.base import LogRecord
+    from dssync.monitor.probes import ServiceProbes
+    from dssync.producers.hierarchy import segment_ref
+    from dssync.schemas import encode_segment_stored, origin_field
+
+    store = Store(str(tmp_path / "store"), create=True, fsync=False)
+    of = origin_field("sha")
+    data = [os.urandom(64) for _ in range(rows)]
+    store.apply("log:sha", [LogRecord(i, 0, encode_segment_stored(of, (1 << 40) + i, segment_ref(d), d))
+                            for i, d in enumerate(data)])
+    svc = types.SimpleNamespace(app=types.SimpleNamespace(store=store), lock=threading.RLock())
+    return ServiceProbes(svc), store  # type: ignore[arg-type]
+
+
+def test_the_pair_digests_are_compared_once_caught_up_and_a_difference_raises_an_alarm(tmp_path: Path) -> None:
+    probes, store = _probes_over(tmp_path, 50)
+    mine, offsets = store.digest_snapshot()
+    caught_up = {"store:sha": {"lag_records": 0, "status": "idle"}, "mirror:shb": {"lag_records": 0, "status": "ok"}}
+    behind = {**caught_up, "mirror:shb": {"lag_records": 7, "status": "ok"}}
+    probes._client = _FakePeer({"md5": mine.md5, "rows": mine.rows, "offsets": offsets})
+    t = 1_800_000_000.0
+    assert probes._digests(t, behind)[0] is None  # not compared while a path is behind
+    assert probes._digests(t + 1, caught_up)[0] == 0.0
+    probes._client = _FakePeer({"md5": "0" * 32, "rows": mine.rows, "offsets": offsets})
+    assert probes._digests(t + 2, caught_up)[0] == 0.0  # compared at most once a minute
+    value, evidence = probes._digests(t + 100, caught_up)
+    assert value == 1.0 and "differ" in evidence
+    probes._client = _FakePeer({"md5": "0" * 32, "rows": 1, "offsets": {"log:sha": 3}})
+    assert probes._digests(t + 200, caught_up)[0] is None  # other offsets: not comparable
+    book = AlarmBook([AlarmSpec("digest_mismatch", "critical", 1, 0, 0, 0)])
+    event = book.update("digest_mismatch", "pair", value, evidence, now=t + 100)
+    assert event is not None and event.kind == "raise" and event.severity == "critical"
+    store.close()
