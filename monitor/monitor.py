@@ -54,9 +54,18 @@ class Monitor:
         self.report: dict[str, Any] = {"appliance": appliance, "paths": {}, "alarms": [], "worst": "unknown",
                                        "evaluated": False}
         self.lock = threading.Lock()
+        self._round = threading.Lock()
 
     def evaluate(self) -> dict[str, Any]:
-        """One round: sample, judge, feed the alarms, notify; returns (and keeps) the report."""
+        """One round: sample, judge, feed the alarms, notify; returns (and keeps) the report.
+
+        Rounds never overlap (the loop and an on-demand ``dssync lag`` may both ask): the
+        probes' readers and the alarm book belong to one round at a time.
+        """
+        with self._round:
+            return self._evaluate()
+
+    def _evaluate(self) -> dict[str, Any]:
         now = self.clock()
         paths: dict[str, dict[str, Any]] = {}
         for path, s in sorted(self.measure(now).items()):
