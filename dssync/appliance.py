@@ -152,8 +152,9 @@ class Appliance:
     def known(self, refs: list[bytes]) -> set[bytes]:
         return self.store.known(refs)
 
-    def append(self, values: list[bytes]) -> int:
-        return int(self.log.append(values))
+    def append(self, batches: list[list[bytes]]) -> int:
+        """Append the optimizer's batches (one window) to the log: one fsync for them all."""
+        return int(self.log.append_batches(batches))
 
     def applied(self) -> None:
         """Bring the store up to the log, then wrap it if it outgrew its capacity."""

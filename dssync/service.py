@@ -69,9 +69,9 @@ class _LockedSink:
         with self.lock:
             return self.app.known(refs)
 
-    def append(self, values: list[bytes]) -> int:
+    def append(self, batches: list[list[bytes]]) -> int:
         with self.lock:
-            return self.app.append(values)
+            return self.app.append(batches)
 
     def applied(self) -> None:
         with self.lock:

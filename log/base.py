@@ -36,6 +36,10 @@ class Log(Protocol):
         """Append ``values`` atomically; return the offset given to the first one."""
         ...
 
+    def append_batches(self, groups: Sequence[Sequence[bytes]]) -> int:
+        """Append each group atomically, in order, durable together; return the first offset."""
+        ...
+
     def read(self, from_offset: int, max_records: int = 10_000) -> list[LogRecord]:
         """Up to ``max_records`` records starting at ``from_offset`` (or the next one)."""
         ...

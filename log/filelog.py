@@ -194,6 +194,24 @@ class FileLog:
         data = batchfmt.encode(self._next_offset, ts, list(values), self.compress)
         return self._write_batch(data, self._next_offset, len(values), ts)
 
+    def append_batches(self, groups: Sequence[Sequence[bytes]]) -> int:
+        """Append each group as one batch, then apply the fsync policy once; return the
+        first offset. Each batch is atomic on its own (one CRC); a crash can keep a prefix
+        of the groups, never part of one. The optimizer writes a window's events this way:
+        one fsync per window instead of one per batch."""
+        if not groups:
+            raise UsageError("append needs at least one batch")
+        self._require_writer()
+        first = self._next_offset
+        for values in groups:
+            if not values:
+                raise UsageError("append needs at least one value per batch")
+            ts = max(self._clock_ms(), self._last_ts)
+            data = batchfmt.encode(self._next_offset, ts, list(values), self.compress)
+            self._write_batch(data, self._next_offset, len(values), ts, sync=False)
+        self.commit()
+        return first
+
     def append_raw(self, raw: bytes, sync: bool = True) -> int:
         """Append a batch copied byte for byte from another log (the mirror's path).
 

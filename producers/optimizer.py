@@ -36,7 +36,9 @@ class EventSink(Protocol):
 
     def known(self, refs: list[bytes]) -> set[bytes]: ...
 
-    def append(self, values: list[bytes]) -> int: ...
+    def append(self, batches: list[list[bytes]]) -> int:
+        """Append the batches in order, each atomically; return the first offset."""
+        ...
 
     def applied(self) -> None: ...
 
@@ -187,6 +189,5 @@ class Optimizer:
     def _append(self, events: list[bytes]) -> None:
         if not events:
             return
-        for batch in group(events, EVENT_BATCH_BYTES):
-            self.sink.append(batch)
+        self.sink.append(list(group(events, EVENT_BATCH_BYTES)))
         self.sink.applied()

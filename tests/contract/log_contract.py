@@ -32,6 +32,16 @@ class LogContract:
         assert records[3].offset == second
         log.close()
 
+    def test_appended_batches_are_read_back_in_order_after_one_durable_write(self) -> None:
+        log = self.make_log()
+        first = log.append_batches([[b"w1", b"w2"], [b"w3"], [b"w4", b"w5"]])
+        records = log.read(first, 100)
+        assert [r.value for r in records] == [b"w1", b"w2", b"w3", b"w4", b"w5"]
+        log.close()
+        again = self.reopen(log)
+        assert [r.value for r in again.read(first, 100)] == [b"w1", b"w2", b"w3", b"w4", b"w5"]
+        again.close()
+
     def test_read_from_the_middle_of_a_batch_starts_at_that_offset(self) -> None:
         log = self.make_log()
         base = log.append([b"x%d" % i for i in range(10)])
