@@ -21,6 +21,7 @@ from dssync.consumers.consumer import Consumer
 from dssync.consumers.store import Store
 from dssync.errors import DssyncError, UsageError, from_os_error
 from dssync.hlc import HybridLogicalClock
+from dssync.log.base import LogRecord
 from dssync.log.filelog import FileLog
 from dssync.producers.chunker import Chunker, ChunkerSpec
 from dssync.producers.optimizer import IngestStats, Optimizer
@@ -92,6 +93,7 @@ class Appliance:
             self.chunker = Chunker(ChunkerSpec.parse(self.config.chunker))
             self.optimizer = Optimizer(self.config.name, self.chunker, self.hlc, self)
             self._wrapping = False
+            self._just_appended: tuple[int, list[list[bytes]]] | None = None
             self.caught_up = self.consumer.catch_up()
             self.log.retain_from = self.store.committed(self.source)
         except BaseException:
@@ -154,10 +156,21 @@ class Appliance:
 
     def append(self, batches: list[list[bytes]]) -> int:
         """Append the optimizer's batches (one window) to the log: one fsync for them all."""
-        return int(self.log.append_batches(batches))
+        first = int(self.log.append_batches(batches))
+        self._just_appended = (first, batches)
+        return first
 
     def applied(self) -> None:
-        """Bring the store up to the log, then wrap it if it outgrew its capacity."""
+        """Bring the store up to the log, then wrap it if it outgrew its capacity.
+
+        What this process just appended to its file log is applied from memory (the same
+        bytes, at the offsets the log gave them: a file log's offsets are dense), instead
+        of being read back and decompressed; anything else is read from the log.
+        """
+        just, self._just_appended = self._just_appended, None
+        if just is not None and isinstance(self.log, FileLog) and self.store.committed(self.source) == just[0]:
+            values = [v for batch in just[1] for v in batch]
+            self.store.apply(self.source, [LogRecord(just[0] + i, 0, v) for i, v in enumerate(values)])
         self.consumer.catch_up()
         self.log.retain_from = self.store.committed(self.source)
         if hasattr(self.log, "commit_group"):  # let Kafka's own tools see the store's position
