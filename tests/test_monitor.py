@@ -298,3 +298,26 @@ def test_the_pair_digests_are_compared_once_caught_up_and_a_difference_raises_an
     event = book.update("digest_mismatch", "pair", value, evidence, now=t + 100)
     assert event is not None and event.kind == "raise" and event.severity == "critical"
     store.close()
+
+
+def test_lag_watch_reprints_every_interval_and_stops_on_interrupt_with_the_worst_status(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from dssync import config as cfgmod
+    from tests.conftest import run_dssync
+
+    home = str(tmp_path / "sh1")
+    run_dssync("init", home, "--name", "sh1", "--model", "M", "--version", "1")
+    cfg = cfgmod.load(home)
+    cfg.monitor.interval_s = 0.5
+    cfgmod.save(home, cfg)
+    proc = subprocess.Popen([sys.executable, "-m", "dssync.tools.cli", "lag", home, "--watch"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err  # idle, no service: nothing waiting, nothing raised
+    assert out.count("sh1: worst status idle") >= 2 and "Traceback" not in err
