@@ -101,6 +101,7 @@ def _properties(d: str, port: int, cport: int, scram_port: int | None) -> str:
         "transaction.state.log.num.partitions=3",
         "share.coordinator.state.topic.replication.factor=1", "share.coordinator.state.topic.min.isr=1",
         "group.initial.rebalance.delay.ms=0", "auto.create.topics.enable=false",
+        "log.retention.check.interval.ms=2000",  # small test topics reach their retention quickly
         "num.partitions=1", "default.replication.factor=1", "min.insync.replicas=1",
         *extra, "",
     ])

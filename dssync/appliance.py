@@ -61,6 +61,7 @@ def open_log(home: str, cfg: cfgmod.Config, writer: bool, create: bool = False) 
         return KafkaLog(
             kafka_settings(cfg), cfg.kafka.topic_prefix + cfg.name, writer=writer, create=create,
             retention_bytes=lc.retention_bytes or -1, retention_ms=lc.retention_ms or -1, origin=cfg.name,
+            segment_bytes=lc.segment_bytes,
             group_id=f"dssync-store-{cfg.name}",
         )
     return FileLog(

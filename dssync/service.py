@@ -101,6 +101,7 @@ class Service:
         self._next_handshake = 0.0
         self._consumers: dict[str, tuple[Consumer, FileLog]] = {}
         self._started: set[str] = set()
+        self._next_gap_check = 0.0
         self.probes = ServiceProbes(self)
         self.monitor = Monitor(self.config.monitor, self.config.name, self.probes.measure, self.probes.conditions,
                                book_path=os.path.join(run_dir(home), "alarms.json"))
@@ -317,6 +318,8 @@ class Service:
             with self.lock:
                 self.app.store.advance(source, self._peer.log_start_offset)
             log.info("reading %s's topic from offset %d", self._peer.name, self.app.store.committed(source))
+        if self.config.sync.transport == "kafka-sites":
+            self._repair_gaps(self._peer)
         consumer = self._consumers[f"log:{self._peer.name}"][0]
         applied = 0
         while not self.stopping.is_set():
@@ -326,6 +329,44 @@ class Service:
                 break
             applied += r.applied
         return applied
+
+    def _repair_gaps(self, peer: protocol.Identity) -> None:
+        """kafka-sites: when the mirror has counted a retention gap (offsets of the peer's topic
+        removed before they were copied), load a snapshot of the peer's store, then read its
+        log on from where the snapshot ends: the same repair as the file mirror's, done here
+        because the store is this service's. Checked once a second; a repair is recorded in
+        ``run/gaps-repaired.json`` only once loaded (a crash before that repeats it: a snapshot
+        applies idempotently)."""
+        now = time.monotonic()
+        if now < self._next_gap_check:
+            return
+        self._next_gap_check = now + 1.0
+        gaps = len(mirror_states(self.home).get(peer.name, {}).get("gaps", []))
+        path = os.path.join(run_dir(self.home), "gaps-repaired.json")
+        done = _read_json(path)
+        if gaps <= int(done.get(peer.name, 0)):
+            return
+        log.warning("the mirror of %s counted %d retention gap(s): repairing from a snapshot", peer.name, gaps)
+        directory = os.path.join(run_dir(self.home), f"repair-{peer.name}")
+        shutil.rmtree(directory, ignore_errors=True)
+        client = protocol.PeerClient(self.config.sync, self.identity())
+        try:
+            covers_to, events, _store_id = snapshot.download(client, directory)  # no lock: traffic goes on
+        finally:
+            client.close()
+        source = f"snapshot:{peer.name}:repair"
+        with self.lock:
+            Consumer(FileLog(directory), self.app.store, source).catch_up()
+            self.app.store.forget(source)
+            self.app.store.advance(f"log:{peer.name}", covers_to)
+        shutil.rmtree(directory, ignore_errors=True)
+        done[peer.name] = gaps
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(done, f)
+        os.replace(tmp, path)
+        log.info("repaired: loaded a snapshot of %s (%d events), reading its log on from offset %d",
+                 peer.name, events, covers_to)
 
     def _consumer(self, source: str, path: str) -> Consumer:
         entry = self._consumers.get(source)

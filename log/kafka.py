@@ -102,19 +102,24 @@ def probe(settings: KafkaSettings) -> None:
     )
 
 
-def create_topic(settings: KafkaSettings, topic: str, retention_bytes: int = -1, retention_ms: int = -1) -> None:
+def create_topic(settings: KafkaSettings, topic: str, retention_bytes: int = -1, retention_ms: int = -1,
+                 segment_bytes: int | None = None) -> None:
     """Create a dssync topic with explicit configuration (no broker defaults), if it is missing:
-    one partition, broker append time (lag in seconds comes from the log), producer's lz4."""
+    one partition, broker append time (lag in seconds comes from the log), producer's lz4;
+    retention (whole segments, like the file log) by size and age."""
     admin = KafkaAdminClient(**settings.client_options())
+    configs = {
+        "message.timestamp.type": "LogAppendTime",
+        "compression.type": "producer",
+        "cleanup.policy": "delete",
+        "retention.bytes": str(retention_bytes),
+        "retention.ms": str(retention_ms),
+        "max.message.bytes": str(16 << 20),
+    }
+    if segment_bytes:
+        configs["segment.bytes"] = str(max(segment_bytes, 1 << 20))  # Kafka's minimum is 1 MiB
     try:
-        admin.create_topics([NewTopic(topic, 1, 1, topic_configs={
-            "message.timestamp.type": "LogAppendTime",
-            "compression.type": "producer",
-            "cleanup.policy": "delete",
-            "retention.bytes": str(retention_bytes),
-            "retention.ms": str(retention_ms),
-            "max.message.bytes": str(16 << 20),
-        })])
+        admin.create_topics([NewTopic(topic, 1, 1, topic_configs=configs)])
     except TopicAlreadyExistsError:
         pass
     finally:
@@ -145,7 +150,7 @@ class KafkaLog:
     def __init__(
         self, settings: KafkaSettings, topic: str, *, writer: bool = False, create: bool = False,
         retention_bytes: int = -1, retention_ms: int = -1, origin: str | None = None,
-        group_id: str | None = None,
+        group_id: str | None = None, segment_bytes: int | None = None,
     ) -> None:
         self.settings = settings
         self.topic = topic
@@ -163,7 +168,7 @@ class KafkaLog:
         probe(settings)
         try:
             if create:
-                create_topic(settings, topic, retention_bytes, retention_ms)
+                create_topic(settings, topic, retention_bytes, retention_ms, segment_bytes)
             self._consumer = KafkaConsumer(
                 **opts, enable_auto_commit=False, isolation_level="read_committed", group_id=group_id,
                 auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20,

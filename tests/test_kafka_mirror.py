@@ -202,3 +202,60 @@ def test_a_pair_on_two_sites_converges_through_kafka_mirrors_and_fails_over(
     finally:
         a.stop_all()
         b.stop_all()
+
+
+def test_a_retention_gap_between_sites_is_counted_alarmed_and_repaired_from_a_snapshot(
+        tmp_path: Path, kafka_broker: Any, kafka_broker_b: Any) -> None:
+    import random
+
+    logs = str(tmp_path / "logs")
+    os.makedirs(logs)
+    prefix = f"gap{os.getpid()}-{uuid.uuid4().hex[:6]}."
+    a = Node("sha", str(tmp_path / "sha"), free_port(), logs)
+    b = Node("shb", str(tmp_path / "shb"), free_port(), logs)
+    sites = {a.name: kafka_broker.bootstrap, b.name: kafka_broker_b.bootstrap}
+    small = ("--segment-bytes", str(1 << 20), "--retention-bytes", str(2 << 20))  # sha's topic keeps ~2-3 MiB
+    for n in (a, b):
+        dss("init", n.home, "--name", n.name, "--model", "SH", "--version", "1", "--kafka", sites[n.name],
+            "--kafka-topic-prefix", prefix, *(small if n is a else ()))
+    for n, peer, role in ((a, b, "master"), (b, a, "backup")):
+        dss("sync", "configure", n.home, "--role", role, "--transport", "kafka-sites", "--peer-kafka", sites[peer.name],
+            "--peer", f"127.0.0.1:{peer.port}", "--listen", f"127.0.0.1:{n.port}", "--secret", SECRET)
+    files = []
+    for i in range(6):  # new data each time: the topic must grow past its retention
+        p = tmp_path / f"new{i}.bin"
+        p.write_bytes(random.Random(i).randbytes(1_500_000))
+        files.append(str(p))
+    settings = KafkaSettings(kafka_broker.bootstrap)
+    try:
+        a.start_all()
+        b.start_all()
+        a.ingest(files[0])
+        wait_converged(a, b, timeout=120)
+        b.kill("mirror")
+        with MirroredTopic(KafkaSettings(kafka_broker_b.bootstrap), f"{prefix}mirror.sha") as mirrored:
+            copied_to = mirrored.end_offset()
+        for f in files[1:]:
+            a.ingest(f)
+        with KafkaLog(settings, prefix + "sha") as topic:
+            deadline = time.time() + 90
+            while topic.start_offset() <= copied_to and time.time() < deadline:
+                time.sleep(1)  # the broker deletes old segments every few seconds
+            assert topic.start_offset() > copied_to, "retention did not remove what the mirror had not copied"
+        b.start("mirror")
+        wait_converged(a, b, timeout=180)
+        state = b.status()["mirrors"]["sha"]
+        assert state["gaps"] and state["not_copied_events"] > 0
+        assert json.loads((Path(b.home) / "run" / "gaps-repaired.json").read_text()) == {"sha": len(state["gaps"])}
+        assert "repaired: loaded a snapshot of sha" in b.log("serve")
+        deadline = time.time() + 30  # raised at the monitor's next evaluation
+        while True:
+            alarms = json.loads(dss("lag", b.home, "--json", check=False).stdout)["alarms"]
+            gap = [x for x in alarms if x["alarm"] == "retention_gap"]
+            if gap or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        assert gap and gap[0]["path"] == "mirror:sha" and f"{state['not_copied_events']} events" in gap[0]["evidence"]
+    finally:
+        a.stop_all()
+        b.stop_all()
