@@ -158,20 +158,27 @@ def test_a_mirror_topic_is_never_mirrored_again() -> None:
         TopicCopier(None, "dssync.mirror.sh1", KafkaSettings("127.0.0.1:1"), "x", "sh1")
 
 
-def test_a_pair_on_two_sites_converges_through_kafka_mirrors_and_fails_over(
-        tmp_path: Path, kafka_broker: Any, kafka_broker_b: Any) -> None:
+def _two_site_pair(tmp_path: Path, site_a: Any, site_b: Any, tag: str,
+                   extra_a: tuple[str, ...] = ()) -> tuple[Node, Node]:
+    """sha (master) on site A's cluster and shb (backup) on site B's, paired with kafka-sites."""
     logs = str(tmp_path / "logs")
     os.makedirs(logs)
-    prefix = f"sites{os.getpid()}-{uuid.uuid4().hex[:6]}."
+    prefix = f"{tag}{os.getpid()}-{uuid.uuid4().hex[:6]}."
     a = Node("sha", str(tmp_path / "sha"), free_port(), logs)
     b = Node("shb", str(tmp_path / "shb"), free_port(), logs)
-    sites = {a.name: kafka_broker.bootstrap, b.name: kafka_broker_b.bootstrap}
+    sites = {a.name: site_a.bootstrap, b.name: site_b.bootstrap}
     for n in (a, b):
         dss("init", n.home, "--name", n.name, "--model", "SH", "--version", "1", "--kafka", sites[n.name],
-            "--kafka-topic-prefix", prefix)
+            "--kafka-topic-prefix", prefix, *(extra_a if n is a else ()))
     for n, peer, role in ((a, b, "master"), (b, a, "backup")):
         dss("sync", "configure", n.home, "--role", role, "--transport", "kafka-sites", "--peer-kafka", sites[peer.name],
             "--peer", f"127.0.0.1:{peer.port}", "--listen", f"127.0.0.1:{n.port}", "--secret", SECRET)
+    return a, b
+
+
+def test_a_pair_on_two_sites_converges_through_kafka_mirrors_and_fails_over(
+        tmp_path: Path, kafka_broker: Any, kafka_broker_b: Any) -> None:
+    a, b = _two_site_pair(tmp_path, kafka_broker, kafka_broker_b, "sites")
     r = release(tmp_path, 43, 2_000_000, 4)
     a.ingest(r[0])
     try:
@@ -208,19 +215,9 @@ def test_a_retention_gap_between_sites_is_counted_alarmed_and_repaired_from_a_sn
         tmp_path: Path, kafka_broker: Any, kafka_broker_b: Any) -> None:
     import random
 
-    logs = str(tmp_path / "logs")
-    os.makedirs(logs)
-    prefix = f"gap{os.getpid()}-{uuid.uuid4().hex[:6]}."
-    a = Node("sha", str(tmp_path / "sha"), free_port(), logs)
-    b = Node("shb", str(tmp_path / "shb"), free_port(), logs)
-    sites = {a.name: kafka_broker.bootstrap, b.name: kafka_broker_b.bootstrap}
     small = ("--segment-bytes", str(1 << 20), "--retention-bytes", str(2 << 20))  # sha's topic keeps ~2-3 MiB
-    for n in (a, b):
-        dss("init", n.home, "--name", n.name, "--model", "SH", "--version", "1", "--kafka", sites[n.name],
-            "--kafka-topic-prefix", prefix, *(small if n is a else ()))
-    for n, peer, role in ((a, b, "master"), (b, a, "backup")):
-        dss("sync", "configure", n.home, "--role", role, "--transport", "kafka-sites", "--peer-kafka", sites[peer.name],
-            "--peer", f"127.0.0.1:{peer.port}", "--listen", f"127.0.0.1:{n.port}", "--secret", SECRET)
+    a, b = _two_site_pair(tmp_path, kafka_broker, kafka_broker_b, "gap", extra_a=small)
+    prefix = _prefix(a.home)
     files = []
     for i in range(6):  # new data each time: the topic must grow past its retention
         p = tmp_path / f"new{i}.bin"
@@ -259,3 +256,9 @@ def test_a_retention_gap_between_sites_is_counted_alarmed_and_repaired_from_a_sn
     finally:
         a.stop_all()
         b.stop_all()
+
+
+def _prefix(home: str) -> str:
+    from dssync import config as cfgmod
+
+    return cfgmod.load(home).kafka.topic_prefix
