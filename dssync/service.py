@@ -514,20 +514,30 @@ class _Heartbeat:
         self.every = svc.config.monitor.heartbeat_s
         self.next = time.monotonic() + self.every
         self.end = -1
+        self.failing = False
 
     def tick(self, now: float) -> None:
         if now < self.next:
             return
         self.next = now + self.every
         svc = self.svc
-        with svc.lock:
-            end = svc.app.log.end_offset()
-            if end == self.end:  # nothing written since the last tick
-                cfg = svc.config
-                svc.app.log.append([encode("HeartbeatSent", {"origin": cfg.name, "hlc": svc.app.hlc.now(),
-                                                         "sent_ms": int(time.time() * 1000)})])
-                svc.app.applied()
+        try:
+            with svc.lock:
                 end = svc.app.log.end_offset()
+                if end == self.end:  # nothing written since the last tick
+                    cfg = svc.config
+                    svc.app.log.append([encode("HeartbeatSent", {"origin": cfg.name, "hlc": svc.app.hlc.now(),
+                                                             "sent_ms": int(time.time() * 1000)})])
+                    svc.app.applied()
+                    end = svc.app.log.end_offset()
+        except DssyncError as exc:  # a full disk or a broker down: the lag monitor will show it
+            if not self.failing:
+                log.warning("cannot write a heartbeat: %s", exc.message)
+            self.failing = True
+            return
+        if self.failing:
+            log.info("heartbeats written again")
+        self.failing = False
         self.end = end
 
 
