@@ -24,7 +24,8 @@ decoded and re-encoded.
 If the source's retention removed offsets before they were copied, the gap is detected,
 counted (in source offsets; on Kafka they include transaction markers, so it is an upper
 bound of the events lost) and recorded in the mirror's state; copying continues from the
-source's start.
+source's start, and the appliance service repairs its store from a snapshot of the peer's
+(``Service._repair_gaps``).
 """
 
 from __future__ import annotations
