@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import time
 import uuid
 import warnings
@@ -57,3 +58,29 @@ def test_an_unreachable_bootstrap_address_is_a_clear_error_in_bounded_time() -> 
         KafkaLog(KafkaSettings(f"127.0.0.1:{free_port()}", timeout_ms=2000), "t", writer=True)
     assert time.monotonic() - start < 20
     assert "cannot reach Kafka" in info.value.message
+
+
+def test_mirror_topic_reads_a_scram_source_with_the_password_from_the_environment(
+        kafka_broker: Any, kafka_broker_b: Any) -> None:
+    import subprocess
+    import sys
+
+    from dssync.log.mirrored import MirroredTopic
+
+    topic, dest = f"scram-src-{uuid.uuid4().hex[:8]}", f"mirror.scram-{uuid.uuid4().hex[:8]}"
+    with KafkaLog(_scram(kafka_broker, "dssync-secret"), topic, writer=True, create=True) as log:
+        for i in range(5):
+            log.append([b"secured %d.%d" % (i, j) for j in range(20)])
+    args = [sys.executable, "-m", "dssync.tools.cli", "mirror-topic", "--from-kafka",
+            f"127.0.0.1:{kafka_broker.scram_port}", "--from-topic", topic,
+            "--from-security", "SASL_PLAINTEXT:SCRAM-SHA-256:dssync",
+            "--to-kafka", kafka_broker_b.bootstrap, "--to-topic", dest, "--stop-when-idle"]
+    missing = subprocess.run(args, capture_output=True, text=True, timeout=60,
+                             env={k: v for k, v in os.environ.items() if k != "DSSYNC_FROM_KAFKA_PASSWORD"})
+    assert missing.returncode == 2 and "DSSYNC_FROM_KAFKA_PASSWORD" in missing.stderr
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "DSSYNC_FROM_KAFKA_PASSWORD": "dssync-secret"})
+    assert done.returncode == 0, done.stderr
+    with MirroredTopic(KafkaSettings(kafka_broker_b.bootstrap), dest) as mirrored:
+        assert [r.value for r in mirrored.read(0, 1000)] == [b"secured %d.%d" % (i, j) for i in range(5)
+                                                             for j in range(20)]

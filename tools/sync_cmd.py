@@ -87,11 +87,18 @@ def mirror_cmd(home: str, wait_ms: int, verbose: bool) -> None:
 @click.option("--from-log", default=None, type=click.Path(file_okay=False), help="Or: an embedded log directory.")
 @click.option("--to-kafka", required=True, metavar="HOST:PORT[,...]", help="Destination cluster.")
 @click.option("--to-topic", required=True, help="Destination topic (created if missing).")
+@click.option("--from-security", default="", metavar="PROTOCOL[:MECHANISM:USER]",
+              help="Source cluster security, e.g. SASL_SSL:SCRAM-SHA-512:dssync; password from "
+                   "DSSYNC_FROM_KAFKA_PASSWORD.")
+@click.option("--to-security", default="", metavar="PROTOCOL[:MECHANISM:USER]",
+              help="Destination cluster security; password from DSSYNC_TO_KAFKA_PASSWORD.")
+@click.option("--ssl-cafile", default="", help="CA for SSL listeners (either side).")
 @click.option("--origin", default=None, help="Origin header of the copies (default: the source's name).")
 @click.option("--stop-when-idle", is_flag=True, help="Exit once everything the source holds is copied.")
 @click.option("-v", "--verbose", is_flag=True)
 def mirror_topic_cmd(from_kafka: str | None, from_topic: str | None, from_log: str | None, to_kafka: str,
-                     to_topic: str, origin: str | None, stop_when_idle: bool, verbose: bool) -> None:
+                     to_topic: str, from_security: str, to_security: str, ssl_cafile: str, origin: str | None,
+                     stop_when_idle: bool, verbose: bool) -> None:
     """Copy one log into a Kafka topic exactly once: Kafka to Kafka, or embedded to Kafka.
 
     The building block of 'dssync mirror' between sites, usable on its own. Kill it at any
@@ -106,13 +113,16 @@ def mirror_topic_cmd(from_kafka: str | None, from_topic: str | None, from_log: s
     import signal
 
     from dssync.log.filelog import FileLog
-    from dssync.log.kafka import KafkaLog, KafkaSettings
+    from dssync.log.kafka import KafkaLog
     from dssync.sync.kafka_mirror import TopicCopier, keep_running
 
     _logging(verbose)
     if (from_log is None) == (from_kafka is None or from_topic is None):
         raise UsageError("give either --from-kafka with --from-topic, or --from-log",
                          hint="see 'dssync mirror-topic --help'")
+    # settings first: a malformed security option or a missing password is an error now, not a retry
+    src = _settings(from_kafka, from_security, ssl_cafile, "DSSYNC_FROM_KAFKA_PASSWORD") if from_kafka else None
+    dest = _settings(to_kafka, to_security, ssl_cafile, "DSSYNC_TO_KAFKA_PASSWORD")
     stopped = False
 
     def stop(*_: object) -> None:
@@ -135,10 +145,10 @@ def mirror_topic_cmd(from_kafka: str | None, from_topic: str | None, from_log: s
             source: Any = FileLog(from_log)
             name = os.path.abspath(from_log)
         else:
-            assert from_kafka is not None and from_topic is not None
-            source = KafkaLog(KafkaSettings(from_kafka), from_topic)
+            assert src is not None and from_topic is not None
+            source = KafkaLog(src, from_topic)
             name = from_topic
-        copier = TopicCopier(source, name, KafkaSettings(to_kafka), to_topic, origin or os.path.basename(name))
+        copier = TopicCopier(source, name, dest, to_topic, origin or os.path.basename(name))
         try:
             at = copier.open()
             on_state("connected", f"copying {name} into {to_topic} from offset {at}")
@@ -152,6 +162,24 @@ def mirror_topic_cmd(from_kafka: str | None, from_topic: str | None, from_log: s
             source.close()
 
     keep_running(session, lambda: stopped, on_state, time.sleep)
+
+
+def _settings(bootstrap: str, security: str, cafile: str, password_env: str) -> Any:
+    """KafkaSettings from 'PROTOCOL[:MECHANISM:USER]' (the password only ever from the environment)."""
+    from dssync.log.kafka import KafkaSettings
+
+    if not security:
+        return KafkaSettings(bootstrap, ssl_cafile=cafile or None)
+    parts = security.split(":")
+    if len(parts) not in (1, 3):
+        raise UsageError(f"security {security!r} is not PROTOCOL or PROTOCOL:MECHANISM:USER",
+                         hint="e.g. SSL, or SASL_SSL:SCRAM-SHA-512:dssync")
+    mechanism, user = (parts[1], parts[2]) if len(parts) == 3 else (None, None)
+    password = os.environ.get(password_env)
+    if mechanism and not password:
+        raise UsageError(f"SASL needs a password in {password_env}", hint=f"export {password_env}=...")
+    return KafkaSettings(bootstrap, security_protocol=parts[0], sasl_mechanism=mechanism, sasl_plain_username=user,
+                         sasl_plain_password=password if mechanism else None, ssl_cafile=cafile or None)
 
 
 @click.group("sync")
