@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
+from typing import Any
 
 from dssync.tools import workload
 from dssync.tools.localpair import SECRET, Node, dss, wait_converged
 from dssync.tools.localpair import make_pair as _make_pair
 
-__all__ = ["SECRET", "Node", "dss", "make_pair", "release", "wait_converged"]
+__all__ = ["SECRET", "Node", "dss", "make_pair", "release", "wait_alarm", "wait_converged"]
 
 
 def make_pair(tmp_path: Path, **kwargs: object) -> tuple[Node, Node]:
@@ -23,3 +26,16 @@ def release(tmp_path: Path, seed: int, size: int, count: int) -> list[str]:
         p.write_bytes(data)
         out.append(str(p))
     return out
+
+
+def wait_alarm(home: str, alarm: str, timeout: float = 30) -> dict[str, Any]:
+    """The raised ``alarm`` of a running appliance, as 'dssync lag --json' shows it, once the
+    monitor has raised it (it evaluates every interval_s); fails after ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while True:
+        raised = {x["alarm"]: x for x in json.loads(dss("lag", home, "--json", check=False).stdout)["alarms"]}
+        if alarm in raised or time.time() > deadline:
+            assert alarm in raised, f"{alarm} not raised in {timeout} s: {raised}"
+            found: dict[str, Any] = raised[alarm]
+            return found
+        time.sleep(0.5)

@@ -21,7 +21,7 @@ from dssync.log.kafka import KafkaLog, KafkaSettings
 from dssync.log.mirrored import MirroredTopic, TopicReader, source_position
 from dssync.sync.kafka_mirror import TopicCopier
 from dssync.tools.localpair import SECRET, Node, dss, free_port, wait_converged
-from tests.pair import release
+from tests.pair import release, wait_alarm
 
 pytestmark = pytest.mark.kafka
 
@@ -245,14 +245,8 @@ def test_a_retention_gap_between_sites_is_counted_alarmed_and_repaired_from_a_sn
         assert state["gaps"] and state["not_copied_events"] > 0
         assert json.loads((Path(b.home) / "run" / "gaps-repaired.json").read_text()) == {"sha": len(state["gaps"])}
         assert "repaired: loaded a snapshot of sha" in b.log("serve")
-        deadline = time.time() + 30  # raised at the monitor's next evaluation
-        while True:
-            alarms = json.loads(dss("lag", b.home, "--json", check=False).stdout)["alarms"]
-            gap = [x for x in alarms if x["alarm"] == "retention_gap"]
-            if gap or time.time() > deadline:
-                break
-            time.sleep(0.5)
-        assert gap and gap[0]["path"] == "mirror:sha" and f"{state['not_copied_events']} events" in gap[0]["evidence"]
+        gap = wait_alarm(b.home, "retention_gap")
+        assert gap["path"] == "mirror:sha" and f"{state['not_copied_events']} events" in gap["evidence"]
     finally:
         a.stop_all()
         b.stop_all()

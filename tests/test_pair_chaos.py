@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -12,7 +11,7 @@ from pathlib import Path
 
 from dssync.log.filelog import FileLog
 from dssync.schemas import decode
-from tests.pair import Node, dss, make_pair, release, wait_converged
+from tests.pair import Node, dss, make_pair, release, wait_alarm, wait_converged
 
 
 def _ingest_loop(node: Node, paths: list[str], stop: threading.Event, errors: list[str]) -> None:
@@ -137,14 +136,8 @@ def test_a_retention_gap_is_detected_counted_and_repaired(tmp_path: Path) -> Non
         assert m["bootstraps"] >= 1
         doc = dss("status", b.home).stdout
         assert f"{expected_events} not copied" in doc
-        deadline = time.time() + 30  # raised at the monitor's next evaluation
-        while time.time() < deadline:
-            lag = json.loads(dss("lag", b.home, "--json", check=False).stdout)
-            gap = [x for x in lag["alarms"] if x["alarm"] == "retention_gap"]
-            if gap:
-                break
-            time.sleep(0.5)
-        assert gap and f"{expected_events} events" in gap[0]["evidence"] and gap[0]["path"] == "mirror:sha"
+        gap = wait_alarm(b.home, "retention_gap")
+        assert f"{expected_events} events" in gap["evidence"] and gap["path"] == "mirror:sha"
     finally:
         a.stop_all()
         b.stop_all()

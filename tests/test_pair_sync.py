@@ -12,7 +12,7 @@ import pytest
 
 from dssync.log.filelog import FileLog
 from dssync.tools.localpair import PairRunError
-from tests.pair import SECRET, dss, make_pair, release, wait_converged
+from tests.pair import SECRET, dss, make_pair, release, wait_alarm, wait_converged
 
 
 def test_pairing_overwrites_the_backup_and_both_directions_converge(tmp_path: Path) -> None:
@@ -92,24 +92,12 @@ def test_a_mismatched_peer_is_refused_with_its_reason(tmp_path: Path, what: str)
             time.sleep(0.2)
         assert expected in a.log("mirror") + a.log("serve")  # refused on the master's side too
         assert b.status()["sync"]["state"] == "restart-required"
-        alarms = _wait_alarm(a.home, "pairing_refused")
-        assert expected in alarms["pairing_refused"]["evidence"] and alarms["pairing_refused"]["severity"] == "critical"
+        refused = wait_alarm(a.home, "pairing_refused")
+        assert expected in refused["evidence"] and refused["severity"] == "critical"
         assert "mirrors" not in a.status() or not a.status()["mirrors"].get("shb", {}).get("copied_records")
     finally:
         a.stop_all()
         b.stop_all()
-
-
-def _wait_alarm(home: str, alarm: str, timeout: float = 30) -> dict[str, dict[str, object]]:
-    """The raised alarms of a running appliance, once ``alarm`` is among them (the monitor
-    evaluates every interval_s)."""
-    deadline = time.time() + timeout
-    while True:
-        raised = {x["alarm"]: x for x in json.loads(dss("lag", home, "--json", check=False).stdout)["alarms"]}
-        if alarm in raised or time.time() > deadline:
-            assert alarm in raised, raised
-            return raised
-        time.sleep(0.5)
 
 
 def test_failover_the_backup_saves_what_the_master_would_have(tmp_path: Path) -> None:
