@@ -33,8 +33,8 @@ class Consumer:
                 f"{self.source}: offsets {frm}..{start - 1} were removed by retention before being applied",
                 hint="rebuild the store with 'dssync replay HOME' (or re-bootstrap from the peer)",
             )
-        records = self.log.read(frm, self.batch_records)
-        if not records:
+        records = self.log.read_columns(frm, self.batch_records)
+        if not len(records):
             # A log whose offsets are not dense (Kafka: transaction markers) says how far the
             # empty read went; nothing else may move the offset (a file log's empty read can be a
             # batch still being written, and advancing past it would skip it).
@@ -42,7 +42,7 @@ class Consumer:
             if through is not None and through > frm:
                 self.store.advance(self.source, through)
             return ApplyResult()
-        return self.store.apply(self.source, records)
+        return self.store.apply_columns(self.source, records)
 
     def catch_up(self, progress: Callable[[int], None] | None = None) -> int:
         """Apply until the end of the log as it was when called; return records applied."""
@@ -56,3 +56,27 @@ class Consumer:
             if progress:
                 progress(r.applied)
         return total
+
+
+REPLAY_RECORDS = 500_000
+REPLAY_BYTES = 64 << 20
+"""A replay applies reads this big: one DuckDB insert of a few hundred thousand rows costs far
+less than many small ones (big appends skip DuckDB's write-ahead log); the byte bound keeps
+memory flat when segments are large."""
+
+
+def replay(log: Log, store: Store, source: str, start: int, progress: Callable[[int], None] | None = None) -> int:
+    """Apply ``log`` from ``start`` to its end as it was when called, in big transactions;
+    return the records applied. The store's committed offset for ``source`` moves with them."""
+    applied = 0
+    pos, end = start, log.end_offset()
+    while pos < end:
+        records = log.read_columns(pos, REPLAY_RECORDS, REPLAY_BYTES)
+        if not len(records):
+            break
+        store.apply_columns(source, records)
+        applied += len(records)
+        pos = int(records.offsets[-1]) + 1
+        if progress:
+            progress(len(records))
+    return applied

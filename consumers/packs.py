@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from dssync.errors import CorruptStoreError, from_os_error
 
 
@@ -72,10 +74,39 @@ class Packs:
             raise from_os_error(exc, "writing a segment pack") from exc
         return out
 
-    def _flush(self, buf: list[bytes]) -> None:
+    def append_blob(self, blob: bytes | memoryview, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Write ``blob``, the segments of ``lengths`` back to back; return their packs and
+        positions (arrays). Same placement as ``append``: a segment goes in the current pack if
+        it fits or the pack is empty, else it starts the next pack."""
+        n = len(lengths)
+        packs = np.empty(n, np.int64)
+        positions = np.empty(n, np.int64)
+        ends = np.cumsum(lengths)
+        view = memoryview(blob)
+        i = at = 0
+        try:
+            while i < n:
+                if self._fd is None:
+                    self._open(new=self.current == 0)
+                j = max(i, int(np.searchsorted(ends, at + self.pack_bytes - self.end, side="right")))
+                if j == i:
+                    if self.end > 0:
+                        self._open(new=True)
+                        continue
+                    j = i + 1  # a segment larger than a pack gets a pack of its own
+                upto = int(ends[j - 1])
+                packs[i:j] = self.current
+                positions[i:j] = self.end + ends[i:j] - lengths[i:j] - at
+                self._flush([view[at:upto]])
+                self.end += upto - at
+                i, at = j, upto
+        except OSError as exc:
+            raise from_os_error(exc, "writing a segment pack") from exc
+        return packs, positions
+
+    def _flush(self, buf: list[bytes] | list[memoryview]) -> None:
         if buf and self._fd is not None:
-            data = b"".join(buf)
-            view = memoryview(data)
+            view = memoryview(buf[0] if len(buf) == 1 else b"".join(buf))
             while view:
                 n = os.write(self._fd, view)
                 view = view[n:]

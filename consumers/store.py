@@ -24,12 +24,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from dssync.consumers import merge
 from dssync.consumers.packs import Packs
 from dssync.errors import CorruptStoreError, LockedError, NotFoundError, ResourceError
 from dssync.log.base import LogRecord
-from dssync.schemas import REF_SIZE, Event, decode_fast
+from dssync.log.columns import RecordColumns
+from dssync.schemas.columnar import EventColumns, decode_columns
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS refs (
@@ -47,11 +51,7 @@ CREATE TABLE IF NOT EXISTS offsets (source VARCHAR PRIMARY KEY, next_offset UBIG
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
 """
 
-ROW_SCHEMA = pa.schema([
-    ("ref", pa.binary()), ("level", pa.uint8()), ("size", pa.uint64()), ("live", pa.bool_()),
-    ("hlc", pa.uint64()), ("origin", pa.string()), ("pack", pa.int32()), ("pos", pa.uint64()),
-    ("children", pa.binary()),
-])
+ROW_SCHEMA = merge.ROW_SCHEMA
 
 DIGEST_SQL = """
 SELECT count(*), coalesce(sum(CASE WHEN live AND level = 0 THEN size ELSE 0 END), 0),
@@ -80,21 +80,6 @@ class ApplyResult:
 
 
 Row = tuple[bytes, int, int, bool, int, str, int | None, int | None, bytes | None]
-
-
-def _arrow(rows: list[Row]) -> pa.Table:
-    cols = list(zip(*rows, strict=True))
-    return pa.Table.from_arrays([pa.array(c, type=f.type) for c, f in zip(cols, ROW_SCHEMA, strict=True)],
-                                schema=ROW_SCHEMA)
-
-
-def _beats(hlc: int, origin: str, live: bool, old_hlc: int, old_origin: str, old_live: bool) -> bool:
-    """Last-writer-wins order: (hlc, origin), then an eviction over a store at an equal clock.
-
-    One appliance never reuses a clock value, so the last tie-break only matters for
-    hand-made or replayed logs; it keeps the order total all the same.
-    """
-    return (hlc, origin, not live) > (old_hlc, old_origin, not old_live)
 
 
 class Store:
@@ -161,24 +146,6 @@ class Store:
         finally:
             self.con.unregister("_keys")
         return {bytes(r[0]) for r in rows}
-
-    def _existing(self, refs: list[bytes]) -> dict[bytes, Row]:
-        if not refs:
-            return {}
-        if len(refs) <= 512:  # a small apply (a live mirror): a parameter list beats registering a table
-            rows = self.con.execute(
-                "SELECT ref, level, size, live, hlc, origin, pack, pos, children FROM refs "
-                "WHERE ref IN (SELECT unnest(?::BLOB[]))", [refs]).fetchall()
-            return {bytes(r[0]): r for r in rows}
-        self.con.register("_keys", pa.table({"ref": pa.array(refs, pa.binary())}))
-        try:
-            rows = self.con.execute(
-                "SELECT r.ref, r.level, r.size, r.live, r.hlc, r.origin, r.pack, r.pos, r.children "
-                "FROM refs r JOIN _keys k ON r.ref = k.ref"
-            ).fetchall()
-        finally:
-            self.con.unregister("_keys")
-        return {bytes(r[0]): r for r in rows}
 
     def digest(self) -> Digest:
         row = self._one(DIGEST_SQL)
@@ -253,129 +220,85 @@ class Store:
     # ------------------------------------------------------------------ applying
 
     def apply(self, source: str, records: Iterable[LogRecord]) -> ApplyResult:
+        """Apply records of ``source`` in one transaction, exactly once (see ``apply_columns``)."""
+        return self.apply_columns(source, RecordColumns.from_records(records))
+
+    def apply_columns(self, source: str, cols: RecordColumns) -> ApplyResult:
         """Apply records of ``source`` in one transaction, exactly once (module docstring).
 
         Records below the committed offset were applied before and are skipped; the new
-        committed offset is one past the last record, written with the rows.
+        committed offset is one past the last record, written with the rows. The merge is
+        column-wise (``dssync.consumers.merge``): last writer per reference within the records,
+        then against the rows already held, in one lookup.
         """
         committed = self.committed(source)
-        result = ApplyResult()
-        winners: dict[bytes, Event] = {}
-        resets: list[Event] = []
-        next_offset = committed
-        for rec in records:
-            if rec.offset < committed:
-                result.skipped += 1
-                continue
-            ev = decode_fast(rec.value)
-            next_offset = rec.offset + 1
-            result.applied += 1
-            if ev["type"] == "StoreReset":
-                resets.append(ev)
-                continue
-            if "ref" not in ev:
-                continue  # an event kind with no row (heartbeats and the like)
-            ref = ev["ref"]
-            cur = winners.get(ref)
-            if cur is None or _beats(ev["hlc"], ev["origin"], ev["type"] != "SegmentEvicted",
-                                     cur["hlc"], cur["origin"], cur["type"] != "SegmentEvicted"):
-                winners[ref] = ev
-        if result.applied == 0:
+        keep = cols.offsets >= committed
+        result = ApplyResult(skipped=int(len(cols) - keep.sum()))
+        if not keep.any():
             return result
-        events = list(winners.values())
-        existing = self._existing([e["ref"] for e in events])
-        rows = self._resolve(events, existing, result)
-        fresh = [r for r in rows if r[0] not in existing]
-        replaced = [r for r in rows if r[0] in existing] if len(fresh) < len(rows) else []
-        self._commit(source, next_offset, fresh, replaced, resets, max([0] + [e["hlc"] for e in events]))
+        if not keep.all():
+            cols = RecordColumns(cols.offsets[keep], cols.timestamps[keep], cols.buf, cols.starts[keep],
+                                 cols.lengths[keep])
+        ev = decode_columns(cols)
+        result.applied = len(cols)
+        next_offset = int(cols.offsets[-1]) + 1
+        plan = merge.plan(ev, self._existing_columns)
+        result.won = plan.won
+        result.bytes_written = merge.write_segments(plan, ev, self.packs)
+        merge.place_groups(plan, ev, self._existing_columns)
+        self._commit(source, next_offset, plan, ev)
         return result
 
-    def _resolve(self, events: list[Event], existing: dict[bytes, Row], result: ApplyResult) -> list[Row]:
-        rows: list[Row] = []
-        to_write: list[tuple[int, bytes]] = []
-        groups: list[int] = []
-        for ev in events:
-            ref, hlc, origin = ev["ref"], ev["hlc"], ev["origin"]
-            old = existing.get(ref)
-            kind = ev["type"]
-            if old is not None and not _beats(hlc, origin, kind != "SegmentEvicted", old[4], old[5], old[3]):
-                continue
-            if kind == "SegmentStored":
-                data = ev["data"]
-                if old is not None and old[3] and old[6] is not None:
-                    rows.append((ref, 0, len(data), True, hlc, origin, old[6], old[7], None))
-                else:
-                    to_write.append((len(rows), data))
-                    rows.append((ref, 0, len(data), True, hlc, origin, None, None, None))
-            elif kind == "ReferenceStored":
-                groups.append(len(rows))
-                rows.append((ref, ev["level"], ev["size"], True, hlc, origin, None, None, ev["children"]))
-            elif kind == "SegmentEvicted":
-                # A tombstone is the same row whatever it replaced, so the order of arrival
-                # cannot show in the digest.
-                rows.append((ref, 0, 0, False, hlc, origin, None, None, None))
-            result.won += 1
-        if to_write:
-            locations = self.packs.append([d for _, d in to_write])
-            for (i, data), (pack, pos) in zip(to_write, locations, strict=True):
-                r = rows[i]
-                rows[i] = (r[0], r[1], r[2], r[3], r[4], r[5], pack, pos, r[8])
-                result.bytes_written += len(data)
-        if groups:
-            self._place_groups(rows, groups)
-        return rows
+    def _existing_columns(self, refs: np.ndarray) -> merge.Existing:
+        """The rows held for ``refs`` ((k, 16) uint8): their index in ``refs`` and LWW fields."""
+        k = len(refs)
+        if k == 0:
+            return merge.Existing.empty()
+        if k <= 512:  # a small apply (a live mirror): a parameter list beats registering a table
+            keys = [bytes(r) for r in refs]
+            got = self.con.execute(
+                "SELECT ref, hlc, origin, live, pack, pos FROM refs WHERE ref IN (SELECT unnest(?::BLOB[]))",
+                [keys]).fetchall()
+            where = {key: i for i, key in enumerate(keys)}
+            return merge.Existing.from_rows([(where[bytes(r[0])], *r[1:]) for r in got])
+        self.con.register("_keys", pa.table({"ref": merge.binary_column(refs), "i": pa.array(np.arange(k))}))
+        try:
+            table = self.con.sql(
+                "SELECT k.i, r.hlc, r.origin, r.live, r.pack, r.pos FROM _keys k JOIN refs r ON r.ref = k.ref"
+            ).to_arrow_table()
+        finally:
+            self.con.unregister("_keys")
+        return merge.Existing.from_arrow(table)
 
-    def _place_groups(self, rows: list[Row], groups: list[int]) -> None:
-        """Place a higher-level reference in the oldest pack any of its children is in, so
-        that wrapping past that pack drops it with its first missing child. If a child is
-        not held here yet (events from a peer arrive in any order) the pack stays NULL and
-        the next wrap drops the reference: a lost saving at worst, never a dangling one.
-        Liveness stays event-driven, so placement never shows in the digest."""
-        local = {r[0]: r[6] for r in rows if r[6] is not None}
-        wanted: set[bytes] = set()
-        for i in groups:
-            kids = rows[i][8] or b""
-            wanted.update(kids[k : k + REF_SIZE] for k in range(0, len(kids), REF_SIZE))
-        missing = [k for k in wanted if k not in local]
-        for ref, row in self._existing(missing).items():
-            if row[6] is not None:
-                local[ref] = row[6]
-        # children that are groups themselves resolve in level order
-        for i in sorted(groups, key=lambda j: rows[j][1]):
-            r = rows[i]
-            kids = r[8] or b""
-            packs = [local.get(kids[k : k + REF_SIZE]) for k in range(0, len(kids), REF_SIZE)]
-            known = [p for p in packs if p is not None]
-            pack = min(known) if known and len(known) == len(packs) else None
-            rows[i] = (r[0], r[1], r[2], r[3], r[4], r[5], pack, None, r[8])
-            if pack is not None:
-                local[r[0]] = pack
-
-    def _commit(
-        self, source: str, next_offset: int, fresh: list[Row], replaced: list[Row], resets: list[Event], max_hlc: int,
-    ) -> None:
+    def _commit(self, source: str, next_offset: int, plan: merge.Plan, ev: EventColumns) -> None:
         """One transaction: new rows (plain insert, the fast path), replaced rows, offset, meta."""
         self.packs.sync()
         con = self.con
+        rows = merge.row_table(plan, ev) if plan.won else None
         try:
             con.execute("BEGIN")
-            for rows, verb in ((fresh, "INSERT"), (replaced, "INSERT OR REPLACE")):
-                if rows:
-                    con.register("_rows", _arrow(rows))
-                    con.execute(f"{verb} INTO refs SELECT * FROM _rows")
-                    con.unregister("_rows")
+            if rows is not None:
+                if plan.exists.all() or not plan.exists.any():
+                    parts = [(rows, "INSERT OR REPLACE" if plan.exists.any() else "INSERT")]
+                else:
+                    exists = pa.array(plan.exists)
+                    parts = [(rows.filter(pc.invert(exists)), "INSERT"), (rows.filter(exists), "INSERT OR REPLACE")]
+                for part, verb in parts:
+                    if part.num_rows:
+                        con.register("_rows", part)
+                        con.execute(f"{verb} INTO refs SELECT * FROM _rows")
+                        con.unregister("_rows")
             self._put_offset(source, next_offset)
             meta = {"pack_id": str(self.packs.current), "pack_end": str(self.packs.end)}
             old_meta = self.meta()
-            for r in sorted(resets, key=lambda e: e["hlc"]):
+            for r in sorted(ev.resets, key=lambda e: e["hlc"]):
                 if r["hlc"] >= int(old_meta.get("identity_hlc", 0)):  # the newest identity wins
                     meta["store_id"] = r["store_id"]
                     meta["identity_hlc"] = str(r["hlc"])
                     if r.get("chunker"):
                         meta["chunker"] = r["chunker"]
-            old_max = int(old_meta.get("max_hlc", 0))
-            if max_hlc > old_max:
-                meta["max_hlc"] = str(max_hlc)
+            if plan.max_hlc > int(old_meta.get("max_hlc", 0)):
+                meta["max_hlc"] = str(plan.max_hlc)
             self._put_meta(meta)
             con.execute("COMMIT")
         except duckdb.IOException as exc:

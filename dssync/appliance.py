@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from dssync import config as cfgmod
-from dssync.consumers.consumer import Consumer
+from dssync.consumers.consumer import Consumer, replay
 from dssync.consumers.store import Store
 from dssync.errors import DssyncError, UsageError, from_os_error
 from dssync.hlc import HybridLogicalClock
@@ -208,18 +208,7 @@ class Appliance:
         shutil.rmtree(target, ignore_errors=True)
         fresh = open_store(target, self.config, create=True)
         try:
-            applied = 0
-            pos = start
-            end = self.log.end_offset()
-            while pos < end:
-                records = self.log.read(pos, 50_000)
-                if not records:
-                    break
-                fresh.apply(self.source, records)
-                applied += len(records)
-                pos = records[-1].offset + 1
-                if progress:
-                    progress(len(records))
+            applied = replay(self.log, fresh, self.source, start, progress)
         except BaseException:
             fresh.close()
             shutil.rmtree(target, ignore_errors=True)

@@ -17,7 +17,10 @@ Error contract, for every implementation:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from dssync.log.columns import RecordColumns
 
 
 class LogRecord(NamedTuple):
@@ -42,6 +45,10 @@ class Log(Protocol):
 
     def read(self, from_offset: int, max_records: int = 10_000) -> list[LogRecord]:
         """Up to ``max_records`` records starting at ``from_offset`` (or the next one)."""
+        ...
+
+    def read_columns(self, from_offset: int, max_records: int = 10_000, max_bytes: int = 64 << 20) -> RecordColumns:
+        """``read`` as ``RecordColumns``, bounded by records and by payload bytes (at least one record)."""
         ...
 
     def start_offset(self) -> int:

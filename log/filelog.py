@@ -26,6 +26,8 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from dssync.errors import (
     CorruptLogError,
     DssyncError,
@@ -38,6 +40,7 @@ from dssync.errors import (
 from dssync.log import batch as batchfmt
 from dssync.log import segment as seg
 from dssync.log.base import LogRecord
+from dssync.log.columns import RecordColumns
 
 FSYNC_POLICIES = ("always", "interval", "never")
 LOCK = "LOCK"
@@ -440,6 +443,23 @@ class FileLog:
             if len(out) >= max_records:
                 break
         return out[:max_records]
+
+    def read_columns(self, from_offset: int, max_records: int = 10_000, max_bytes: int = 64 << 20) -> RecordColumns:
+        """``read`` as columns, stopping after ``max_records`` records or ``max_bytes`` of payload."""
+        parts: list[tuple[int, int, bytes, np.ndarray, np.ndarray]] = []
+        count = size = 0
+        for b in self.batches(from_offset):
+            payload, starts, lengths = b.columns()
+            parts.append((b.base_offset, b.timestamp_ms, payload, starts, lengths))
+            count += b.count
+            size += len(payload)
+            if count >= max_records or size >= max_bytes:
+                break
+        cols = RecordColumns.from_parts(parts).since(from_offset)
+        if len(cols) > max_records:
+            cols = RecordColumns(cols.offsets[:max_records], cols.timestamps[:max_records], cols.buf,
+                                 cols.starts[:max_records], cols.lengths[:max_records])
+        return cols
 
     def _index_of(self, base: int) -> list[tuple[int, int, int]]:
         """A segment's index: the writer's in-memory copy for its active segment, else the file."""

@@ -38,6 +38,7 @@ from kafka.errors import (
 
 from dssync.errors import BackendUnavailableError, LockedError, OffsetOutOfRangeError, UsageError
 from dssync.log.base import LogRecord
+from dssync.log.columns import RecordColumns, read_in_steps
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +290,10 @@ class KafkaLog:
         if not out:
             self.read_through = end  # everything in [from_offset, end) was a transaction marker
         return out[:max_records]
+
+    def read_columns(self, from_offset: int, max_records: int = 10_000, max_bytes: int = 64 << 20) -> RecordColumns:
+        """``read`` as columns, in reads of at most 10,000 records until a bound is reached."""
+        return read_in_steps(self.read, from_offset, max_records, max_bytes)
 
     def follow(self, from_offset: int, max_records: int, wait_ms: int) -> list[LogRecord]:
         """Tail the log: records from ``from_offset``, waiting up to ``wait_ms`` at the broker

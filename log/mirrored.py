@@ -29,6 +29,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 
 from dssync.errors import BackendUnavailableError, CorruptLogError, LockedError, UsageError
 from dssync.log.base import LogRecord
+from dssync.log.columns import RecordColumns, read_in_steps
 from dssync.log.kafka import KafkaSettings, probe
 
 H_SRC_OFFSET = "dssync-src-offset"
@@ -161,6 +162,10 @@ class MirroredTopic:
         if out:
             self.read_through = None
         return out
+
+    def read_columns(self, from_offset: int, max_records: int = 10_000, max_bytes: int = 64 << 20) -> RecordColumns:
+        """``read`` as columns, in reads of at most 10,000 records until a bound is reached."""
+        return read_in_steps(self.read, from_offset, max_records, max_bytes)
 
     def start_offset(self) -> int:
         """0 while the mirror topic holds everything it was given; else its first source offset."""

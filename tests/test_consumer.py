@@ -8,6 +8,7 @@ from pathlib import Path
 from dssync.consumers.consumer import Consumer
 from dssync.consumers.store import Store
 from dssync.log.base import LogRecord
+from dssync.log.columns import RecordColumns
 from dssync.schemas import encode_segment_stored, origin_field
 
 
@@ -21,6 +22,9 @@ class ScriptedLog:
     def read(self, from_offset: int, max_records: int = 10_000) -> list[LogRecord]:
         self.read_through = self.read_through_value
         return self.reads.pop(0) if self.reads else []
+
+    def read_columns(self, from_offset: int, max_records: int = 10_000, max_bytes: int = 1 << 26) -> RecordColumns:
+        return RecordColumns.from_records(self.read(from_offset, max_records))
 
     def start_offset(self) -> int:
         return 0
