@@ -19,7 +19,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,17 +219,22 @@ class Store:
 
     # ------------------------------------------------------------------ applying
 
-    def apply(self, source: str, records: Iterable[LogRecord]) -> ApplyResult:
+    def apply(self, source: str, records: Iterable[LogRecord],
+              before_commit: Callable[[], None] | None = None) -> ApplyResult:
         """Apply records of ``source`` in one transaction, exactly once (see ``apply_columns``)."""
-        return self.apply_columns(source, RecordColumns.from_records(records))
+        return self.apply_columns(source, RecordColumns.from_records(records), before_commit=before_commit)
 
-    def apply_columns(self, source: str, cols: RecordColumns) -> ApplyResult:
+    def apply_columns(self, source: str, cols: RecordColumns, decoded: EventColumns | None = None,
+                      before_commit: Callable[[], None] | None = None) -> ApplyResult:
         """Apply records of ``source`` in one transaction, exactly once (module docstring).
 
         Records below the committed offset were applied before and are skipped; the new
         committed offset is one past the last record, written with the rows. The merge is
         column-wise (``dssync.consumers.merge``): last writer per reference within the records,
-        then against the rows already held, in one lookup.
+        then against the rows already held, in one lookup. ``decoded`` is ``decode_columns(cols)``
+        when the caller decoded ahead (a replay decodes the next read while this one commits).
+        ``before_commit`` runs once the segment bytes are written, before the transaction; if it
+        raises, nothing is committed (the appliance waits there for the log to hold the records).
         """
         committed = self.committed(source)
         keep = cols.offsets >= committed
@@ -239,13 +244,16 @@ class Store:
         if not keep.all():
             cols = RecordColumns(cols.offsets[keep], cols.timestamps[keep], cols.buf, cols.starts[keep],
                                  cols.lengths[keep])
-        ev = decode_columns(cols)
+            decoded = None
+        ev = decoded if decoded is not None else decode_columns(cols)
         result.applied = len(cols)
         next_offset = int(cols.offsets[-1]) + 1
         plan = merge.plan(ev, self._existing_columns)
         result.won = plan.won
         result.bytes_written = merge.write_segments(plan, ev, self.packs)
         merge.place_groups(plan, ev, self._existing_columns)
+        if before_commit is not None:
+            before_commit()
         self._commit(source, next_offset, plan, ev)
         return result
 

@@ -14,12 +14,13 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, BinaryIO
 
 from dssync import config as cfgmod
 from dssync.consumers.consumer import Consumer, replay
 from dssync.consumers.store import Store
-from dssync.errors import DssyncError, UsageError, from_os_error
+from dssync.errors import CorruptLogError, DssyncError, UsageError, from_os_error
 from dssync.hlc import HybridLogicalClock
 from dssync.log.base import LogRecord
 from dssync.log.filelog import FileLog
@@ -94,7 +95,7 @@ class Appliance:
             self.chunker = Chunker(ChunkerSpec.parse(self.config.chunker))
             self.optimizer = Optimizer(self.config.name, self.chunker, self.hlc, self)
             self._wrapping = False
-            self._just_appended: tuple[int, list[list[bytes]]] | None = None
+            self._writer: ThreadPoolExecutor | None = None
             self.caught_up = self.consumer.catch_up()
             self.log.retain_from = self.store.committed(self.source)
         except BaseException:
@@ -156,22 +157,36 @@ class Appliance:
         return self.store.known(refs)
 
     def append(self, batches: list[list[bytes]]) -> int:
-        """Append the optimizer's batches (one window) to the log: one fsync for them all."""
-        first = int(self.log.append_batches(batches))
-        self._just_appended = (first, batches)
-        return first
+        """Append the optimizer's batches (one window) to the log: one fsync for them all.
+
+        On a file log with the store caught up, the store applies the same events meanwhile,
+        from memory, at the offsets the log is giving them (a file log's offsets are dense and
+        this process is its only writer): its pack write runs beside the log write, and its
+        commit waits until the log has them (``before_commit``), so the store never holds an
+        event the log could lose. Otherwise the events are applied from the log by ``applied``.
+        """
+        if not isinstance(self.log, FileLog) or self.store.committed(self.source) != self.log.end_offset():
+            return int(self.log.append_batches(batches))
+        first = self.log.end_offset()
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="dssync-log-append")
+        pending = self._writer.submit(self.log.append_batches, batches)
+
+        def durable() -> None:
+            got = pending.result()
+            if got != first:  # pragma: no cover - would mean a second writer, which the lock forbids
+                raise CorruptLogError(f"the log gave offset {got} to a window planned at {first}")
+
+        values = [v for batch in batches for v in batch]
+        try:
+            self.store.apply(self.source, [LogRecord(first + i, 0, v) for i, v in enumerate(values)],
+                             before_commit=durable)
+        finally:
+            wait([pending])  # never leave a log write running behind an error
+        return int(pending.result())
 
     def applied(self) -> None:
-        """Bring the store up to the log, then wrap it if it outgrew its capacity.
-
-        What this process just appended to its file log is applied from memory (the same
-        bytes, at the offsets the log gave them: a file log's offsets are dense), instead
-        of being read back and decompressed; anything else is read from the log.
-        """
-        just, self._just_appended = self._just_appended, None
-        if just is not None and isinstance(self.log, FileLog) and self.store.committed(self.source) == just[0]:
-            values = [v for batch in just[1] for v in batch]
-            self.store.apply(self.source, [LogRecord(just[0] + i, 0, v) for i, v in enumerate(values)])
+        """Bring the store up to the log, then wrap it if it outgrew its capacity."""
         self.consumer.catch_up()
         self.log.retain_from = self.store.committed(self.source)
         if hasattr(self.log, "commit_group"):  # let Kafka's own tools see the store's position
@@ -241,6 +256,8 @@ class Appliance:
         return doc
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
         with contextlib.suppress(OSError, DssyncError):
             self.store.publish_status(self.status_extra())
         self.store.close()

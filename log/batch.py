@@ -122,7 +122,7 @@ def encode(base_offset: int, timestamp_ms: int, values: list[bytes], compress: b
         magic = MAGIC
     codec = CODEC_NONE
     body = payload
-    if compress and payload:
+    if compress and payload and _worth_compressing(payload):
         packed = lz4.block.compress(payload, store_size=False)
         if len(packed) < len(payload):
             codec, body = CODEC_LZ4, packed
@@ -133,6 +133,20 @@ def encode(base_offset: int, timestamp_ms: int, values: list[bytes], compress: b
     crc = crc32c.crc32c(header[CRC_START:])
     crc = crc32c.crc32c(body, crc)
     return header[:8] + struct.pack("<I", crc) + header[CRC_START:] + body
+
+
+_SAMPLE = 32 << 10
+
+
+def _worth_compressing(payload: bytes) -> bool:
+    """Whether lz4 is worth running over a payload: a big one is judged by a 32 KiB sample
+    from its middle (new segments of already compressed traffic do not shrink, and trying
+    costs as much time as writing them). Small payloads are always tried."""
+    if len(payload) < 4 * _SAMPLE:
+        return True
+    mid = len(payload) // 2
+    sample = payload[mid : mid + _SAMPLE]
+    return len(lz4.block.compress(sample, store_size=False)) < 0.9 * len(sample)
 
 
 class Incomplete(Exception):

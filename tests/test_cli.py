@@ -246,12 +246,14 @@ def test_a_home_in_use_is_refused_for_writing_and_status_reads_the_snapshot(
 
 
 def test_bench_core_prints_system_baseline_and_ratio(runner: CliRunner) -> None:
-    code, out = _invoke(runner, "bench", "core", "--size", "4000000", "--events", "20000", "--json")
+    code, out = _invoke(runner, "bench", "core", "--size", "4000000", "--events", "20000", "--repeat", "2", "--json")
     doc = json.loads(out)
     assert code == 0
     for case in ("ingest-new", "ingest-repeat", "replay"):
         c = doc["cases"][case]
         assert c["system"] > 0 and c["baseline"] > 0
+        assert len(c["system_runs"]) == len(c["baseline_runs"]) == 2
+        assert min(c["system_runs"]) <= c["system"] <= max(c["system_runs"])
         assert c["ratio"] == pytest.approx(c["system"] / c["baseline"], rel=0.01)
         assert c["system_peak_rss_MB"] > 0
     assert doc["cases"]["ingest-repeat"]["savings"] > 0.3

@@ -22,6 +22,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -200,24 +201,32 @@ def _spawn(case: str, size: int, events: int, fsync: str) -> dict[str, Any]:
     return result
 
 
-def core_report(size: int, events: int, fsync: str, progress: bool = True) -> dict[str, Any]:
-    report: dict[str, Any] = {"fsync": fsync, "cases": {}}
+def _rate(case: str, events: int, run: dict[str, Any]) -> float:
+    return float(events / run["seconds"] if case == "replay" else run["bytes"] / MB / run["seconds"])
+
+
+def core_report(size: int, events: int, fsync: str, repeat: int = 3, progress: bool = True) -> dict[str, Any]:
+    """Each case ``repeat`` times, system and baseline alternating; the median run of each side
+    is the figure (the machines are shared: one run of either side can be off by a third)."""
+    report: dict[str, Any] = {"fsync": fsync, "repeat": repeat, "cases": {}}
     for case in ("ingest-new", "ingest-repeat", "replay"):
-        if progress:
-            click.echo(f"running {case} ...", err=True)
-        sysr = _spawn(case, size, events, fsync)
-        base = _spawn(case + "-baseline", size, events, fsync)
-        if case == "replay":
-            unit = "events_per_s"
-            sys_rate, base_rate = events / sysr["seconds"], events / base["seconds"]
-        else:
-            unit = "MB_per_s"
-            sys_rate, base_rate = sysr["bytes"] / MB / sysr["seconds"], base["bytes"] / MB / base["seconds"]
+        runs: dict[str, list[dict[str, Any]]] = {"system": [], "baseline": []}
+        for i in range(repeat):
+            if progress:
+                click.echo(f"running {case} ({i + 1}/{repeat}) ...", err=True)
+            runs["system"].append(_spawn(case, size, events, fsync))
+            runs["baseline"].append(_spawn(case + "-baseline", size, events, fsync))
+        unit = "events_per_s" if case == "replay" else "MB_per_s"
+        rates = {side: sorted(_rate(case, events, r) for r in rs) for side, rs in runs.items()}
+        sys_rate, base_rate = (statistics.median(rates[side]) for side in ("system", "baseline"))
+        sysr = runs["system"][0]
         entry: dict[str, Any] = {
             "unit": unit, "system": round(sys_rate, 1), "baseline": round(base_rate, 1),
             "ratio": round(sys_rate / base_rate, 3),
-            "system_peak_rss_MB": round(sysr["peak_rss_bytes"] / MB, 1),
-            "baseline_peak_rss_MB": round(base["peak_rss_bytes"] / MB, 1),
+            "system_runs": [round(x, 1) for x in rates["system"]],
+            "baseline_runs": [round(x, 1) for x in rates["baseline"]],
+            "system_peak_rss_MB": round(max(r["peak_rss_bytes"] for r in runs["system"]) / MB, 1),
+            "baseline_peak_rss_MB": round(max(r["peak_rss_bytes"] for r in runs["baseline"]) / MB, 1),
         }
         if "stats" in sysr:
             entry["savings"] = sysr["stats"]["savings"]
@@ -245,8 +254,10 @@ def _register_sync() -> None:
 @click.option("--size", type=int, default=256 * MB, show_default=True, help="Bytes of input per ingest case.")
 @click.option("--events", type=int, default=1_000_000, show_default=True, help="Events in the replay case.")
 @click.option("--fsync", type=click.Choice(["always", "interval", "never"]), default="always", show_default=True)
+@click.option("--repeat", type=click.IntRange(1, 20), default=3, show_default=True,
+              help="Runs of each side per case; the medians are compared.")
 @click.option("--json", "as_json", is_flag=True)
-def bench_core(size: int, events: int, fsync: str, as_json: bool) -> None:
+def bench_core(size: int, events: int, fsync: str, repeat: int, as_json: bool) -> None:
     """Ingest (new and repetitive data) and replay, against their unavoidable-work baselines.
 
     \b
@@ -254,11 +265,11 @@ def bench_core(size: int, events: int, fsync: str, as_json: bool) -> None:
       dssync bench core --json
       dssync bench core --size 64000000 --events 200000
     """
-    report = core_report(size, events, fsync, progress=not as_json)
+    report = core_report(size, events, fsync, repeat, progress=not as_json)
     if as_json:
         emit_json(report)
         return
-    click.echo(f"fsync policy: {fsync}")
+    click.echo(f"fsync policy: {fsync}; median of {repeat} runs each")
     for name, c in report["cases"].items():
         line = (f"{name:<14} system {c['system']:>10} {c['unit']}  baseline {c['baseline']:>10}  "
                 f"ratio {c['ratio']:.3f}  peak RSS {c['system_peak_rss_MB']} MB vs {c['baseline_peak_rss_MB']} MB")
