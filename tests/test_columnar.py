@@ -189,3 +189,12 @@ def test_store_rows_equal_last_writer_wins_one_event_at_a_time(tmp_path_factory:
         if r[1] == 0 and r[3]:
             assert store.segment_bytes(r[0]) == b"d%d" % next(i for i in range(9) if _ref(i) == r[0])
     store.close()
+
+
+def test_incompressible_payloads_are_stored_plain_and_compressible_ones_lz4() -> None:
+    noise = [os.urandom(4096) for _ in range(64)]
+    text = [b"segment of plain text traffic %d " % i * 100 for i in range(64)]
+    for values, codec_wanted in ((noise, batchfmt.CODEC_NONE), (text, batchfmt.CODEC_LZ4)):
+        raw = batchfmt.encode(0, 1, values)
+        assert batchfmt.HEADER.unpack_from(raw)[6] == codec_wanted  # the header's codec field
+        assert batchfmt.parse(raw).values() == values
