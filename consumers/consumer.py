@@ -9,9 +9,9 @@ then applies, exactly once.
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
-from dssync.consumers.store import ApplyResult, Store
+from dssync.consumers.store import ApplyResult, Staged, Store
 from dssync.errors import OffsetOutOfRangeError
 from dssync.log.base import Log
 from dssync.log.columns import RecordColumns
@@ -61,7 +61,7 @@ class Consumer:
         return total
 
 
-REPLAY_RECORDS = 250_000
+REPLAY_RECORDS = 150_000
 REPLAY_BYTES = 64 << 20
 """A replay applies reads this big: one DuckDB insert of a few hundred thousand rows costs far
 less than many small ones (big appends skip DuckDB's write-ahead log); the byte bound keeps
@@ -72,10 +72,11 @@ def replay(log: Log, store: Store, source: str, start: int, progress: Callable[[
     """Apply ``log`` from ``start`` to its end as it was when called, in big transactions;
     return the records applied. The store's committed offset for ``source`` moves with them.
 
-    The next read is fetched and decoded on a helper thread while the current one is merged
-    and committed (decompression, numpy and DuckDB all run without the GIL), so a replay
-    keeps two cores busy. Nothing but the reading overlaps: each apply still sees every row
-    the previous one committed.
+    Three stages overlap, each on its own thread: reading and decoding read N+2, merging read
+    N+1 and writing its segment bytes (it sees read N's rows as held before they are
+    committed: ``Store.stage``), and DuckDB committing read N. Decompression, numpy and DuckDB
+    run without the GIL, so a replay keeps the cores busy; commits still happen in order, one
+    at a time, each with its offset.
     """
     def fetch(at: int) -> tuple[RecordColumns, EventColumns]:
         cols = log.read_columns(at, REPLAY_RECORDS, REPLAY_BYTES)
@@ -85,21 +86,34 @@ def replay(log: Log, store: Store, source: str, start: int, progress: Callable[[
     end = log.end_offset()
     if start >= end:
         return 0
-    with ThreadPoolExecutor(1, thread_name_prefix="dssync-replay-read") as pool:
-        ahead: Future[tuple[RecordColumns, EventColumns]] | None = pool.submit(fetch, start)
+    cursor = store.con.cursor()
+    reader = ThreadPoolExecutor(1, thread_name_prefix="dssync-replay-read")
+    committer = ThreadPoolExecutor(1, thread_name_prefix="dssync-replay-commit")
+    committing: Future[None] | None = None
+    try:
+        ahead: Future[tuple[RecordColumns, EventColumns]] | None = reader.submit(fetch, start)
+        previous: Staged | None = None
         while ahead is not None:
             cols, ev = ahead.result()
             if not len(cols):
                 break
             nxt = int(cols.offsets[-1]) + 1
-            ahead = pool.submit(fetch, nxt) if nxt < end else None
-            try:
-                store.apply_columns(source, cols, ev)
-            except BaseException:
-                if ahead is not None:
-                    ahead.cancel()
-                raise
-            applied += len(cols)
+            ahead = reader.submit(fetch, nxt) if nxt < end else None
+            result, staged = store.stage(source, cols, ev, after=previous)
+            if committing is not None:
+                committing.result()
+            if staged is not None:
+                committing = committer.submit(store.commit_staged, staged, cursor)
+                previous = staged
+            applied += result.applied
             if progress:
                 progress(len(cols))
+        if committing is not None:
+            committing.result()
+    finally:
+        if committing is not None:
+            wait([committing])  # never leave a transaction running behind an error
+        reader.shutdown(wait=True, cancel_futures=True)
+        committer.shutdown(wait=True)
+        cursor.close()
     return applied

@@ -74,6 +74,17 @@ class Existing:
                    np.array([-1 if r[4] is None else r[4] for r in rows], np.int64),
                    np.array([-1 if r[5] is None else r[5] for r in rows], np.int64))
 
+    def combine(self, newer: Existing) -> Existing:
+        """These rows and ``newer``'s; for an index both have, ``newer``'s row."""
+        if not len(newer.i):
+            return self
+        mask = ~np.isin(self.i, newer.i)
+        return Existing(
+            np.concatenate([self.i[mask], newer.i]), np.concatenate([self.hlc[mask], newer.hlc]),
+            np.concatenate([self.origin[mask], newer.origin + len(self.origins)]), self.origins + newer.origins,
+            np.concatenate([self.live[mask], newer.live]), np.concatenate([self.pack[mask], newer.pack]),
+            np.concatenate([self.pos[mask], newer.pos]))
+
     @classmethod
     def from_arrow(cls, t: pa.Table) -> Existing:
         """From a table with columns i, hlc, origin, live, pack, pos."""
@@ -247,6 +258,35 @@ def _keys(refs: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(refs).view(">u8").astype(np.uint64)
 
 
+def _find(planned: np.ndarray, refs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of ``refs`` is among ``planned`` (both (k, 16) uint8; ``planned`` in reference
+    order, as plan rows are): (index, found)."""
+    if not len(planned) or not len(refs):
+        return np.zeros(len(refs), np.int64), np.zeros(len(refs), bool)
+    pk, rk = _keys(planned), _keys(refs)
+    by_key = np.argsort(rk[:, 0])  # sorted needles: a much cheaper binary search
+    j = np.empty(len(rk), np.int64)
+    j[by_key] = np.searchsorted(pk[:, 0], rk[by_key, 0])
+    j = np.minimum(j, len(pk) - 1)
+    found = (pk[j] == rk).all(axis=1)
+    if len(pk) > 1 and bool((pk[1:, 0] == pk[:-1, 0]).any()):
+        # two references share their first 8 bytes (never seen in practice): match exactly
+        where = {bytes(r): k for k, r in enumerate(planned)}
+        j = np.array([where.get(bytes(c), 0) for c in refs], np.int64)
+        found = np.array([bytes(c) in where for c in refs], bool)
+    return j, found
+
+
+def planned_rows(p: Plan, ev: EventColumns, refs: np.ndarray) -> Existing:
+    """The rows ``p`` writes for any of ``refs``, as ``Existing`` (a staged apply's rows seen by
+    the next one before they are committed)."""
+    j, found = _find(ev.ref[p.rows], refs)
+    i = np.flatnonzero(found)
+    rows = p.rows[j[i]]
+    return Existing(i, ev.hlc[rows], ev.origin[rows].astype(np.int64), list(ev.origins),
+                    ev.kind[rows] != KIND_EVICTED, p.pack[j[i]], p.pos[j[i]])
+
+
 def place_groups(p: Plan, ev: EventColumns, lookup: Callable[[np.ndarray], Existing]) -> None:
     """Give each planned higher-level reference the oldest pack any of its children is in.
 
@@ -265,18 +305,7 @@ def place_groups(p: Plan, ev: EventColumns, lookup: Callable[[np.ndarray], Exist
     child = np.frombuffer(_blobs(ev, p.rows[g]), np.uint8).reshape(-1, REF_SIZE)
     if not len(child):
         return
-    planned = _keys(ev.ref[p.rows])  # sorted: plan rows are in reference order
-    ckeys = _keys(child)
-    by_key = np.argsort(ckeys[:, 0])  # sorted needles: a much cheaper binary search
-    j = np.empty(len(ckeys), np.int64)
-    j[by_key] = np.searchsorted(planned[:, 0], ckeys[by_key, 0])
-    j = np.minimum(j, len(planned) - 1)
-    here = (planned[j] == ckeys).all(axis=1)
-    if len(planned) > 1 and bool((planned[1:, 0] == planned[:-1, 0]).any()):
-        # two references share their first 8 bytes (never seen in practice): match exactly
-        where = {bytes(r): k for k, r in enumerate(ev.ref[p.rows])}
-        j = np.array([where.get(bytes(c), 0) for c in child], np.int64)
-        here = np.array([bytes(c) in where for c in child], bool)
+    j, here = _find(ev.ref[p.rows], child)
     held = np.full(len(child), -1, np.int64)
     away = np.flatnonzero(~here)
     if len(away):

@@ -79,6 +79,26 @@ class ApplyResult:
     bytes_written: int = 0
 
 
+@dataclass
+class Staged:
+    """An apply merged, its segment bytes written and synced, its transaction not yet run."""
+
+    source: str
+    next_offset: int
+    plan: merge.Plan
+    ev: EventColumns
+    rows: pa.Table | None  # the planned rows, ready to insert
+    pack_id: int
+    pack_end: int
+
+    def overlay(self, held: Callable[[np.ndarray], merge.Existing]) -> Callable[[np.ndarray], merge.Existing]:
+        """A lookup of held rows that sees this apply's rows as held too (they win: they beat
+        whatever ``held`` had for the same references)."""
+        def lookup(refs: np.ndarray) -> merge.Existing:
+            return held(refs).combine(merge.planned_rows(self.plan, self.ev, refs))
+        return lookup
+
+
 Row = tuple[bytes, int, int, bool, int, str, int | None, int | None, bytes | None]
 
 
@@ -236,26 +256,44 @@ class Store:
         ``before_commit`` runs once the segment bytes are written, before the transaction; if it
         raises, nothing is committed (the appliance waits there for the log to hold the records).
         """
-        committed = self.committed(source)
+        result, staged = self.stage(source, cols, decoded)
+        if staged is not None:
+            if before_commit is not None:
+                before_commit()
+            self.commit_staged(staged)
+        return result
+
+    def stage(self, source: str, cols: RecordColumns, decoded: EventColumns | None = None,
+              after: Staged | None = None) -> tuple[ApplyResult, Staged | None]:
+        """The first half of ``apply_columns``: merge, write and sync the segment bytes; commit
+        nothing. ``after`` is a staged apply of the same source that may not be committed yet:
+        this one continues from its offset and sees its rows as held, so that a replay can merge
+        and write the next read while DuckDB commits the previous one. Staged applies must be
+        committed in order, one at a time."""
+        committed = after.next_offset if after is not None else self.committed(source)
         keep = cols.offsets >= committed
         result = ApplyResult(skipped=int(len(cols) - keep.sum()))
         if not keep.any():
-            return result
+            return result, None
         if not keep.all():
             cols = RecordColumns(cols.offsets[keep], cols.timestamps[keep], cols.buf, cols.starts[keep],
                                  cols.lengths[keep])
             decoded = None
         ev = decoded if decoded is not None else decode_columns(cols)
         result.applied = len(cols)
-        next_offset = int(cols.offsets[-1]) + 1
-        plan = merge.plan(ev, self._existing_columns)
+        lookup = self._existing_columns if after is None else after.overlay(self._existing_columns)
+        plan = merge.plan(ev, lookup)
         result.won = plan.won
         result.bytes_written = merge.write_segments(plan, ev, self.packs)
-        merge.place_groups(plan, ev, self._existing_columns)
-        if before_commit is not None:
-            before_commit()
-        self._commit(source, next_offset, plan, ev)
-        return result
+        merge.place_groups(plan, ev, lookup)
+        self.packs.sync()
+        rows = merge.row_table(plan, ev) if plan.won else None
+        return result, Staged(source, int(cols.offsets[-1]) + 1, plan, ev, rows, self.packs.current, self.packs.end)
+
+    def commit_staged(self, staged: Staged, con: duckdb.DuckDBPyConnection | None = None) -> None:
+        """The second half of ``apply_columns``: one transaction with the rows, offset and meta.
+        ``con`` is a cursor of this store's connection, for a committing thread of its own."""
+        self._commit(staged, con or self.con)
 
     def _existing_columns(self, refs: np.ndarray) -> merge.Existing:
         """The rows held for ``refs`` ((k, 16) uint8): their index in ``refs`` and LWW fields."""
@@ -278,11 +316,9 @@ class Store:
             self.con.unregister("_keys")
         return merge.Existing.from_arrow(table)
 
-    def _commit(self, source: str, next_offset: int, plan: merge.Plan, ev: EventColumns) -> None:
+    def _commit(self, staged: Staged, con: duckdb.DuckDBPyConnection) -> None:
         """One transaction: new rows (plain insert, the fast path), replaced rows, offset, meta."""
-        self.packs.sync()
-        con = self.con
-        rows = merge.row_table(plan, ev) if plan.won else None
+        source, next_offset, plan, ev, rows = staged.source, staged.next_offset, staged.plan, staged.ev, staged.rows
         try:
             con.execute("BEGIN")
             if rows is not None:
@@ -296,8 +332,8 @@ class Store:
                         con.register("_rows", part)
                         con.execute(f"{verb} INTO refs SELECT * FROM _rows")
                         con.unregister("_rows")
-            self._put_offset(source, next_offset)
-            meta = {"pack_id": str(self.packs.current), "pack_end": str(self.packs.end)}
+            self._put_offset(source, next_offset, con)
+            meta = {"pack_id": str(staged.pack_id), "pack_end": str(staged.pack_end)}
             old_meta = self.meta()
             for r in sorted(ev.resets, key=lambda e: e["hlc"]):
                 if r["hlc"] >= int(old_meta.get("identity_hlc", 0)):  # the newest identity wins
@@ -307,7 +343,7 @@ class Store:
                         meta["chunker"] = r["chunker"]
             if plan.max_hlc > int(old_meta.get("max_hlc", 0)):
                 meta["max_hlc"] = str(plan.max_hlc)
-            self._put_meta(meta)
+            self._put_meta(meta, con)
             con.execute("COMMIT")
         except duckdb.IOException as exc:
             con.execute("ROLLBACK")
@@ -319,24 +355,24 @@ class Store:
         self._offsets[source] = next_offset
         self._meta.update(meta)
 
-    def _put_offset(self, source: str, next_offset: int) -> None:
+    def _put_offset(self, source: str, next_offset: int, con: duckdb.DuckDBPyConnection) -> None:
         """Write one source's offset: an UPDATE when the row exists (twice as fast as a replace)."""
         if source in self._offsets:
-            self.con.execute("UPDATE offsets SET next_offset = ? WHERE source = ?", [next_offset, source])
+            con.execute("UPDATE offsets SET next_offset = ? WHERE source = ?", [next_offset, source])
         else:
-            self.con.execute("INSERT OR REPLACE INTO offsets VALUES (?, ?)", [source, next_offset])
+            con.execute("INSERT OR REPLACE INTO offsets VALUES (?, ?)", [source, next_offset])
 
-    def _put_meta(self, meta: dict[str, str]) -> None:
+    def _put_meta(self, meta: dict[str, str], con: duckdb.DuckDBPyConnection) -> None:
         """Write the meta keys whose value changed, in at most two statements."""
         changed = {k: v for k, v in meta.items() if self._meta.get(k) != v}
         old = [(k, v) for k, v in changed.items() if k in self._meta]
         new = [(k, v) for k, v in changed.items() if k not in self._meta]
         if old:
-            self.con.execute("UPDATE meta SET value = CASE key " + " ".join(["WHEN ? THEN ?"] * len(old))
+            con.execute("UPDATE meta SET value = CASE key " + " ".join(["WHEN ? THEN ?"] * len(old))
                              + " END WHERE key IN (" + ", ".join(["?"] * len(old)) + ")",
                              [x for kv in old for x in kv] + [k for k, _ in old])
         if new:
-            self.con.execute("INSERT OR REPLACE INTO meta VALUES " + ", ".join(["(?, ?)"] * len(new)),
+            con.execute("INSERT OR REPLACE INTO meta VALUES " + ", ".join(["(?, ?)"] * len(new)),
                              [x for kv in new for x in kv])
 
     def advance(self, source: str, next_offset: int) -> None:

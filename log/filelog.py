@@ -451,7 +451,7 @@ class FileLog:
         for b in self.batches(from_offset):
             payload, starts, lengths = b.columns()
             parts.append((b.base_offset, b.timestamp_ms, payload, starts, lengths))
-            count += b.count
+            count += b.next_offset - max(b.base_offset, from_offset)
             size += len(payload)
             if count >= max_records or size >= max_bytes:
                 break

@@ -57,16 +57,20 @@ def _gather(u8: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
     return windows[np.minimum(pos, len(windows) - 1), :width]
 
 
+_SHIFTS = np.arange(0, 70, 7, dtype=np.uint64)
+
+
 def _varints(u8: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Avro longs (zigzag varints) at ``pos``: (values as int64, positions after, well-formed)."""
     g = _gather(u8, pos, 10)
     cont = g >= 0x80
     ok: np.ndarray = np.logical_not(cont.all(axis=1))
     length = np.argmin(cont, axis=1) + 1
-    raw = np.zeros(len(pos), np.uint64)
-    for k in range(int(length.max()) if len(pos) else 0):
-        part = (g[:, k] & 0x7F).astype(np.uint64) << np.uint64(7 * k)
-        raw |= part if k == 0 else np.where(length > k, part, np.uint64(0))
+    width = int(length.max()) if len(pos) else 0
+    groups = (g[:, :width] & 0x7F).astype(np.uint64) << _SHIFTS[:width]
+    if width and not bool((length == width).all()):
+        groups[np.arange(width) >= length[:, None]] = 0
+    raw = np.bitwise_or.reduce(groups, axis=1) if width else np.zeros(len(pos), np.uint64)
     value = ((raw >> np.uint64(1)) ^ (np.uint64(0) - (raw & np.uint64(1)))).view(np.int64)
     return value, pos + length, ok
 
