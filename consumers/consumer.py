@@ -63,9 +63,10 @@ class Consumer:
 
 REPLAY_RECORDS = 150_000
 REPLAY_BYTES = 64 << 20
-"""A replay applies reads this big: one DuckDB insert of a few hundred thousand rows costs far
-less than many small ones (big appends skip DuckDB's write-ahead log); the byte bound keeps
-memory flat when segments are large."""
+"""A replay applies reads of this size: big enough that each insert writes whole DuckDB row
+groups (122,880 rows) straight to the file instead of the write-ahead log, small enough that
+reading, merging and committing overlap (150 k measured best of 100 k to 350 k here); the byte
+bound keeps memory flat when segments are large."""
 
 
 def replay(log: Log, store: Store, source: str, start: int, progress: Callable[[int], None] | None = None) -> int:
