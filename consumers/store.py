@@ -305,8 +305,10 @@ class Store:
             got = self.con.execute(
                 "SELECT ref, hlc, origin, live, pack, pos FROM refs WHERE ref IN (SELECT unnest(?::BLOB[]))",
                 [keys]).fetchall()
-            where = {key: i for i, key in enumerate(keys)}
-            return merge.Existing.from_rows([(where[bytes(r[0])], *r[1:]) for r in got])
+            where: dict[bytes, list[int]] = {}
+            for i, key in enumerate(keys):  # a reference can be asked for twice (a child of two groups)
+                where.setdefault(key, []).append(i)
+            return merge.Existing.from_rows([(i, *r[1:]) for r in got for i in where[bytes(r[0])]])
         self.con.register("_keys", pa.table({"ref": merge.binary_column(refs), "i": pa.array(np.arange(k))}))
         try:
             table = self.con.sql(

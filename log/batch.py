@@ -176,7 +176,7 @@ def read_from(f: BinaryIO) -> Batch | None:
     if len(head) < HEADER_SIZE:
         raise Incomplete()
     total, _base, _count, _ts = check_header(head)
-    return parse(head + f.read(total - HEADER_SIZE))
+    return parse(head + f.read(total - HEADER_SIZE))  # one buffer, kept as the batch's bytes
 
 
 def group(values: Iterable[bytes], max_bytes: int) -> Iterator[list[bytes]]:
@@ -193,8 +193,9 @@ def group(values: Iterable[bytes], max_bytes: int) -> Iterator[list[bytes]]:
         yield pending
 
 
-def parse(buf: bytes | memoryview, pos: int = 0) -> Batch:
-    """Validate and return the batch starting at ``buf[pos]``.
+def verify(buf: bytes | memoryview, pos: int = 0) -> tuple[int, int, int, int]:
+    """Validate the batch starting at ``buf[pos]`` without copying it; return (total size,
+    base offset, count, timestamp).
 
     Raises ``Incomplete`` if ``buf`` ends inside the batch and ``CorruptLogError`` if the
     bytes are there but are not a valid batch.
@@ -204,8 +205,15 @@ def parse(buf: bytes | memoryview, pos: int = 0) -> Batch:
     total, base, count, ts = check_header(buf[pos : pos + HEADER_SIZE])
     if len(buf) - pos < total:
         raise Incomplete()
-    raw = bytes(buf[pos : pos + total])
-    (stored_crc,) = struct.unpack_from("<I", raw, 8)
-    if crc32c.crc32c(memoryview(raw)[CRC_START:]) != stored_crc:
+    view = memoryview(buf)[pos : pos + total]
+    (stored_crc,) = struct.unpack_from("<I", view, 8)
+    if crc32c.crc32c(view[CRC_START:]) != stored_crc:
         raise CorruptLogError(f"batch at offset {base} fails its CRC32C")
+    return total, base, count, ts
+
+
+def parse(buf: bytes | memoryview, pos: int = 0) -> Batch:
+    """Validate and return the batch starting at ``buf[pos]`` (errors as ``verify``)."""
+    total, base, count, ts = verify(buf, pos)
+    raw = buf if isinstance(buf, bytes) and pos == 0 and total == len(buf) else bytes(buf[pos : pos + total])
     return Batch(base, count, ts, raw)

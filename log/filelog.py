@@ -215,7 +215,7 @@ class FileLog:
         self.commit()
         return first
 
-    def append_raw(self, raw: bytes, sync: bool = True) -> int:
+    def append_raw(self, raw: bytes | memoryview, sync: bool = True) -> int:
         """Append a batch copied byte for byte from another log (the mirror's path).
 
         The batch must check out (CRC) and start exactly at ``end_offset()``: this is what
@@ -225,19 +225,19 @@ class FileLog:
         """
         self._require_writer()
         try:
-            b = batchfmt.parse(raw)
+            total, base, count, ts = batchfmt.verify(raw)  # checked in place: no copy of the batch
         except batchfmt.Incomplete:
             raise CorruptLogError("mirrored batch is truncated") from None
-        if b.size != len(raw):
+        if total != len(raw):
             raise CorruptLogError("mirrored batch has trailing bytes")
-        if b.base_offset != self._next_offset:
+        if base != self._next_offset:
             raise OffsetOutOfRangeError(
-                f"mirrored batch starts at offset {b.base_offset}, log ends at {self._next_offset}",
+                f"mirrored batch starts at offset {base}, log ends at {self._next_offset}",
                 hint="resume mirroring from the destination's end offset",
             )
-        return self._write_batch(raw, b.base_offset, b.count, max(b.timestamp_ms, self._last_ts), sync)
+        return self._write_batch(raw, base, count, max(ts, self._last_ts), sync)
 
-    def _write_batch(self, data: bytes, base: int, count: int, ts: int, sync: bool = True) -> int:
+    def _write_batch(self, data: bytes | memoryview, base: int, count: int, ts: int, sync: bool = True) -> int:
         if self._active_size > 0 and self._active_size + len(data) > self.segment_bytes:
             self._roll()
         assert self._fd is not None and self._index_fd is not None

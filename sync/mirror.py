@@ -193,19 +193,23 @@ class Mirror:
                                     {**info, "from": frm})
         if status != 200:
             raise protocol.TransientError(f"log request failed with HTTP {status}")
-        buf = bytearray(body)
-        for raw in snapshot.split_batches(buf):
+        view = memoryview(body)  # batches are checked and written in place, never copied
+        pos = 0
+        while len(view) - pos >= batchfmt.HEADER_SIZE:
             try:
-                out.append_raw(raw, sync=False)
+                total, _base, count, _ts = batchfmt.check_header(view[pos : pos + batchfmt.HEADER_SIZE])
+                if len(view) - pos < total:
+                    break
+                out.append_raw(view[pos : pos + total], sync=False)
             except (CorruptLogError, OffsetOutOfRangeError) as exc:
                 # a damaged or misplaced batch is never written; ask again from our end offset
                 raise protocol.TransientError(f"batch refused: {exc.message}") from None
-            _total, _base, count, _ts = batchfmt.check_header(raw[: batchfmt.HEADER_SIZE])
+            pos += total
             self.state["copied_batches"] += 1
             self.state["copied_records"] += count
-            self.state["copied_bytes"] += len(raw)
+            self.state["copied_bytes"] += total
         out.commit()  # one fsync per transfer, before asking for more
-        if buf:
+        if pos != len(view):
             raise protocol.TransientError("truncated response from the peer")
         self._save_state()
 

@@ -35,15 +35,18 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass  # one line per state change is logged by the service, not one per request
 
-    def _send(self, status: int, body: bytes, ctype: str = "application/json",
+    def _send(self, status: int, body: bytes | list[bytes], ctype: str = "application/json",
               headers: dict[str, str] | None = None) -> None:
+        """One response; a list body is sent part by part (log batches are never joined)."""
+        parts = body if isinstance(body, list) else [body]
         self.send_response(status)
         self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(sum(len(p) for p in parts)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
-        self.wfile.write(body)
+        for p in parts:
+            self.wfile.write(p)
 
     def _json(self, status: int, doc: Any) -> None:
         self._send(status, json.dumps(doc, default=str).encode())
@@ -106,7 +109,7 @@ class SyncHandler(_Handler):
         except OffsetOutOfRangeError:
             self._json(416, {"start": log.start_offset(), "end": log.end_offset(), "retired": log.retired()})
             return
-        self._send(200, b"".join(out), "application/octet-stream",
+        self._send(200, out, "application/octet-stream",
                    {"X-Dssync-Log-Start": str(start), "X-Dssync-Log-End": str(end)})
 
     def _snapshot(self, svc: Service) -> None:

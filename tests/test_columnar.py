@@ -229,3 +229,20 @@ def test_a_pipelined_replay_writes_the_rows_of_one_read_at_a_time(tmp_path_facto
     one.close()
     piped.close()
     log.close()
+
+
+def test_a_child_shared_by_two_groups_places_both(tmp_path: Path) -> None:
+    """Two references of one apply that share a child held from before: the lookup asks for
+    that child twice, and each asker gets its answer."""
+    store = Store(str(tmp_path / "s"), create=True, fsync=False)
+    seg = [codec.encode_segment_stored(codec.origin_field("sh1"), 1, _ref(i), b"d%d" % i) for i in (7, 8)]
+    store.apply("log:x", [LogRecord(i, 0, v) for i, v in enumerate(seg)])
+
+    def group(ref: int, kids: list[int]) -> bytes:
+        return codec.encode("ReferenceStored", {"origin": "sh1", "hlc": 2, "ref": _ref(ref), "level": 1, "size": 4,
+                                                "children": b"".join(_ref(k) for k in kids)})
+    store.apply("log:x", [LogRecord(2, 0, group(100, [6, 7])), LogRecord(3, 0, group(101, [7, 8]))])
+    packs = {r[0]: r[6] for r in store.rows()}
+    assert packs[_ref(101)] == packs[_ref(7)] is not None  # every child held: placed
+    assert packs[_ref(100)] is None  # child 6 is not held: left for the next wrap
+    store.close()

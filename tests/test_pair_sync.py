@@ -126,10 +126,11 @@ def test_failover_the_backup_saves_what_the_master_would_have(tmp_path: Path) ->
 
 def test_bench_sync_prints_every_figure_with_its_baseline() -> None:
     p = dss("bench", "sync", "--log-mb", "4", "--seconds", "4", "--interruption", "1", "--size", "2000000",
-            "--fsync", "never", "--json")
+            "--fsync", "never", "--repeat", "2", "--json")
     doc = json.loads(p.stdout)
     m = doc["mirror"]
     assert m["system"] > 0 and m["baseline"] > 0 and m["ratio"] == pytest.approx(m["system"] / m["baseline"], rel=0.02)
+    assert len(m["system_runs"]) == len(m["baseline_runs"]) == 2
     assert doc["replication"]["latency_ms"]["samples"] > 0
     assert doc["replication"]["catch_up"]["seconds"] >= 0
     assert doc["failover_savings"]["ratio"] > 0.99
