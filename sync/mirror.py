@@ -27,6 +27,8 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
@@ -145,9 +147,12 @@ class Mirror:
             self.peer = peer
             self._ensure_log(client)
             self._set("connected", f"mirroring {self.peer.name} from offset {self._out().end_offset()}")
-            while not self.stopped and (deadline is None or time.monotonic() < deadline):
+            def keep_going() -> bool:
+                return not self.stopped and (deadline is None or time.monotonic() < deadline)
+
+            while keep_going():
                 try:
-                    self._copy_once(client)
+                    self._copy_stream(client, keep_going)
                 except protocol.GapError as exc:
                     self._record_gap(exc)
                     self._bootstrap(client)
@@ -183,34 +188,48 @@ class Mirror:
 
     # ------------------------------------------------------------------ copying
 
-    def _copy_once(self, client: protocol.PeerClient) -> None:
+    def _copy_stream(self, client: protocol.PeerClient, keep_going: Callable[[], bool]) -> None:
+        """Copy transfers while ``keep_going()``. Transfer N is checked, written and fsynced on a
+        helper thread while transfer N+1 is fetched from where N's batches end, so the network
+        and the disk work at the same time; every batch is still checked (CRC, offset) before it
+        is written, and a refused one stops the stream (the next session resumes from our end)."""
         out = self._out()
         frm = out.end_offset()
-        status, _headers, body = client.get(f"/v1/log?from={frm}&max_bytes={self.max_bytes}&wait_ms={self.wait_ms}")
-        if status == 416:
-            info = json.loads(body)
-            raise protocol.GapError(f"peer log holds {info['start']}..{info['end']}, mirror needs {frm}",
-                                    {**info, "from": frm})
-        if status != 200:
-            raise protocol.TransientError(f"log request failed with HTTP {status}")
-        view = memoryview(body)  # batches are checked and written in place, never copied
-        pos = 0
-        while len(view) - pos >= batchfmt.HEADER_SIZE:
+        writing: Future[tuple[int, int, int]] | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="dssync-mirror-write") as pool:
             try:
-                total, _base, count, _ts = batchfmt.check_header(view[pos : pos + batchfmt.HEADER_SIZE])
-                if len(view) - pos < total:
-                    break
-                out.append_raw(view[pos : pos + total], sync=False)
-            except (CorruptLogError, OffsetOutOfRangeError) as exc:
-                # a damaged or misplaced batch is never written; ask again from our end offset
-                raise protocol.TransientError(f"batch refused: {exc.message}") from None
-            pos += total
-            self.state["copied_batches"] += 1
-            self.state["copied_records"] += count
-            self.state["copied_bytes"] += total
-        out.commit()  # one fsync per transfer, before asking for more
-        if pos != len(view):
-            raise protocol.TransientError("truncated response from the peer")
+                while keep_going():
+                    status, _headers, body = client.get(
+                        f"/v1/log?from={frm}&max_bytes={self.max_bytes}&wait_ms={self.wait_ms}")
+                    if writing is not None:
+                        self._count(writing.result())
+                        writing = None
+                    if status == 416:
+                        info = json.loads(body)
+                        raise protocol.GapError(f"peer log holds {info['start']}..{info['end']}, mirror needs {frm}",
+                                                {**info, "from": frm})
+                    if status != 200:
+                        raise protocol.TransientError(f"log request failed with HTTP {status}")
+                    view = memoryview(body)  # batches are checked and written in place, never copied
+                    spans, frm, complete = _spans(view, frm)
+                    if spans:
+                        writing = pool.submit(_write, out, view, spans)
+                    if not complete:
+                        if writing is not None:
+                            self._count(writing.result())
+                            writing = None
+                        raise protocol.TransientError("truncated response from the peer")
+            finally:
+                if writing is not None:
+                    wait([writing])  # never leave a write running behind an error
+                    if writing.exception() is None:
+                        self._count(writing.result())
+
+    def _count(self, written: tuple[int, int, int]) -> None:
+        batches, records, nbytes = written
+        self.state["copied_batches"] += batches
+        self.state["copied_records"] += records
+        self.state["copied_bytes"] += nbytes
         self._save_state()
 
     def _record_gap(self, exc: protocol.GapError) -> None:
@@ -258,6 +277,39 @@ class Mirror:
         if self.out is not None:
             self.out.close()
             self.out = None
+
+
+def _spans(view: memoryview, frm: int) -> tuple[list[tuple[int, int, int]], int, bool]:
+    """The batches of a log response by their headers alone: ([(position, size, records)], the
+    offset after the last one, whether the response ends on a batch boundary). A batch that does
+    not continue the offsets ends the list (the writer would refuse it anyway)."""
+    spans: list[tuple[int, int, int]] = []
+    pos, at = 0, frm
+    while len(view) - pos >= batchfmt.HEADER_SIZE:
+        try:
+            total, base, count, _ts = batchfmt.check_header(view[pos : pos + batchfmt.HEADER_SIZE])
+        except CorruptLogError as exc:
+            raise protocol.TransientError(f"batch refused: {exc.message}") from None
+        if len(view) - pos < total:
+            break
+        if base != at:
+            raise protocol.TransientError(f"batch refused: it starts at offset {base}, the mirror needs {at}")
+        spans.append((pos, total, count))
+        pos += total
+        at = base + count
+    return spans, at, pos == len(view)
+
+
+def _write(out: FileLog, view: memoryview, spans: list[tuple[int, int, int]]) -> tuple[int, int, int]:
+    """Check and write one response's batches, then one fsync; (batches, records, bytes)."""
+    for pos, total, _count in spans:
+        try:
+            out.append_raw(view[pos : pos + total], sync=False)
+        except (CorruptLogError, OffsetOutOfRangeError) as exc:
+            # a damaged or misplaced batch is never written; ask again from our end offset
+            raise protocol.TransientError(f"batch refused: {exc.message}") from None
+    out.commit()  # one fsync per transfer, before its batches count as copied
+    return len(spans), sum(c for _p, _t, c in spans), sum(t for _p, t, _c in spans)
 
 
 def _write_json(path: str, doc: dict[str, Any]) -> None:
