@@ -79,6 +79,16 @@ class ApplyResult:
     bytes_written: int = 0
 
 
+@contextlib.contextmanager
+def _registered(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> Iterator[None]:
+    """``table`` visible to SQL on ``con`` as ``name`` for the block, unregistered whatever happens."""
+    con.register(name, table)
+    try:
+        yield
+    finally:
+        con.unregister(name)
+
+
 @dataclass
 class Staged:
     """An apply merged, its segment bytes written and synced, its transaction not yet run."""
@@ -157,14 +167,8 @@ class Store:
         """Which of ``refs`` the store holds live, in one query."""
         if not refs:
             return set()
-        keys = pa.table({"ref": pa.array(refs, pa.binary())})
-        self.con.register("_keys", keys)
-        try:
-            rows = self.con.execute(
-                "SELECT r.ref FROM refs r JOIN _keys k ON r.ref = k.ref WHERE r.live"
-            ).fetchall()
-        finally:
-            self.con.unregister("_keys")
+        with _registered(self.con, "_keys", pa.table({"ref": pa.array(refs, pa.binary())})):
+            rows = self.con.execute("SELECT r.ref FROM refs r JOIN _keys k ON r.ref = k.ref WHERE r.live").fetchall()
         return {bytes(r[0]) for r in rows}
 
     def digest(self) -> Digest:
@@ -309,13 +313,10 @@ class Store:
             for i, key in enumerate(keys):  # a reference can be asked for twice (a child of two groups)
                 where.setdefault(key, []).append(i)
             return merge.Existing.from_rows([(i, *r[1:]) for r in got for i in where[bytes(r[0])]])
-        self.con.register("_keys", pa.table({"ref": merge.binary_column(refs), "i": pa.array(np.arange(k))}))
-        try:
+        with _registered(self.con, "_keys", pa.table({"ref": merge.binary_column(refs), "i": pa.array(np.arange(k))})):
             table = self.con.sql(
                 "SELECT k.i, r.hlc, r.origin, r.live, r.pack, r.pos FROM _keys k JOIN refs r ON r.ref = k.ref"
             ).to_arrow_table()
-        finally:
-            self.con.unregister("_keys")
         return merge.Existing.from_arrow(table)
 
     def _commit(self, staged: Staged, con: duckdb.DuckDBPyConnection) -> None:
@@ -331,9 +332,8 @@ class Store:
                     parts = [(rows.filter(pc.invert(exists)), "INSERT"), (rows.filter(exists), "INSERT OR REPLACE")]
                 for part, verb in parts:
                     if part.num_rows:
-                        con.register("_rows", part)
-                        con.execute(f"{verb} INTO refs SELECT * FROM _rows")
-                        con.unregister("_rows")
+                        with _registered(con, "_rows", part):
+                            con.execute(f"{verb} INTO refs SELECT * FROM _rows")
             self._put_offset(source, next_offset, con)
             meta = {"pack_id": str(staged.pack_id), "pack_end": str(staged.pack_end)}
             old_meta = self.meta()
