@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dssync.consumers.packs import Packs
+from dssync.log.columns import RecordColumns
 from dssync.schemas.codec import REF_SIZE
 from dssync.schemas.columnar import KIND_EVICTED, KIND_REFERENCE, KIND_SEGMENT, EventColumns
 
@@ -205,13 +206,31 @@ def gather(buf: bytes, starts: np.ndarray, lengths: np.ndarray) -> pa.Buffer | b
     return data[int(offsets[0]) : int(offsets[-1])] if data is not None else b""
 
 
-def write_segments(p: Plan, ev: EventColumns, packs: Packs) -> int:
-    """Write the planned segments that have no bytes in a pack yet, in log order; fill in
-    their (pack, pos) in ``p``; return the segment bytes written. Not committed until the
-    index rows are."""
+def write_segments(p: Plan, ev: EventColumns, packs: Packs, cols: RecordColumns | None = None) -> int:
+    """Locate the planned segments that have no bytes in a pack yet; fill in their (pack, pos)
+    in ``p``; return the segment bytes written. Not committed until the index rows are.
+
+    A segment whose record ``cols`` places in a file log (``cols.placement``: its batch is
+    stored uncompressed) is located there, in place (``Packs.in_log``); the others are written
+    to the packs, in log order, in one write.
+    """
     idx = np.flatnonzero((ev.kind[p.rows] == KIND_SEGMENT) & (p.pack < 0))
     if not len(idx):
         return 0
+    placed = cols.placement if cols is not None else None
+    if placed is not None:
+        assert cols is not None
+        rec = p.rows[idx]
+        start, length = ev.blob_start[rec], ev.blob_len[rec]
+        at = placed.pos[rec]
+        inside = (at >= 0) & (start >= cols.starts[rec]) & (start + length <= cols.starts[rec] + cols.lengths[rec])
+        if inside.any():
+            here = idx[inside]
+            p.pack[here] = packs.in_log(placed.directory, placed.segment[rec[inside]])
+            p.pos[here] = at[inside] + start[inside] - cols.starts[rec[inside]]
+            idx = idx[~inside]
+            if not len(idx):
+                return 0
     st = ev.blob_start[p.rows[idx]]
     order = np.argsort(st, kind="stable")
     idx, st = idx[order], st[order]

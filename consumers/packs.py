@@ -5,15 +5,27 @@ and its length is the size in the index. The store records the committed end of 
 pack in the same DuckDB transaction as the index rows that point into it, so at open
 ``truncate_to`` cuts whatever an interrupted apply wrote past that point: the bytes and the
 index always agree. The store wraps by dropping the oldest pack whole.
+
+Log-resident segments: an appliance's own log already holds every new segment's bytes, and
+where its batch is stored uncompressed they lie in the segment file verbatim. A store told
+it may (``Store(resident=...)``, only with fsync on: the log is durable before the index
+commits) keeps (log segment file, position) instead of writing a second copy: that file
+becomes a location like a pack, numbered from the same sequence (so "older than" still
+means "numbered lower" when the store wraps), recorded in the store's ``log_files`` table,
+and read in place. The log keeps such a file until the store no longer needs it (the
+appliance pins its retention, ``Store.resident_from``); the store forgets a file once no live
+row points into it. New data is then written once instead of twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
 
 from dssync.errors import CorruptStoreError, from_os_error
+from dssync.log.segment import segment_path
 
 
 class Packs:
@@ -28,12 +40,88 @@ class Packs:
         self.end = 0
         self._fd: int | None = None
         self._read_fds: dict[int, int] = {}
+        self._home = os.path.dirname(os.path.abspath(directory))  # log directories are kept relative to it
+        self._in_log: dict[int, tuple[str, int]] = {}  # location id -> (log directory, segment base offset)
+        self._log_ids: dict[tuple[str, int], int] = {}
+        self._unsaved: list[tuple[int, str, int]] = []
+        self._last_log_id = 0
 
     def path(self, pack: int) -> str:
         return os.path.join(self.directory, f"{pack:06d}.pack")
 
     def ids(self) -> list[int]:
         return sorted(int(n[:6]) for n in os.listdir(self.directory) if n.endswith(".pack") and n[:6].isdigit())
+
+    # ------------------------------------------------------------------ log-resident locations
+
+    def load_log_files(self, rows: list[tuple[int, str, int]]) -> None:
+        """The committed log-resident locations: (id, log directory relative to the store, base)."""
+        for i, rel, base in rows:
+            self._remember(int(i), rel, int(base))
+
+    def _remember(self, i: int, rel: str, base: int) -> None:
+        self._in_log[i] = (rel, base)
+        self._log_ids[(rel, base)] = i
+        self._last_log_id = max(self._last_log_id, i)
+
+    def in_log(self, directory: str, segments: np.ndarray) -> np.ndarray:
+        """Location ids of the segment files (base offsets ``segments``) of the log in
+        ``directory``, numbering the ones seen for the first time (saved with the next commit)."""
+        rel = os.path.relpath(os.path.abspath(directory), self._home)
+        ids = np.empty(len(segments), np.int64)
+        uniq, inverse = np.unique(segments, return_inverse=True)
+        for k, base in enumerate(uniq.tolist()):
+            i = self._log_ids.get((rel, base))
+            if i is None:
+                i = self._next_id()
+                self._remember(i, rel, base)
+                self._unsaved.append((i, rel, base))
+            ids[inverse == k] = i
+        return ids
+
+    def unsaved_log_files(self) -> list[tuple[int, str, int]]:
+        """Log-resident locations numbered since the last ``saved``, for the store to commit."""
+        return list(self._unsaved)
+
+    def saved(self, entries: list[tuple[int, str, int]]) -> None:
+        done = set(entries)
+        self._unsaved = [e for e in self._unsaved if e not in done]
+
+    def log_file_ids(self) -> list[int]:
+        return sorted(self._in_log)
+
+    def log_file_bytes(self) -> int:
+        total = 0
+        for i in self._in_log:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.path.getsize(self._log_path(i))
+        return total
+
+    def forget_log_file(self, i: int) -> int:
+        """Stop using a log segment file (no live row points into it); return its size. The
+        file stays: it is the log's, and the log's retention deletes it."""
+        fd = self._read_fds.pop(i, None)
+        if fd is not None:
+            os.close(fd)
+        rel, base = self._in_log.pop(i)
+        self._log_ids.pop((rel, base), None)
+        try:
+            return os.path.getsize(segment_path(os.path.join(self._home, rel), base))
+        except FileNotFoundError:
+            return 0
+
+    def resident_from(self, directory: str) -> int | None:
+        """The oldest segment (base offset) of the log in ``directory`` this store reads from."""
+        rel = os.path.relpath(os.path.abspath(directory), self._home)
+        bases = [b for r, b in self._in_log.values() if r == rel]
+        return min(bases) if bases else None
+
+    def _log_path(self, i: int) -> str:
+        rel, base = self._in_log[i]
+        return segment_path(os.path.normpath(os.path.join(self._home, rel)), base)
+
+    def _next_id(self) -> int:
+        return max(self.current, self._last_log_id) + 1
 
     def truncate_to(self, pack: int, end: int) -> int:
         """Make (pack, end) the committed tail: cut beyond it, drop newer packs. Returns bytes cut."""
@@ -117,7 +205,7 @@ class Packs:
             os.close(self._fd)
             self._fd = None
         if new:
-            self.current += 1
+            self.current = self._next_id()
             self.end = 0
         self._fd = os.open(self.path(self.current), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         size = os.fstat(self._fd).st_size
@@ -128,17 +216,22 @@ class Packs:
         if self._fd is not None and self.fsync:
             os.fdatasync(self._fd)
 
+    def file_of(self, pack: int) -> str:
+        """The file holding location ``pack``: a pack file, or a log segment file."""
+        return self._log_path(pack) if pack in self._in_log else self.path(pack)
+
     def read(self, pack: int, pos: int, size: int) -> bytes:
         fd = self._read_fds.get(pack)
+        what = f"pack {pack}" if pack not in self._in_log else f"log segment file {self._log_path(pack)}"
         if fd is None:
             try:
-                fd = os.open(self.path(pack), os.O_RDONLY)
+                fd = os.open(self.file_of(pack), os.O_RDONLY)
             except FileNotFoundError:
-                raise CorruptStoreError(f"pack {pack} is missing") from None
+                raise CorruptStoreError(f"{what} is missing") from None
             self._read_fds[pack] = fd
         data = os.pread(fd, size, pos)
         if len(data) != size:
-            raise CorruptStoreError(f"pack {pack} ends before byte {pos + size}")
+            raise CorruptStoreError(f"{what} ends before byte {pos + size}")
         return data
 
     def delete(self, pack: int) -> int:

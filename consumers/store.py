@@ -3,7 +3,8 @@
 DuckDB holds the index, one row per reference (segment or higher-level reference): its
 level, size, liveness, the (hlc, origin) of the event that last won it, its location in a
 pack file, and the children of a higher-level reference. Segment bytes live in pack files
-(``dssync.consumers.packs``). Per source log the store keeps the next offset to apply, in the
+(``dssync.consumers.packs``), or in place in the appliance's own log (log-resident segments,
+``resident``). Per source log the store keeps the next offset to apply, in the
 same transaction as the rows it covers: that is what makes apply exactly-once.
 
 Apply is last-writer-wins per reference on (hlc, origin), so any order and any repetition of
@@ -49,6 +50,7 @@ CREATE TABLE IF NOT EXISTS refs (
 );
 CREATE TABLE IF NOT EXISTS offsets (source VARCHAR PRIMARY KEY, next_offset UBIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS log_files (id INTEGER PRIMARY KEY, dir VARCHAR NOT NULL, base_offset UBIGINT NOT NULL);
 """
 
 ROW_SCHEMA = merge.ROW_SCHEMA
@@ -117,8 +119,12 @@ class Store:
 
     def __init__(
         self, directory: str, *, create: bool = False, fsync: bool = True,
-        pack_bytes: int = 64 << 20, read_only: bool = False,
+        pack_bytes: int = 64 << 20, read_only: bool = False, resident: Iterable[str] = (),
     ) -> None:
+        """``resident``: file log directories whose uncompressed segments this store may read in
+        place instead of copying them to its packs (``dssync.consumers.packs``). Honoured only
+        with ``fsync`` (the log must be durable before a row points into it); the owner must
+        keep those logs' retention behind ``resident_from``."""
         self.directory = directory
         self.path = os.path.join(directory, "store.duckdb")
         if not os.path.exists(self.path) and not create:
@@ -137,6 +143,9 @@ class Store:
         if not read_only:
             self.con.execute(SCHEMA)
         self.packs = Packs(os.path.join(directory, "packs"), pack_bytes, fsync)
+        self._resident = {os.path.abspath(d) for d in resident} if fsync else set()
+        with contextlib.suppress(duckdb.CatalogException):  # a read-only open of a store older than the table
+            self.packs.load_log_files(self.con.execute("SELECT id, dir, base_offset FROM log_files").fetchall())
         # This process owns the file (DuckDB's rule), so offsets and meta are cached in memory
         # and changed only together with the transactions that write them.
         self._meta: dict[str, str] = dict(self.con.execute("SELECT key, value FROM meta").fetchall())
@@ -211,6 +220,8 @@ class Store:
             "live_higher_refs": int(row[4]),
             "pack_bytes": self.packs.total_bytes(),
             "packs": len(self.packs.ids()),
+            "log_resident_bytes": self.packs.log_file_bytes(),
+            "log_resident_files": len(self.packs.log_file_ids()),
             "offsets": self.offsets(),
             "max_hlc": int(meta.get("max_hlc", 0)),
         }
@@ -280,15 +291,15 @@ class Store:
         if not keep.any():
             return result, None
         if not keep.all():
-            cols = RecordColumns(cols.offsets[keep], cols.timestamps[keep], cols.buf, cols.starts[keep],
-                                 cols.lengths[keep])
+            cols = cols.take(keep)
             decoded = None
         ev = decoded if decoded is not None else decode_columns(cols)
         result.applied = len(cols)
         lookup = self._existing_columns if after is None else after.overlay(self._existing_columns)
         plan = merge.plan(ev, lookup)
         result.won = plan.won
-        result.bytes_written = merge.write_segments(plan, ev, self.packs)
+        placed = cols.placement is not None and os.path.abspath(cols.placement.directory) in self._resident
+        result.bytes_written = merge.write_segments(plan, ev, self.packs, cols if placed else None)
         merge.place_groups(plan, ev, lookup)
         self.packs.sync()
         rows = merge.row_table(plan, ev) if plan.won else None
@@ -335,6 +346,9 @@ class Store:
                         with _registered(con, "_rows", part):
                             con.execute(f"{verb} INTO refs SELECT * FROM _rows")
             self._put_offset(source, next_offset, con)
+            log_files = self.packs.unsaved_log_files()
+            if log_files:
+                con.executemany("INSERT OR REPLACE INTO log_files VALUES (?, ?, ?)", log_files)
             meta = {"pack_id": str(staged.pack_id), "pack_end": str(staged.pack_end)}
             old_meta = self.meta()
             for r in sorted(ev.resets, key=lambda e: e["hlc"]):
@@ -356,6 +370,7 @@ class Store:
             raise
         self._offsets[source] = next_offset
         self._meta.update(meta)
+        self.packs.saved(log_files)
 
     def _put_offset(self, source: str, next_offset: int, con: duckdb.DuckDBPyConnection) -> None:
         """Write one source's offset: an UPDATE when the row exists (twice as fast as a replace)."""
@@ -398,9 +413,10 @@ class Store:
     # ------------------------------------------------------------------ wrapping
 
     def wrap_candidates(self, capacity_bytes: int) -> tuple[int | None, list[bytes]]:
-        """When packs exceed ``capacity_bytes``: the oldest pack and the live refs in it."""
-        ids = self.packs.ids()
-        if len(ids) < 2 or self.packs.total_bytes() <= capacity_bytes:
+        """When the segment bytes (packs and log-resident files) exceed ``capacity_bytes``: the
+        oldest location and the live refs in it or older."""
+        ids = sorted(self.packs.ids() + self.packs.log_file_ids())
+        if len(ids) < 2 or self.packs.total_bytes() + self.packs.log_file_bytes() <= capacity_bytes:
             return None, []
         oldest = ids[0]
         refs = [bytes(r[0]) for r in self.con.execute(
@@ -409,14 +425,27 @@ class Store:
         return oldest, refs
 
     def drop_dead_packs(self) -> int:
-        """Delete packs (except the current one) that no live segment points into."""
+        """Delete packs (except the current one) that no live segment points into, and stop
+        reading log segment files (except the newest) no live segment points into; return
+        the bytes so freed."""
         live = {int(r[0]) for r in self.con.execute(
             "SELECT DISTINCT pack FROM refs WHERE live AND pack IS NOT NULL").fetchall()}
         freed = 0
         for pid in self.packs.ids():
             if pid != self.packs.current and pid not in live:
                 freed += self.packs.delete(pid)
+        in_log = self.packs.log_file_ids()
+        dead = [i for i in in_log[:-1] if i not in live]
+        if dead:
+            self.con.execute("DELETE FROM log_files WHERE id IN (SELECT unnest(?::INTEGER[]))", [dead])
+            for i in dead:
+                freed += self.packs.forget_log_file(i)
         return freed
+
+    def resident_from(self, log_directory: str) -> int | None:
+        """The oldest segment file (base offset) of the log in ``log_directory`` that this
+        store reads segments from: that log's retention must keep it and everything after."""
+        return self.packs.resident_from(log_directory)
 
     def publish_status(self, extra: dict[str, Any]) -> None:
         """Write ``status.json`` atomically: what tools show while another process owns the store."""

@@ -20,9 +20,8 @@ from typing import Any, BinaryIO
 from dssync import config as cfgmod
 from dssync.consumers.consumer import Consumer, replay
 from dssync.consumers.store import Store
-from dssync.errors import CorruptLogError, DssyncError, UsageError, from_os_error
+from dssync.errors import DssyncError, UsageError, from_os_error
 from dssync.hlc import HybridLogicalClock
-from dssync.log.base import LogRecord
 from dssync.log.filelog import FileLog
 from dssync.producers.chunker import Chunker, ChunkerSpec
 from dssync.producers.optimizer import IngestStats, Optimizer
@@ -72,7 +71,16 @@ def open_log(home: str, cfg: cfgmod.Config, writer: bool, create: bool = False) 
 
 
 def open_store(directory: str, cfg: cfgmod.Config, create: bool = False) -> Store:
-    return Store(directory, create=create, fsync=cfg.log.fsync != "never", pack_bytes=cfg.store.pack_bytes)
+    """The store of a home (``directory`` is its store or a replay's new one, beside ``log/``).
+
+    With a file log synced on every append, the store reads new segments in place from the
+    appliance's own log instead of writing them a second time (``dssync.consumers.packs``);
+    the appliance then holds the log's retention behind them (``Appliance.pin_retention``).
+    """
+    own_log = os.path.join(os.path.dirname(os.path.abspath(directory)), "log")
+    resident = [own_log] if cfg.log.backend == "file" and cfg.log.fsync == "always" else []
+    return Store(directory, create=create, fsync=cfg.log.fsync != "never", pack_bytes=cfg.store.pack_bytes,
+                 resident=resident)
 
 
 class Appliance:
@@ -97,7 +105,7 @@ class Appliance:
             self._wrapping = False
             self._writer: ThreadPoolExecutor | None = None
             self.caught_up = self.consumer.catch_up()
-            self.log.retain_from = self.store.committed(self.source)
+            self.pin_retention()
         except BaseException:
             self.log.close()
             raise
@@ -159,36 +167,42 @@ class Appliance:
     def append(self, batches: list[list[bytes]]) -> int:
         """Append the optimizer's batches (one window) to the log: one fsync for them all.
 
-        On a file log with the store caught up, the store applies the same events meanwhile,
-        from memory, at the offsets the log is giving them (a file log's offsets are dense and
-        this process is its only writer): its pack write runs beside the log write, and its
-        commit waits until the log has them (``before_commit``), so the store never holds an
-        event the log could lose. Otherwise the events are applied from the log by ``applied``.
+        On a file log with the store caught up, the log encodes the batches and says where
+        they will lie (``FileLog.prepare``); the store applies them from memory while the log
+        writes them (a file log's offsets are dense and this process is its only writer), and
+        its commit waits until the log has them (``before_commit``), so the store never holds
+        an event the log could lose. Otherwise the events are applied from the log by ``applied``.
         """
         if not isinstance(self.log, FileLog) or self.store.committed(self.source) != self.log.end_offset():
             return int(self.log.append_batches(batches))
-        first = self.log.end_offset()
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="dssync-log-append")
-        pending = self._writer.submit(self.log.append_batches, batches)
+        prepared = self.log.prepare(batches)
+        pending = self._writer.submit(self.log.write_prepared, prepared)
 
         def durable() -> None:
-            got = pending.result()
-            if got != first:  # pragma: no cover - would mean a second writer, which the lock forbids
-                raise CorruptLogError(f"the log gave offset {got} to a window planned at {first}")
+            pending.result()  # raises what the log write raised: then nothing is committed
 
-        values = [v for batch in batches for v in batch]
         try:
-            self.store.apply(self.source, [LogRecord(first + i, 0, v) for i, v in enumerate(values)],
-                             before_commit=durable)
+            self.store.apply_columns(self.source, prepared.columns, before_commit=durable)
         finally:
             wait([pending])  # never leave a log write running behind an error
         return int(pending.result())
 
+    def pin_retention(self) -> None:
+        """Keep the log's retention behind what the store still needs from it: records not
+        applied yet, and segment files the store reads segments from in place."""
+        keep = self.store.committed(self.source)
+        if isinstance(self.log, FileLog):
+            resident = self.store.resident_from(self.log.directory)
+            if resident is not None:
+                keep = min(keep, resident)
+        self.log.retain_from = keep
+
     def applied(self) -> None:
         """Bring the store up to the log, then wrap it if it outgrew its capacity."""
         self.consumer.catch_up()
-        self.log.retain_from = self.store.committed(self.source)
+        self.pin_retention()
         if hasattr(self.log, "commit_group"):  # let Kafka's own tools see the store's position
             self.log.commit_group(self.store.committed(self.source))
         if self._wrapping:

@@ -105,6 +105,12 @@ class Batch:
             raise CorruptLogError(f"batch at offset {self.base_offset} has a malformed payload")
         return payload, starts, lengths
 
+    @property
+    def stored_as_is(self) -> bool:
+        """Whether the payload is uncompressed: each value then lies verbatim in the file,
+        at the batch's position + ``HEADER_SIZE`` + its start in the payload."""
+        return self.raw[32] == CODEC_NONE  # the codec byte of the header
+
     def values(self) -> list[bytes]:
         """Decompress and split the payload into record values."""
         payload, starts, lengths = self.columns()
@@ -114,6 +120,14 @@ class Batch:
 def encode(base_offset: int, timestamp_ms: int, values: list[bytes], compress: bool = True,
            layout: int = 2) -> bytes:
     """Build the bytes of one batch holding ``values`` (``layout=1``: what older builds wrote)."""
+    return build(base_offset, timestamp_ms, values, compress, layout)[0]
+
+
+def build(base_offset: int, timestamp_ms: int, values: list[bytes], compress: bool = True,
+          layout: int = 2) -> tuple[bytes, bytes | memoryview, bool]:
+    """``encode``, also returning the uncompressed payload and whether it is stored as is
+    (codec none: the payload then lies verbatim at ``HEADER_SIZE`` in the batch's bytes, and
+    the returned payload is a view of them)."""
     if layout == 1:
         payload = b"".join(_LEN.pack(len(v)) + v for v in values)
         magic = MAGIC_V1
@@ -132,7 +146,10 @@ def encode(base_offset: int, timestamp_ms: int, values: list[bytes], compress: b
     )
     crc = crc32c.crc32c(header[CRC_START:])
     crc = crc32c.crc32c(body, crc)
-    return header[:8] + struct.pack("<I", crc) + header[CRC_START:] + body
+    data = header[:8] + struct.pack("<I", crc) + header[CRC_START:] + body
+    if codec == CODEC_NONE:
+        return data, memoryview(data)[HEADER_SIZE:], True
+    return data, payload, False
 
 
 _SAMPLE = 32 << 10

@@ -4,6 +4,10 @@ Replay moves millions of records; one ``LogRecord`` (and one ``bytes``) per reco
 than everything else a record needs. ``RecordColumns`` keeps the decompressed payloads of
 whole batches in one buffer and says where each value lies, so the consumer decodes and
 applies them with vectorized code. ``from_records`` adapts any log that returns ``LogRecord``s.
+
+A file log also says where each value lies in its files (``Placement``), when the batch holding
+it is stored uncompressed: a store may then keep that place instead of a copy of the bytes
+(``dssync.consumers.packs``, log-resident segments).
 """
 
 from __future__ import annotations
@@ -21,6 +25,20 @@ may read a fixed width past any record's start without a copy of the buffer."""
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where the records' values lie in a file log: record ``i``'s value starts at byte
+    ``pos[i]`` of the segment file with base offset ``segment[i]`` in ``directory`` (-1: its
+    batch is compressed, the value is not in the file as is)."""
+
+    directory: str
+    segment: np.ndarray  # int64
+    pos: np.ndarray  # int64
+
+    def take(self, sel: slice | np.ndarray) -> Placement:
+        return Placement(self.directory, self.segment[sel], self.pos[sel])
+
+
+@dataclass(frozen=True)
 class RecordColumns:
     """Records in offset order; record ``i`` is ``buf[starts[i] : starts[i] + lengths[i]]``."""
 
@@ -29,6 +47,12 @@ class RecordColumns:
     buf: bytes
     starts: np.ndarray  # int64
     lengths: np.ndarray  # int64
+    placement: Placement | None = None
+
+    def take(self, sel: slice | np.ndarray) -> RecordColumns:
+        """The records selected by ``sel`` (a slice or a mask; the buffer is shared)."""
+        return RecordColumns(self.offsets[sel], self.timestamps[sel], self.buf, self.starts[sel], self.lengths[sel],
+                             self.placement.take(sel) if self.placement is not None else None)
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -47,7 +71,7 @@ class RecordColumns:
         k = int(np.searchsorted(self.offsets, offset))
         if k == 0:
             return self
-        return RecordColumns(self.offsets[k:], self.timestamps[k:], self.buf, self.starts[k:], self.lengths[k:])
+        return self.take(slice(k, None))
 
     @classmethod
     def empty(cls) -> RecordColumns:
@@ -66,8 +90,13 @@ class RecordColumns:
                    b"".join([*(r.value for r in recs), bytes(PAD)]), starts, lengths)
 
     @classmethod
-    def from_parts(cls, parts: list[tuple[int, int, bytes, np.ndarray, np.ndarray]]) -> RecordColumns:
-        """Join (base offset, timestamp, payload, starts, lengths) of consecutive batches."""
+    def from_parts(cls, parts: Sequence[tuple[int, int, bytes | memoryview, np.ndarray, np.ndarray]],
+                   places: Sequence[tuple[int, int]] | None = None, directory: str = "") -> RecordColumns:
+        """Join (base offset, timestamp, payload, starts, lengths) of consecutive batches.
+
+        ``places`` gives, per batch of a file log in ``directory``, (segment base offset, file
+        position of its payload), position -1 for a compressed batch; it becomes ``placement``.
+        """
         if not parts:
             return cls.empty()
         shift = 0
@@ -77,8 +106,15 @@ class RecordColumns:
             stamps.append(np.full(len(ln), ts, np.int64))
             starts.append(st + shift)
             shift += len(payload)
+        placement = None
+        if places is not None:
+            counts = [len(p[4]) for p in parts]
+            segment = np.repeat(np.array([s for s, _ in places], np.int64), counts)
+            pos = np.concatenate([p[3] + at if at >= 0 else np.full(len(p[3]), -1, np.int64)
+                                  for p, (_, at) in zip(parts, places, strict=True)])
+            placement = Placement(directory, segment, pos)
         return cls(np.concatenate(offsets), np.concatenate(stamps), b"".join([*(p[2] for p in parts), bytes(PAD)]),
-                   np.concatenate(starts), np.concatenate([p[4] for p in parts]))
+                   np.concatenate(starts), np.concatenate([p[4] for p in parts]), placement)
 
 
 def read_in_steps(

@@ -66,6 +66,17 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """Batches encoded for the next append (``FileLog.prepare``), and their records as columns
+    placed where the batches will lie in the files."""
+
+    first: int
+    active_size: int
+    batches: list[tuple[bytes, int, int, int]]  # (bytes, base offset, count, timestamp)
+    columns: RecordColumns
+
+
 class FileLog:
     """An append-only log in ``directory`` (see the module docstring)."""
 
@@ -202,18 +213,45 @@ class FileLog:
         first offset. Each batch is atomic on its own (one CRC); a crash can keep a prefix
         of the groups, never part of one. The optimizer writes a window's events this way:
         one fsync per window instead of one per batch."""
+        return self.write_prepared(self.prepare(groups))
+
+    def prepare(self, groups: Sequence[Sequence[bytes]]) -> Prepared:
+        """Encode ``groups`` as the batches ``append_batches`` would write next, and say where
+        they will lie, without writing anything: the appliance's store plans a window from
+        it while ``write_prepared`` writes it. Nothing may be appended in between."""
         if not groups:
             raise UsageError("append needs at least one batch")
         self._require_writer()
-        first = self._next_offset
+        batches: list[tuple[bytes, int, int, int]] = []
+        parts: list[tuple[int, int, bytes | memoryview, np.ndarray, np.ndarray]] = []
+        places: list[tuple[int, int]] = []
+        segment, size, offset, last_ts = self._segments[-1], self._active_size, self._next_offset, self._last_ts
         for values in groups:
             if not values:
                 raise UsageError("append needs at least one value per batch")
-            ts = max(self._clock_ms(), self._last_ts)
-            data = batchfmt.encode(self._next_offset, ts, list(values), self.compress)
-            self._write_batch(data, self._next_offset, len(values), ts, sync=False)
+            ts = last_ts = max(self._clock_ms(), last_ts)
+            data, payload, as_is = batchfmt.build(offset, ts, list(values), self.compress)
+            if size > 0 and size + len(data) > self.segment_bytes:  # where _write_batch rolls
+                segment, size = offset, 0
+            lengths = np.fromiter(map(len, values), np.int64, len(values))
+            starts = np.cumsum(lengths) - lengths + 4 * len(values)
+            batches.append((data, offset, len(values), ts))
+            parts.append((offset, ts, payload, starts, lengths))
+            places.append((segment, size + batchfmt.HEADER_SIZE if as_is else -1))
+            size += len(data)
+            offset += len(values)
+        return Prepared(self._next_offset, self._active_size, batches,
+                        RecordColumns.from_parts(parts, places, self.directory))
+
+    def write_prepared(self, prepared: Prepared) -> int:
+        """Write what ``prepare`` encoded, then apply the fsync policy once; return the first offset."""
+        self._require_writer()
+        if (prepared.first, prepared.active_size) != (self._next_offset, self._active_size):
+            raise UsageError(f"batches prepared for offset {prepared.first} cannot be written at {self._next_offset}")
+        for data, base, count, ts in prepared.batches:
+            self._write_batch(data, base, count, ts, sync=False)
         self.commit()
-        return first
+        return prepared.first
 
     def append_raw(self, raw: bytes | memoryview, sync: bool = True) -> int:
         """Append a batch copied byte for byte from another log (the mirror's path).
@@ -411,6 +449,11 @@ class FileLog:
 
     def batches(self, from_offset: int = 0) -> Iterator[batchfmt.Batch]:
         """Valid batches holding offsets >= ``from_offset``, in order (the first may start before it)."""
+        for _, _, b in self.placed_batches(from_offset):
+            yield b
+
+    def placed_batches(self, from_offset: int = 0) -> Iterator[tuple[int, int, batchfmt.Batch]]:
+        """``batches`` with where each lies: (segment base offset, byte position in that file, batch)."""
         bases = self._bases()
         if not bases:
             return
@@ -426,12 +469,13 @@ class FileLog:
             pos = seg.seek_position(entries, from_offset) if j == i else 0
             path = seg.segment_path(self.directory, base)
             for b in seg.iter_batches(path, pos, is_last=(j == len(bases) - 1)):
+                at, pos = pos, pos + b.size
                 if b.next_offset <= from_offset:
                     continue
                 if expected is not None and b.base_offset != expected:
                     raise CorruptLogError(f"offsets jump from {expected} to {b.base_offset} in {path}")
                 expected = b.next_offset
-                yield b
+                yield base, at, b
 
     def read(self, from_offset: int, max_records: int = 10_000) -> list[LogRecord]:
         out: list[LogRecord] = []
@@ -445,20 +489,22 @@ class FileLog:
         return out[:max_records]
 
     def read_columns(self, from_offset: int, max_records: int = 10_000, max_bytes: int = 64 << 20) -> RecordColumns:
-        """``read`` as columns, stopping after ``max_records`` records or ``max_bytes`` of payload."""
+        """``read`` as columns, stopping after ``max_records`` records or ``max_bytes`` of payload.
+        The columns say where each value lies in the segment files (``placement``)."""
         parts: list[tuple[int, int, bytes, np.ndarray, np.ndarray]] = []
+        places: list[tuple[int, int]] = []
         count = size = 0
-        for b in self.batches(from_offset):
+        for base, at, b in self.placed_batches(from_offset):
             payload, starts, lengths = b.columns()
             parts.append((b.base_offset, b.timestamp_ms, payload, starts, lengths))
+            places.append((base, at + batchfmt.HEADER_SIZE if b.stored_as_is else -1))
             count += b.next_offset - max(b.base_offset, from_offset)
             size += len(payload)
             if count >= max_records or size >= max_bytes:
                 break
-        cols = RecordColumns.from_parts(parts).since(from_offset)
+        cols = RecordColumns.from_parts(parts, places, self.directory).since(from_offset)
         if len(cols) > max_records:
-            cols = RecordColumns(cols.offsets[:max_records], cols.timestamps[:max_records], cols.buf,
-                                 cols.starts[:max_records], cols.lengths[:max_records])
+            cols = cols.take(slice(0, max_records))
         return cols
 
     def _index_of(self, base: int) -> list[tuple[int, int, int]]:

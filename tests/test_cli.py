@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from dssync.appliance import log_dir, store_dir
+from dssync.consumers.store import Store
 from dssync.log import segment as seg
 from dssync.log.filelog import FileLog
 from dssync.tools.cli import cli
@@ -170,12 +171,18 @@ def test_replay_from_an_offset_outside_the_log_is_refused(runner: CliRunner, mak
     assert code == 2 and "outside the log" in _error(out)[0]
 
 
-def test_verify_catches_a_segment_whose_bytes_changed(runner: CliRunner, make_home: MakeHome, tmp_path: Path) -> None:
-    home = make_home("sh1")
+@pytest.mark.parametrize("fsync", ["always", "never"])  # segments read in place from the log / in packs
+def test_verify_catches_a_segment_whose_bytes_changed(
+        runner: CliRunner, make_home: MakeHome, tmp_path: Path, fsync: str) -> None:
+    home = make_home("sh1", "--fsync", fsync)
     _invoke(runner, "ingest", home, _sample(tmp_path))
-    pack = os.path.join(store_dir(home), "packs", "000001.pack")
-    with open(pack, "r+b") as f:
-        f.seek(1000)
+    store = Store(store_dir(home))
+    _, pack, pos, _ = next(store.iter_live_segments())
+    path = store.packs.file_of(pack)
+    store.close()
+    assert (os.sep + "log" + os.sep in path) == (fsync == "always")
+    with open(path, "r+b") as f:
+        f.seek(pos + 100)
         f.write(b"\xff\xfe")
     code, out = _invoke(runner, "verify", home)
     assert code == 9 and "do not match the reference" in out and "verify: FAILED" in out
