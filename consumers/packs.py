@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 
 import numpy as np
 
@@ -44,6 +45,7 @@ class Packs:
         self._in_log: dict[int, tuple[str, int]] = {}  # location id -> (log directory, segment base offset)
         self._log_ids: dict[tuple[str, int], int] = {}
         self._unsaved: list[tuple[int, str, int]] = []
+        self._unsaved_lock = threading.Lock()  # a replay numbers files in one thread and commits in another
         self._last_log_id = 0
 
     def path(self, pack: int) -> str:
@@ -75,17 +77,20 @@ class Packs:
             if i is None:
                 i = self._next_id()
                 self._remember(i, rel, base)
-                self._unsaved.append((i, rel, base))
+                with self._unsaved_lock:
+                    self._unsaved.append((i, rel, base))
             ids[inverse == k] = i
         return ids
 
     def unsaved_log_files(self) -> list[tuple[int, str, int]]:
         """Log-resident locations numbered since the last ``saved``, for the store to commit."""
-        return list(self._unsaved)
+        with self._unsaved_lock:
+            return list(self._unsaved)
 
     def saved(self, entries: list[tuple[int, str, int]]) -> None:
         done = set(entries)
-        self._unsaved = [e for e in self._unsaved if e not in done]
+        with self._unsaved_lock:
+            self._unsaved = [e for e in self._unsaved if e not in done]
 
     def log_file_ids(self) -> list[int]:
         return sorted(self._in_log)
