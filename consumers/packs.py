@@ -82,6 +82,13 @@ class Packs:
             ids[inverse == k] = i
         return ids
 
+    def reader(self) -> Packs:
+        """A second reader of the same locations (its own file handles, for another thread);
+        it knows the log-resident files known at this instant."""
+        other = Packs(self.directory, self.pack_bytes, fsync=False)
+        other.load_log_files([(i, rel, base) for i, (rel, base) in self._in_log.items()])
+        return other
+
     def unsaved_log_files(self) -> list[tuple[int, str, int]]:
         """Log-resident locations numbered since the last ``saved``, for the store to commit."""
         with self._unsaved_lock:

@@ -180,7 +180,10 @@ class Service:
         return FileLog(log_dir(self.home))
 
     def pack_reader(self) -> Packs:
-        return Packs(os.path.join(store_dir(self.home), "packs"), 1, fsync=False)
+        """A reader of the store's segment bytes (packs and log-resident files) for a thread
+        that serves a snapshot while the store goes on applying."""
+        with self.lock:
+            return self.app.store.packs.reader()
 
     def snapshot_rows(self) -> tuple[list[Row], int, str]:
         with self.lock:

@@ -102,3 +102,21 @@ def test_log_retention_keeps_what_the_store_reads_until_the_store_wraps_past_it(
         assert again.new_segments > 0
     assert verify_home(home).ok
     assert os.listdir(os.path.join(store_dir(home), "packs")) == []
+
+
+def test_a_snapshot_of_the_store_carries_the_segments_read_from_the_log(tmp_path: Path) -> None:
+    from dssync.schemas import decode
+    from dssync.sync import snapshot
+
+    with _create(tmp_path) as app:
+        app.ingest(io.BytesIO(random.Random(5).randbytes(2_000_000)))
+        stats = app.store.stats()
+        assert stats["log_resident_files"] == 1
+        packs = app.store.packs.reader()  # what the sync server reads a snapshot through
+        try:
+            events = [decode(v) for v in snapshot.row_events(app.store.snapshot_rows(), packs)]
+        finally:
+            packs.close()
+    segments = [e for e in events if e["type"] == "SegmentStored"]
+    assert len(segments) == stats["live_segments"] and sum(len(e["data"]) for e in segments) == 2_000_000
+    assert all(segment_ref(e["data"]) == e["ref"] for e in segments)
