@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 from dssync import config as cfgmod
 from dssync.consumers.consumer import Consumer, replay
 from dssync.consumers.store import Store
-from dssync.errors import DssyncError, UsageError, from_os_error
+from dssync.errors import CorruptLogError, DssyncError, UsageError, from_os_error
 from dssync.hlc import HybridLogicalClock
 from dssync.log.filelog import FileLog
 from dssync.producers.chunker import Chunker, ChunkerSpec
@@ -86,7 +86,9 @@ def open_store(directory: str, cfg: cfgmod.Config, create: bool = False) -> Stor
 class Appliance:
     """An open appliance home (see the module docstring). Use as a context manager."""
 
-    def __init__(self, home: str) -> None:
+    def __init__(self, home: str, rebuilding: bool = False) -> None:
+        """Open ``home`` for writing. ``rebuilding``: the caller is about to replace the store
+        with a replay of the log, so a store ahead of its log is not an error."""
         self.home = home
         self.config = cfgmod.load(home)
         _finish_interrupted_replay(home)
@@ -99,6 +101,8 @@ class Appliance:
                 # A new store over a log that does not start at 0 (a backup's log continues
                 # its offsets after pairing): nothing before the log's start belongs to it.
                 self.store.advance(self.source, max(self.log.start_offset(), self.config.sync.own_log_from))
+            if not rebuilding:
+                self._check_log_holds_the_store()
             self.hlc = HybridLogicalClock(self._last_hlc())
             self.chunker = Chunker(ChunkerSpec.parse(self.config.chunker))
             self.optimizer = Optimizer(self.config.name, self.chunker, self.hlc, self)
@@ -150,6 +154,18 @@ class Appliance:
         })])
         app.applied()
         return app
+
+    def _check_log_holds_the_store(self) -> None:
+        """Refuse a store that has applied records its log no longer holds (a damaged log whose
+        recovery cut more than a torn tail): new records would take those offsets, and the store
+        would skip them, or read other bytes where its segments were."""
+        applied, end = self.store.committed(self.source), self.log.end_offset()
+        if applied > end:
+            cut = getattr(self.log.recovery, "bytes_cut", 0)
+            raise CorruptLogError(
+                f"the log of {self.home} ends at offset {end} but its store applied it up to {applied}"
+                + (f" (opening the log cut {cut} damaged bytes)" if cut else ""),
+                hint=f"rebuild the store from what the log still holds: dssync replay {self.home}")
 
     def _last_hlc(self) -> int:
         last = int(self.store.meta().get("max_hlc", 0))

@@ -216,6 +216,24 @@ def test_a_corrupt_log_is_reported_with_a_hint(runner: CliRunner, make_home: Mak
     assert code == 9 and "log:" in out
 
 
+def test_a_log_that_lost_what_its_store_applied_is_refused_until_replayed(
+        runner: CliRunner, make_home: MakeHome, tmp_path: Path) -> None:
+    home = make_home("sh1")
+    _invoke(runner, "ingest", home, _sample(tmp_path, 3_000_000))
+    with open(seg.segment_path(log_dir(home), 0), "r+b") as f:
+        f.seek(1_500_000)  # mid-log: recovery cuts from this batch on, records the store has applied
+        f.write(b"\x00\x01\x02")
+    code, out = _invoke(runner, "ingest", home, _sample(tmp_path, 100_000, seed=2))
+    err, hint = _error(out)
+    assert code == 4 and "store applied it up to" in err and "dssync replay" in hint
+    code, out = _invoke(runner, "replay", home)
+    assert code == 0, out
+    code, out = _invoke(runner, "ingest", home, _sample(tmp_path, 100_000, seed=2))
+    assert code == 0, out
+    code, out = _invoke(runner, "verify", home)
+    assert code == 0 and "verify: OK" in out, out
+
+
 def test_an_unknown_schema_in_the_log_stops_replay_with_an_upgrade_hint(
         runner: CliRunner, make_home: MakeHome) -> None:
     home = make_home("sh1")

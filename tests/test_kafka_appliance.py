@@ -158,8 +158,14 @@ def test_kafka_settings_are_saved_without_the_password(tmp_path: Path, kafka_bro
 
 def test_bench_kafka_compares_the_kafka_log_with_the_embedded_log(kafka_broker: Any) -> None:
     doc = json.loads(run_dssync("bench", "kafka", "--events", "3000", "--bootstrap", kafka_broker.bootstrap,
-                                "--json").stdout)
+                                "--steady-seconds", "2", "--json").stdout)
     for case in ("append", "replay"):
         c = doc[case]
         assert c["system"] > 0 and c["baseline"] > 0
         assert c["ratio"] == pytest.approx(c["system"] / c["baseline"], rel=0.05)
+    m = doc["mirror"]  # against MirrorMaker 2, on a second broker the bench started
+    assert m["dssync"]["records"] == m["mirrormaker2"]["records"] >= 3000
+    assert m["ratio"] == pytest.approx(m["system"] / m["baseline"], rel=0.05)
+    for side in ("dssync", "mirrormaker2"):  # latency of the same 1000 probe records on both
+        lat = m[side]["latency_ms"]
+        assert lat["samples"] == 1000 and 0 < lat["p50"] <= lat["p99"]

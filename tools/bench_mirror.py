@@ -4,10 +4,13 @@ Each mirror runs as its own process (``dssync mirror-topic``; MirrorMaker 2 in d
 from compose/kafka.py) on the same source topic and the same two brokers, one after the
 other. A consumer at the destination notes when each record arrives:
 
-* throughput: records of the bulk copy divided by the time from the first arrival to the last
-  (the JVM's and the mirrors' start-up are left out, for both);
-* latency: for records appended at a steady rate once the bulk is copied, arrival time minus
-  the source's append time (broker time; same machine, same clock).
+* throughput: each mirror alone, one after the other: records of the bulk copy divided by the
+  time from the first arrival to the last (the JVM's and the mirrors' start-up are left out,
+  for both);
+* latency: both mirrors running side by side once both have copied the bulk, on the same
+  records appended at a steady rate: arrival time minus the source's append time (broker
+  time; same machine, same clock). Side by side, a busy moment of this shared machine weighs
+  on both alike.
 """
 
 from __future__ import annotations
@@ -74,33 +77,67 @@ def _percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] if s else 0.0
 
 
-def measure(what: str, start: Callable[[], Callable[[], None]], bootstrap_b: str, dest_topic: str,
-            src_ts: Callable[[Any], int], source: KafkaLog, steady_s: float, rate: int) -> dict[str, Any]:
-    """Run one mirror (``start`` returns its stopper) over the whole source topic, then under
-    a steady load of ``rate`` records/s appended for ``steady_s`` seconds."""
-    bulk = _count(source)
-    arrivals = Arrivals(bootstrap_b, dest_topic, src_ts)
-    arrivals.start()
-    stop_mirror = start()
+def _latency(arrivals: Arrivals, first: int, count: int) -> dict[str, Any]:
+    lat = [a - ts for a, ts in arrivals.times[first:first + count]]
+    return {"samples": len(lat), "p50": round(_percentile(lat, 0.5), 1), "p90": round(_percentile(lat, 0.9), 1),
+            "p99": round(_percentile(lat, 0.99), 1)}
+
+
+def _bulk(what: str, start: Callable[[], Callable[[], None]], arrivals: Arrivals, bulk: int,
+          keep_running: bool) -> tuple[dict[str, Any], Callable[[], None] | None]:
+    """Run one mirror over the whole source topic; its throughput (first to last arrival)."""
+    stop = start()
     try:
         arrivals.wait_for(bulk, 900, what)
-        first, last = arrivals.times[0][0], arrivals.times[bulk - 1][0]
+    except BaseException:
+        stop()
+        raise
+    first, last = arrivals.times[0][0], arrivals.times[bulk - 1][0]
+    figures = {"records": bulk, "seconds": round((last - first) / 1000, 3),
+               "events_per_s": round((bulk - 1) / max(1e-3, (last - first) / 1000))}
+    if keep_running:
+        return figures, stop
+    stop()
+    return figures, None
+
+
+def measure_pair(ours: Callable[[], Callable[[], None]], mm2: Callable[[], Callable[[], None]],
+                 ours_arrivals: Arrivals, mm2_arrivals: Arrivals, source: KafkaLog, steady_s: float,
+                 rate: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Throughput: each mirror alone over the whole source topic, one after the other.
+    Latency: both mirrors running side by side on the same records appended at ``rate``
+    records/s for ``steady_s`` seconds, so that whatever else the machine does at that moment
+    weighs on both alike (one run of either alone can be off by a factor of two here)."""
+    bulk = _count(source)
+    stoppers: list[Callable[[], None]] = []
+    for a in (ours_arrivals, mm2_arrivals):
+        a.start()
+    try:
+        ours_fig, _ = _bulk("dssync mirror", ours, ours_arrivals, bulk, keep_running=False)
+        mm2_fig, stop_mm2 = _bulk("MirrorMaker 2", mm2, mm2_arrivals, bulk, keep_running=True)
+        assert stop_mm2 is not None
+        stoppers.append(stop_mm2)
+        stoppers.append(ours())  # resumes where its bulk copy ended (the destination says where)
+        source.append([b"warm-up " * 40])  # both mirrors are copying before the clock starts
+        ours_arrivals.wait_for(bulk + 1, 120, "dssync mirror")
+        mm2_arrivals.wait_for(bulk + 1, 120, "MirrorMaker 2")
         appends = max(1, int(steady_s * 50))
         per = max(1, rate // 50)
         t0 = time.monotonic()
         for i in range(appends):
             source.append([f"latency probe {i}.{j} ".encode() * 40 for j in range(per)])
             time.sleep(max(0.0, t0 + (i + 1) / 50 - time.monotonic()))
-        arrivals.wait_for(bulk + appends * per, 120, what)
+        ours_arrivals.wait_for(bulk + 1 + appends * per, 120, "dssync mirror")
+        mm2_arrivals.wait_for(bulk + 1 + appends * per, 120, "MirrorMaker 2")
     finally:
-        stop_mirror()
-        arrivals.stop.set()
-        arrivals.join(timeout=10)
-    lat = [a - ts for a, ts in arrivals.times[bulk:bulk + appends * per]]
-    return {"records": bulk, "seconds": round((last - first) / 1000, 3),
-            "events_per_s": round((bulk - 1) / max(1e-3, (last - first) / 1000)),
-            "latency_ms": {"samples": len(lat), "p50": round(_percentile(lat, 0.5), 1),
-                           "p99": round(_percentile(lat, 0.99), 1)}}
+        for stop in stoppers:
+            stop()
+        for a in (ours_arrivals, mm2_arrivals):
+            a.stop.set()
+            a.join(timeout=10)
+    ours_fig["latency_ms"] = _latency(ours_arrivals, bulk + 1, appends * per)
+    mm2_fig["latency_ms"] = _latency(mm2_arrivals, bulk + 1, appends * per)
+    return ours_fig, mm2_fig
 
 
 def _count(log: KafkaLog) -> int:
@@ -114,8 +151,8 @@ def _count(log: KafkaLog) -> int:
 
 
 def mirror_report(bootstrap: str, bootstrap_b: str, topic: str, compose_kafka: str,
-                  steady_s: float = 8.0, rate: int = 500) -> dict[str, Any]:
-    """Our mirror, then MirrorMaker 2, on ``topic`` from ``bootstrap`` to ``bootstrap_b``."""
+                  steady_s: float = 20.0, rate: int = 500) -> dict[str, Any]:
+    """Our mirror and MirrorMaker 2 on ``topic`` from ``bootstrap`` to ``bootstrap_b`` (module docstring)."""
     source = KafkaLog(KafkaSettings(bootstrap), topic, writer=True)
     try:
         ours_topic = f"dssync.mirror.{topic}"
@@ -141,8 +178,8 @@ def mirror_report(bootstrap: str, bootstrap_b: str, topic: str, compose_kafka: s
                                capture_output=True)
             return stop
 
-        ours = measure("dssync mirror", start_ours, bootstrap_b, ours_topic, _src_ts_dssync, source, steady_s, rate)
-        mm2 = measure("MirrorMaker 2", start_mm2, bootstrap_b, f"A.{topic}", _src_ts_mm2, source, steady_s, rate)
+        ours, mm2 = measure_pair(start_ours, start_mm2, Arrivals(bootstrap_b, ours_topic, _src_ts_dssync),
+                                 Arrivals(bootstrap_b, f"A.{topic}", _src_ts_mm2), source, steady_s, rate)
     finally:
         source.close()
     return {"unit": "events_per_s", "system": ours["events_per_s"], "baseline": mm2["events_per_s"],

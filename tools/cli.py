@@ -191,7 +191,7 @@ def replay(home: str, from_offset: int | None, as_json: bool) -> None:
     Example:
       dssync replay /var/lib/dssync/sh1
     """
-    with Appliance(home) as app:
+    with Appliance(home, rebuilding=True) as app:
         start = app.log.start_offset() if from_offset is None else from_offset
         with progress("replay", max(0, app.log.end_offset() - start)) as step:
             n = app.replay(from_offset, step)
