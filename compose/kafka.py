@@ -23,6 +23,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -159,25 +160,33 @@ def _launch(name: str, java: str, cp: str, d: str, props: str, port: int, timeou
     sys.exit(1)
 
 
-def mirrormaker(name: str, source: str, target: str, topic: str) -> None:
+def mirrormaker(name: str, source: str, target: str, topic: str, exactly_once: bool = False) -> None:
     """Start MirrorMaker 2 (dedicated mode, from the same jars) copying ``topic`` from the
-    cluster at ``source`` to the one at ``target`` (as ``A.<topic>``); stop it with ``stop``."""
+    cluster at ``source`` to the one at ``target`` (as ``A.<topic>``); stop it with ``stop``.
+
+    ``exactly_once``: MirrorMaker 2's exactly-once mode (Kafka 3.5+): transactional writes at
+    the target, and the source read with ``read_committed``; the clusters are then called S
+    and T (the copy is ``S.<topic>``), so that it can run beside a default one.
+    """
     java = _need("java")
     cp = fetch()
     d = _dir(name)
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
     props = os.path.join(d, "mm2.properties")
+    src, dst = ("S", "T") if exactly_once else ("A", "B")
     rf1 = ["replication.factor", "checkpoints.topic.replication.factor", "heartbeats.topic.replication.factor",
            "offset-syncs.topic.replication.factor", "offset.storage.replication.factor",
            "status.storage.replication.factor", "config.storage.replication.factor"]
+    eos = [f"{dst}.exactly.once.source.support = enabled", f"{src}.consumer.isolation.level = read_committed",
+           "dedicated.mode.enable.internal.rest = true", f"listeners = http://127.0.0.1:{_free_port()}"]
     with open(props, "w") as f:
         f.write("\n".join([
-            "clusters = A, B", f"A.bootstrap.servers = {source}", f"B.bootstrap.servers = {target}",
-            "A->B.enabled = true", f"A->B.topics = {topic}", "B->A.enabled = false",
+            f"clusters = {src}, {dst}", f"{src}.bootstrap.servers = {source}", f"{dst}.bootstrap.servers = {target}",
+            f"{src}->{dst}.enabled = true", f"{src}->{dst}.topics = {topic}", f"{dst}->{src}.enabled = false",
             "tasks.max = 1", "refresh.topics.interval.seconds = 1", "emit.heartbeats.enabled = false",
             "emit.checkpoints.enabled = false", "sync.group.offsets.enabled = false",
-            *(f"{k} = 1" for k in rf1), "",
+            *(f"{k} = 1" for k in rf1), *(eos if exactly_once else []), "",
         ]))
     log4j = f"-Dlog4j2.configurationFile={os.path.join(HERE, 'log4j2.properties')}"
     with open(os.path.join(d, "broker.log"), "w") as logf:
@@ -186,7 +195,14 @@ def mirrormaker(name: str, source: str, target: str, topic: str) -> None:
                                 stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
     with open(os.path.join(d, "broker.pid"), "w") as f:
         f.write(str(proc.pid))
-    print(f"mirrormaker {name} started (pid {proc.pid}): {source} -> {target}, topic {topic} as A.{topic}")
+    print(f"mirrormaker {name} started (pid {proc.pid}): {source} -> {target}, topic {topic} as {src}.{topic}"
+          + (" (exactly once)" if exactly_once else ""))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def stop(name: str) -> None:
@@ -227,13 +243,14 @@ def main() -> None:
     mm.add_argument("--source", required=True)
     mm.add_argument("--target", required=True)
     mm.add_argument("--topic", required=True)
+    mm.add_argument("--exactly-once", action="store_true", help="MirrorMaker 2's exactly-once mode")
     a = p.parse_args()
     if a.cmd == "fetch":
         print(fetch())
     elif a.cmd == "start":
         start(a.name, a.port, a.controller_port or a.port + 1, a.scram_port, a.timeout, a.keep_data)
     elif a.cmd == "mirrormaker":
-        mirrormaker(a.name, a.source, a.target, a.topic)
+        mirrormaker(a.name, a.source, a.target, a.topic, a.exactly_once)
     elif a.cmd == "stop":
         stop(a.name)
         if a.remove:

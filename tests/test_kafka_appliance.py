@@ -163,9 +163,10 @@ def test_bench_kafka_compares_the_kafka_log_with_the_embedded_log(kafka_broker: 
         c = doc[case]
         assert c["system"] > 0 and c["baseline"] > 0
         assert c["ratio"] == pytest.approx(c["system"] / c["baseline"], rel=0.05)
-    m = doc["mirror"]  # against MirrorMaker 2, on a second broker the bench started
-    assert m["dssync"]["records"] == m["mirrormaker2"]["records"] >= 3000
+    m = doc["mirror"]  # against MirrorMaker 2 (default and exactly-once), on a second broker the bench started
+    sides = ("dssync", "mirrormaker2", "mirrormaker2_exactly_once")
+    assert m["dssync"]["records"] == m["mirrormaker2"]["records"] == m["mirrormaker2_exactly_once"]["records"] >= 3000
     assert m["ratio"] == pytest.approx(m["system"] / m["baseline"], rel=0.05)
-    for side in ("dssync", "mirrormaker2"):  # latency of the same 1000 probe records on both
+    for side in sides:  # latency of 1000 probe records each
         lat = m[side]["latency_ms"]
         assert lat["samples"] == 1000 and 0 < lat["p50"] <= lat["p99"]

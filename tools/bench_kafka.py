@@ -4,11 +4,11 @@
   lz4, acks=all) and to the embedded file log (fsync always);
 * replay: the same events replayed from each log into an empty DuckDB store.
 
-* mirror: the same topic copied from one cluster to another by ``dssync mirror-topic``
-  and by MirrorMaker 2 (from the same Kafka release's jars), one after the other on the same
-  two brokers: throughput of the bulk copy (first to last arrival at the destination), then
-  end-to-end latency (source append time to arrival at a destination consumer) of records
-  appended at a steady rate while the mirror runs.
+* mirror: the same topic copied from one cluster to another by ``dssync mirror-topic`` and by
+  MirrorMaker 2 (from the same Kafka release's jars; default and exactly-once modes), on the
+  same two brokers: throughput of the bulk copy (first to last arrival at the destination),
+  then end-to-end latency (source append time to arrival at a destination consumer) of
+  records appended at a steady rate (``dssync.tools.bench_mirror``).
 
 The brokers are started from compose/kafka.py (a checkout is needed) unless ``--bootstrap``
 (and ``--bootstrap-b`` for the mirror) name running ones.
@@ -138,7 +138,7 @@ def kafka_report(events: int, bootstrap: str | None, bootstrap_b: str | None = N
 @click.option("--bootstrap-b", default=None, help="A second running broker, the mirror's destination.")
 @click.option("--no-mirror", is_flag=True, help="Leave out the mirror against MirrorMaker 2.")
 @click.option("--steady-seconds", type=click.FloatRange(1, 600), default=20.0, show_default=True,
-              help="How long both mirrors copy records appended at 500/s, side by side, for latency.")
+              help="Seconds of appends at 500 records/s per mirror for latency (in alternating rounds).")
 @click.option("--json", "as_json", is_flag=True)
 def bench_kafka(events: int, bootstrap: str | None, bootstrap_b: str | None, no_mirror: bool,
                 steady_seconds: float, as_json: bool) -> None:
@@ -160,9 +160,11 @@ def bench_kafka(events: int, bootstrap: str | None, bootstrap_b: str | None, no_
                    f"{c['baseline']:>8} events/s ({c['baseline_MB_per_s']} MB/s)  ratio {c['ratio']}")
     m = report.get("mirror")
     if m:
-        ours, mm2 = m["dssync"], m["mirrormaker2"]
+        ours, mm2, eos = m["dssync"], m["mirrormaker2"], m["mirrormaker2_exactly_once"]
         click.echo(f"mirror  dssync {m['system']:>8} events/s  MirrorMaker 2 {m['baseline']:>8} events/s  "
-                   f"ratio {m['ratio']}")
-        click.echo(f"latency (side by side, same records) dssync p50 {ours['latency_ms']['p50']} ms "
-                   f"p99 {ours['latency_ms']['p99']} ms  MirrorMaker 2 p50 {mm2['latency_ms']['p50']} ms "
-                   f"p99 {mm2['latency_ms']['p99']} ms")
+                   f"ratio {m['ratio']}  (exactly-once MirrorMaker 2 {eos['events_per_s']} events/s, "
+                   f"ratio {m['ratio_vs_exactly_once']})")
+        for who, lat in (("dssync", ours["latency_ms"]), ("MirrorMaker 2", mm2["latency_ms"]),
+                         ("MirrorMaker 2 exactly-once", eos["latency_ms"])):
+            click.echo(f"latency {who}: p50 {lat['p50']} ms, p99 {lat['p99']} ms ({lat['samples']} records); "
+                       f"p99 per round {lat['rounds_p99']}, median {lat['p99_median_of_rounds']} ms")

@@ -1,25 +1,30 @@
 """Kafka-to-Kafka mirroring measured against MirrorMaker 2, for ``dssync bench kafka``.
 
 Each mirror runs as its own process (``dssync mirror-topic``; MirrorMaker 2 in dedicated mode
-from compose/kafka.py) on the same source topic and the same two brokers, one after the
-other. A consumer at the destination notes when each record arrives:
+from compose/kafka.py, in its default at-least-once mode and in its exactly-once mode, which
+reads only committed records and writes in transactions, as dssync does) on the same source
+topic and the same two brokers. A consumer at the destination notes when each record arrives:
 
 * throughput: each mirror alone, one after the other: records of the bulk copy divided by the
   time from the first arrival to the last (the JVM's and the mirrors' start-up are left out,
   for both);
-* latency: both mirrors running side by side once both have copied the bulk, on the same
-  records appended at a steady rate: arrival time minus the source's append time (broker
-  time; same machine, same clock). Side by side, a busy moment of this shared machine weighs
-  on both alike.
+* latency: arrival time minus the source's append time (broker time; same machine, same
+  clock) of records appended at a steady rate. Each mirror copies a topic of its own, all
+  run all along, and the appends go to one topic at a time in rounds (the others idle
+  meanwhile): a busy minute of this shared machine then weighs on both alike,
+  where one run of either can be off by a factor of two. Pooled percentiles, and the p99 of
+  each round.
 """
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
@@ -77,67 +82,56 @@ def _percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] if s else 0.0
 
 
-def _latency(arrivals: Arrivals, first: int, count: int) -> dict[str, Any]:
-    lat = [a - ts for a, ts in arrivals.times[first:first + count]]
+def _latency(lat: list[float]) -> dict[str, Any]:
     return {"samples": len(lat), "p50": round(_percentile(lat, 0.5), 1), "p90": round(_percentile(lat, 0.9), 1),
             "p99": round(_percentile(lat, 0.99), 1)}
 
 
-def _bulk(what: str, start: Callable[[], Callable[[], None]], arrivals: Arrivals, bulk: int,
-          keep_running: bool) -> tuple[dict[str, Any], Callable[[], None] | None]:
-    """Run one mirror over the whole source topic; its throughput (first to last arrival)."""
-    stop = start()
+def _bulk(what: str, stop: Callable[[], None], arrivals: Arrivals, bulk: int) -> dict[str, Any]:
+    """Wait for one mirror (``stop`` stops it) to copy the whole source topic; stop it; its
+    throughput from the first arrival to the last."""
+    arrivals.start()
     try:
         arrivals.wait_for(bulk, 900, what)
-    except BaseException:
-        stop()
-        raise
-    first, last = arrivals.times[0][0], arrivals.times[bulk - 1][0]
-    figures = {"records": bulk, "seconds": round((last - first) / 1000, 3),
-               "events_per_s": round((bulk - 1) / max(1e-3, (last - first) / 1000))}
-    if keep_running:
-        return figures, stop
-    stop()
-    return figures, None
-
-
-def measure_pair(ours: Callable[[], Callable[[], None]], mm2: Callable[[], Callable[[], None]],
-                 ours_arrivals: Arrivals, mm2_arrivals: Arrivals, source: KafkaLog, steady_s: float,
-                 rate: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Throughput: each mirror alone over the whole source topic, one after the other.
-    Latency: both mirrors running side by side on the same records appended at ``rate``
-    records/s for ``steady_s`` seconds, so that whatever else the machine does at that moment
-    weighs on both alike (one run of either alone can be off by a factor of two here)."""
-    bulk = _count(source)
-    stoppers: list[Callable[[], None]] = []
-    for a in (ours_arrivals, mm2_arrivals):
-        a.start()
-    try:
-        ours_fig, _ = _bulk("dssync mirror", ours, ours_arrivals, bulk, keep_running=False)
-        mm2_fig, stop_mm2 = _bulk("MirrorMaker 2", mm2, mm2_arrivals, bulk, keep_running=True)
-        assert stop_mm2 is not None
-        stoppers.append(stop_mm2)
-        stoppers.append(ours())  # resumes where its bulk copy ended (the destination says where)
-        source.append([b"warm-up " * 40])  # both mirrors are copying before the clock starts
-        ours_arrivals.wait_for(bulk + 1, 120, "dssync mirror")
-        mm2_arrivals.wait_for(bulk + 1, 120, "MirrorMaker 2")
-        appends = max(1, int(steady_s * 50))
-        per = max(1, rate // 50)
-        t0 = time.monotonic()
-        for i in range(appends):
-            source.append([f"latency probe {i}.{j} ".encode() * 40 for j in range(per)])
-            time.sleep(max(0.0, t0 + (i + 1) / 50 - time.monotonic()))
-        ours_arrivals.wait_for(bulk + 1 + appends * per, 120, "dssync mirror")
-        mm2_arrivals.wait_for(bulk + 1 + appends * per, 120, "MirrorMaker 2")
     finally:
-        for stop in stoppers:
-            stop()
-        for a in (ours_arrivals, mm2_arrivals):
-            a.stop.set()
-            a.join(timeout=10)
-    ours_fig["latency_ms"] = _latency(ours_arrivals, bulk + 1, appends * per)
-    mm2_fig["latency_ms"] = _latency(mm2_arrivals, bulk + 1, appends * per)
-    return ours_fig, mm2_fig
+        stop()
+        arrivals.stop.set()
+        arrivals.join(timeout=10)
+    first, last = arrivals.times[0][0], arrivals.times[bulk - 1][0]
+    return {"records": bulk, "seconds": round((last - first) / 1000, 3),
+            "events_per_s": round((bulk - 1) / max(1e-3, (last - first) / 1000))}
+
+
+@dataclass
+class _Lane:
+    """One mirror in the latency rounds: the topic it copies, where its copies arrive."""
+
+    what: str
+    source: KafkaLog
+    arrivals: Arrivals
+    rounds: list[list[float]] = field(default_factory=list)
+
+
+def _rounds(lanes: list[_Lane], rounds: int, round_s: float, rate: int) -> None:
+    """Alternate the lanes, ``rounds`` times each: in a lane's round, records are appended to
+    its topic alone at ``rate`` records/s for ``round_s`` seconds, and the round ends once
+    all of them arrived, so the other mirror is idle meanwhile."""
+    appends, per = max(1, int(round_s * 50)), max(1, rate // 50)
+    for _ in range(rounds):
+        for lane in lanes:
+            n0 = len(lane.arrivals.times)
+            t0 = time.monotonic()
+            for i in range(appends):
+                lane.source.append([f"latency probe {i}.{j} ".encode() * 40 for j in range(per)])
+                time.sleep(max(0.0, t0 + (i + 1) / 50 - time.monotonic()))
+            lane.arrivals.wait_for(n0 + appends * per, 120, lane.what)
+            lane.rounds.append([a - ts for a, ts in lane.arrivals.times[n0:n0 + appends * per]])
+
+
+def _lane_figures(lane: _Lane) -> dict[str, Any]:
+    pooled = [x for r in lane.rounds for x in r]
+    p99s = [round(_percentile(r, 0.99), 1) for r in lane.rounds]
+    return {**_latency(pooled), "rounds_p99": p99s, "p99_median_of_rounds": round(statistics.median(p99s), 1)}
 
 
 def _count(log: KafkaLog) -> int:
@@ -151,38 +145,73 @@ def _count(log: KafkaLog) -> int:
 
 
 def mirror_report(bootstrap: str, bootstrap_b: str, topic: str, compose_kafka: str,
-                  steady_s: float = 20.0, rate: int = 500) -> dict[str, Any]:
-    """Our mirror and MirrorMaker 2 on ``topic`` from ``bootstrap`` to ``bootstrap_b`` (module docstring)."""
-    source = KafkaLog(KafkaSettings(bootstrap), topic, writer=True)
-    try:
-        ours_topic = f"dssync.mirror.{topic}"
+                  steady_s: float = 20.0, rate: int = 500, rounds: int = 4) -> dict[str, Any]:
+    """Our mirror and MirrorMaker 2 on ``topic`` from ``bootstrap`` to ``bootstrap_b`` (module
+    docstring); latency over ``steady_s`` seconds of appends per mirror, in ``rounds`` rounds."""
+    settings = KafkaSettings(bootstrap)
 
-        def start_ours() -> Callable[[], None]:
-            proc = subprocess.Popen([sys.executable, "-m", "dssync.tools.cli", "mirror-topic", "--from-kafka",
-                                     bootstrap, "--from-topic", topic, "--to-kafka", bootstrap_b,
-                                     "--to-topic", ours_topic], stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
+    def start_ours(src: str) -> Callable[[], None]:
+        proc = subprocess.Popen([sys.executable, "-m", "dssync.tools.cli", "mirror-topic", "--from-kafka",
+                                 bootstrap, "--from-topic", src, "--to-kafka", bootstrap_b,
+                                 "--to-topic", f"dssync.mirror.{src}"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
 
-            def stop() -> None:
-                proc.terminate()
-                proc.wait(timeout=60)
-            return stop
+        def stop() -> None:
+            proc.terminate()
+            proc.wait(timeout=60)
+        return stop
 
-        def start_mm2() -> Callable[[], None]:
-            name = f"mm2-{topic}"
+    def mm2(exactly_once: bool) -> Callable[[str], Callable[[], None]]:
+        def start(src: str) -> Callable[[], None]:
+            name = f"mm2{'-eos' if exactly_once else ''}-{src}"
             subprocess.run([sys.executable, compose_kafka, "mirrormaker", name, "--source", bootstrap,
-                            "--target", bootstrap_b, "--topic", topic], check=True, capture_output=True)
+                            "--target", bootstrap_b, "--topic", src, *(["--exactly-once"] if exactly_once else [])],
+                           check=True, capture_output=True)
 
             def stop() -> None:
                 subprocess.run([sys.executable, compose_kafka, "stop", name, "--remove"], check=False,
                                capture_output=True)
             return stop
+        return start
 
-        ours, mm2 = measure_pair(start_ours, start_mm2, Arrivals(bootstrap_b, ours_topic, _src_ts_dssync),
-                                 Arrivals(bootstrap_b, f"A.{topic}", _src_ts_mm2), source, steady_s, rate)
+    mirrors = (  # (what, starter, destination topic of a source topic, source time of a copy)
+        ("dssync mirror", start_ours, "dssync.mirror.{}", _src_ts_dssync),
+        ("MirrorMaker 2", mm2(False), "A.{}", _src_ts_mm2),
+        ("MirrorMaker 2 exactly-once", mm2(True), "S.{}", _src_ts_mm2),
+    )
+
+    with KafkaLog(settings, topic) as source:
+        bulk = _count(source)
+    figures = [_bulk(what, start(topic), Arrivals(bootstrap_b, dest.format(topic), src_ts), bulk)
+               for what, start, dest, src_ts in mirrors]
+
+    lanes: list[_Lane] = []
+    stoppers: list[Callable[[], None]] = []
+    try:
+        for k, (what, start, dest, src_ts) in enumerate(mirrors):
+            name = f"{topic}-lat{k}"
+            lane = _Lane(what, KafkaLog(settings, name, writer=True, create=True),
+                         Arrivals(bootstrap_b, dest.format(name), src_ts))
+            lanes.append(lane)
+            lane.arrivals.start()
+            stoppers.append(start(name))
+        for lane in lanes:  # every mirror is copying before the clock starts
+            lane.source.append([b"warm-up " * 40])
+            lane.arrivals.wait_for(1, 120, lane.what)
+        _rounds(lanes, rounds, steady_s / rounds, rate)
     finally:
-        source.close()
-    return {"unit": "events_per_s", "system": ours["events_per_s"], "baseline": mm2["events_per_s"],
-            "ratio": round(ours["events_per_s"] / max(1, mm2["events_per_s"]), 3),
-            "latency_p99_ms": {"system": ours["latency_ms"]["p99"], "baseline": mm2["latency_ms"]["p99"]},
-            "dssync": ours, "mirrormaker2": mm2}
+        for stop in stoppers:
+            stop()
+        for lane in lanes:
+            lane.arrivals.stop.set()
+            lane.arrivals.join(timeout=10)
+            lane.source.close()
+    for fig, lane in zip(figures, lanes, strict=True):
+        fig["latency_ms"] = _lane_figures(lane)
+    ours, mm2_default, mm2_eos = figures
+    return {"unit": "events_per_s", "system": ours["events_per_s"], "baseline": mm2_default["events_per_s"],
+            "ratio": round(ours["events_per_s"] / max(1, mm2_default["events_per_s"]), 3),
+            "ratio_vs_exactly_once": round(ours["events_per_s"] / max(1, mm2_eos["events_per_s"]), 3),
+            "latency_p99_ms": {"system": ours["latency_ms"]["p99"], "baseline": mm2_default["latency_ms"]["p99"],
+                               "baseline_exactly_once": mm2_eos["latency_ms"]["p99"]},
+            "dssync": ours, "mirrormaker2": mm2_default, "mirrormaker2_exactly_once": mm2_eos}
