@@ -113,19 +113,22 @@ class _Lane:
 
 
 def _rounds(lanes: list[_Lane], rounds: int, round_s: float, rate: int) -> None:
-    """Alternate the lanes, ``rounds`` times each: in a lane's round, records are appended to
-    its topic alone at ``rate`` records/s for ``round_s`` seconds, and the round ends once
-    all of them arrived, so the other mirror is idle meanwhile."""
+    """Take turns among the lanes, ``rounds`` times each: in a lane's turn, records are appended
+    to its topic alone at ``rate`` records/s for ``round_s`` seconds, and the turn ends once all
+    of them arrived, so the other mirrors idle meanwhile. Round ``r`` starts with lane ``r``
+    (no lane always goes first), after one turn each that is not counted (warm-up)."""
     appends, per = max(1, int(round_s * 50)), max(1, rate // 50)
-    for _ in range(rounds):
-        for lane in lanes:
+    for r in range(-1, rounds):
+        order = lanes[r % len(lanes):] + lanes[:r % len(lanes)] if r >= 0 else lanes
+        for lane in order:
             n0 = len(lane.arrivals.times)
             t0 = time.monotonic()
             for i in range(appends):
                 lane.source.append([f"latency probe {i}.{j} ".encode() * 40 for j in range(per)])
                 time.sleep(max(0.0, t0 + (i + 1) / 50 - time.monotonic()))
             lane.arrivals.wait_for(n0 + appends * per, 120, lane.what)
-            lane.rounds.append([a - ts for a, ts in lane.arrivals.times[n0:n0 + appends * per]])
+            if r >= 0:
+                lane.rounds.append([a - ts for a, ts in lane.arrivals.times[n0:n0 + appends * per]])
 
 
 def _lane_figures(lane: _Lane) -> dict[str, Any]:
