@@ -93,8 +93,9 @@ class Appliance:
         self.config = cfgmod.load(home)
         _finish_interrupted_replay(home)
         self.log = open_log(home, self.config, writer=True)
+        store: Store | None = None
         try:
-            self.store = open_store(store_dir(home), self.config, create=True)
+            self.store = store = open_store(store_dir(home), self.config, create=True)
             self.source = source_name(self.config.name)
             self.consumer = Consumer(self.log, self.store, self.source)
             if not self.store.offsets():
@@ -111,6 +112,8 @@ class Appliance:
             self.caught_up = self.consumer.catch_up()
             self.pin_retention()
         except BaseException:
+            if store is not None:  # a DuckDB connection left open would outlive this error in the process
+                store.close()
             self.log.close()
             raise
 
