@@ -52,6 +52,20 @@ def kafka_settings(cfg: cfgmod.Config) -> Any:
     )
 
 
+def peer_kafka_settings(cfg: cfgmod.Config) -> Any:
+    """kafka-sites: how to reach the peer site's cluster: its own security settings when
+    ``[sync] peer_kafka_security`` is set, else this site's. Raises ``UsageError`` for a SASL
+    spec without a password (DSSYNC_PEER_KAFKA_PASSWORD)."""
+    from dssync.log.kafka import settings_from_spec
+
+    own = kafka_settings(cfg)
+    s = cfg.sync
+    if not s.peer_kafka_security:
+        return own.__class__(**{**own.__dict__, "bootstrap_servers": s.peer_kafka})
+    return settings_from_spec(s.peer_kafka, s.peer_kafka_security, s.peer_kafka_cafile, s.peer_kafka_password,
+                              "DSSYNC_PEER_KAFKA_PASSWORD", timeout_ms=own.timeout_ms)
+
+
 def open_log(home: str, cfg: cfgmod.Config, writer: bool, create: bool = False) -> Any:
     """The appliance's own log: segment files in the home, or a Kafka topic."""
     lc = cfg.log

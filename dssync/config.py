@@ -73,6 +73,11 @@ class SyncConfig:
     paired_store_id: str = ""
     own_log_from: int = 0
     peer_kafka: str = ""
+    peer_kafka_security: str = ""
+    """kafka-sites: the peer cluster's security as PROTOCOL[:MECHANISM:USER] (e.g. SASL_SSL:SCRAM-SHA-512:dssync);
+    empty: the same settings as this site's cluster. The password comes from DSSYNC_PEER_KAFKA_PASSWORD."""
+    peer_kafka_cafile: str = ""
+    peer_kafka_password: str = ""
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""
@@ -121,6 +126,9 @@ class Config:
     traffic: TrafficConfig = field(default_factory=TrafficConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    from_env: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    """Settings ``load`` took from the environment, with the file's values: ``save`` writes
+    the file's (a password exported for one command never lands in dssync.toml)."""
 
     def validate(self) -> None:
         if not _NAME.match(self.name) or self.name.startswith("mirror."):
@@ -163,6 +171,10 @@ class Config:
             if not host or not port.isdigit():
                 raise UsageError("transport kafka-sites needs the peer site's cluster as [sync] peer_kafka",
                                  hint="pass --peer-kafka HOST:PORT to 'dssync sync configure'")
+        spec = s.peer_kafka_security.split(":") if s.peer_kafka_security else []
+        if spec and (len(spec) not in (1, 3) or not all(spec)):
+            raise UsageError(f"[sync] peer_kafka_security {s.peer_kafka_security!r} is not PROTOCOL or "
+                             "PROTOCOL:MECHANISM:USER", hint="e.g. SSL, or SASL_SSL:SCRAM-SHA-512:dssync")
         if s.role:
             for name in ("peer", "listen"):
                 addr = getattr(s, name)
@@ -186,8 +198,20 @@ def _toml_value(v: Any) -> str:
     return f'"{s}"'
 
 
+ENV_OVERRIDES = (
+    ("DSSYNC_FSYNC", "log", "fsync"),
+    ("DSSYNC_KAFKA_PASSWORD", "kafka", "sasl_password"),
+    ("DSSYNC_PEER_KAFKA_PASSWORD", "sync", "peer_kafka_password"),
+)
+"""(variable, table, key): settings the environment overrides for one process, never saved."""
+
+
 def dumps(cfg: Config) -> str:
     doc = asdict(cfg)
+    doc.pop("from_env")
+    for name, value in cfg.from_env.items():
+        table, key = name.split(".")
+        doc[table][key] = value
     lines = ["# dssync appliance configuration (see 'dssync init --help')"]
     tables = {k: v for k, v in doc.items() if isinstance(v, dict)}
     for k, v in doc.items():
@@ -225,10 +249,11 @@ def load(home: str) -> Config:
         raise UsageError(
             f"{path} is missing or has an unknown key: {exc}", hint="compare with 'dssync init' output"
         ) from None
-    if "DSSYNC_FSYNC" in os.environ:
-        cfg.log.fsync = os.environ["DSSYNC_FSYNC"]
-    if "DSSYNC_KAFKA_PASSWORD" in os.environ:
-        cfg.kafka.sasl_password = os.environ["DSSYNC_KAFKA_PASSWORD"]
+    for env, table, key in ENV_OVERRIDES:
+        if env in os.environ:
+            section = getattr(cfg, table)
+            cfg.from_env[f"{table}.{key}"] = getattr(section, key)
+            setattr(section, key, os.environ[env])
     if "DSSYNC_SYNC_SECRET" in os.environ:
         cfg.sync.secret = os.environ["DSSYNC_SYNC_SECRET"]
     cfg.validate()

@@ -74,6 +74,26 @@ class KafkaSettings:
         return opts
 
 
+def settings_from_spec(bootstrap: str, security: str, cafile: str = "", password: str = "",
+                       password_env: str = "", timeout_ms: int = 10_000) -> KafkaSettings:
+    """KafkaSettings from a security spec ``PROTOCOL[:MECHANISM:USER]`` (``""``: plaintext),
+    e.g. ``SSL`` or ``SASL_SSL:SCRAM-SHA-512:dssync``; the password is given apart (operators
+    pass it in ``password_env``, never on a command line). Raises ``UsageError``."""
+    if not security:
+        return KafkaSettings(bootstrap, ssl_cafile=cafile or None, timeout_ms=timeout_ms)
+    parts = security.split(":")
+    if len(parts) not in (1, 3) or not all(parts):
+        raise UsageError(f"security {security!r} is not PROTOCOL or PROTOCOL:MECHANISM:USER",
+                         hint="e.g. SSL, or SASL_SSL:SCRAM-SHA-512:dssync")
+    mechanism, user = (parts[1], parts[2]) if len(parts) == 3 else (None, None)
+    if mechanism and not password:
+        raise UsageError(f"SASL needs a password{f' in {password_env}' if password_env else ''}",
+                         hint=f"export {password_env}=..." if password_env else "pass the password")
+    return KafkaSettings(bootstrap, security_protocol=parts[0], sasl_mechanism=mechanism, sasl_plain_username=user,
+                         sasl_plain_password=password if mechanism else None, ssl_cafile=cafile or None,
+                         timeout_ms=timeout_ms)
+
+
 def _unavailable(settings: KafkaSettings, exc: Exception) -> BackendUnavailableError:
     auth = settings.sasl_mechanism or settings.security_protocol != "PLAINTEXT"
     return BackendUnavailableError(

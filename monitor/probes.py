@@ -12,7 +12,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from dssync.appliance import kafka_settings, open_log
+from dssync.appliance import open_log, peer_kafka_settings
 from dssync.errors import DssyncError
 from dssync.log.filelog import FileLog
 from dssync.monitor.evaluate import Sample
@@ -72,8 +72,7 @@ class ServiceProbes:
         if key not in self._logs:
             from dssync.log.kafka import KafkaLog
 
-            own = kafka_settings(self.svc.config)
-            settings = own.__class__(**{**own.__dict__, "bootstrap_servers": self.svc.config.sync.peer_kafka})
+            settings = peer_kafka_settings(self.svc.config)
             self._logs[key] = KafkaLog(settings, self.svc.config.kafka.topic_prefix + peer)
         return self._logs[key]
 

@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from dssync import config as cfgmod
-from dssync.appliance import kafka_settings
+from dssync.appliance import kafka_settings, peer_kafka_settings
 from dssync.log.kafka import KafkaLog
 from dssync.service import mirror_root
 from dssync.sync import protocol
@@ -112,7 +112,7 @@ class SiteMirror:
             self.peer = peer.name
             self._load_counters()
         own = kafka_settings(self.cfg)
-        peer_settings = own.__class__(**{**own.__dict__, "bootstrap_servers": self.cfg.sync.peer_kafka})
+        peer_settings = peer_kafka_settings(self.cfg)
         prefix = self.cfg.kafka.topic_prefix
         source = KafkaLog(peer_settings, prefix + peer.name)
         try:

@@ -84,3 +84,23 @@ def test_mirror_topic_reads_a_scram_source_with_the_password_from_the_environmen
     with MirroredTopic(KafkaSettings(kafka_broker_b.bootstrap), dest) as mirrored:
         assert [r.value for r in mirrored.read(0, 1000)] == [b"secured %d.%d" % (i, j) for i in range(5)
                                                              for j in range(20)]
+
+
+def test_a_peer_site_cluster_is_reached_with_its_own_scram_settings(
+        kafka_broker: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, leaky_client: None) -> None:
+    from dssync import config as cfgmod
+    from dssync.appliance import peer_kafka_settings
+
+    home = str(tmp_path)
+    cfg = cfgmod.Config(name="sh1", model="SH", software_version="1", store_id="s")
+    cfg.kafka.bootstrap_servers = kafka_broker.bootstrap  # this site: plaintext
+    cfg.sync.peer_kafka = f"127.0.0.1:{kafka_broker.scram_port}"  # the peer site: SCRAM
+    cfg.sync.peer_kafka_security = "SASL_PLAINTEXT:SCRAM-SHA-256:dssync"
+    cfgmod.save(home, cfg)
+    topic = f"peer-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("DSSYNC_PEER_KAFKA_PASSWORD", "dssync-secret")
+    with KafkaLog(peer_kafka_settings(cfgmod.load(home)), topic, writer=True, create=True) as log:
+        assert log.read(log.append([b"from the peer site"]), 1)[0].value == b"from the peer site"
+    monkeypatch.setenv("DSSYNC_PEER_KAFKA_PASSWORD", "wrong")
+    with pytest.raises(BackendUnavailableError):
+        KafkaLog(peer_kafka_settings(cfgmod.load(home)), topic)

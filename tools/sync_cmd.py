@@ -166,20 +166,9 @@ def mirror_topic_cmd(from_kafka: str | None, from_topic: str | None, from_log: s
 
 def _settings(bootstrap: str, security: str, cafile: str, password_env: str) -> Any:
     """KafkaSettings from 'PROTOCOL[:MECHANISM:USER]' (the password only ever from the environment)."""
-    from dssync.log.kafka import KafkaSettings
+    from dssync.log.kafka import settings_from_spec
 
-    if not security:
-        return KafkaSettings(bootstrap, ssl_cafile=cafile or None)
-    parts = security.split(":")
-    if len(parts) not in (1, 3):
-        raise UsageError(f"security {security!r} is not PROTOCOL or PROTOCOL:MECHANISM:USER",
-                         hint="e.g. SSL, or SASL_SSL:SCRAM-SHA-512:dssync")
-    mechanism, user = (parts[1], parts[2]) if len(parts) == 3 else (None, None)
-    password = os.environ.get(password_env)
-    if mechanism and not password:
-        raise UsageError(f"SASL needs a password in {password_env}", hint=f"export {password_env}=...")
-    return KafkaSettings(bootstrap, security_protocol=parts[0], sasl_mechanism=mechanism, sasl_plain_username=user,
-                         sasl_plain_password=password if mechanism else None, ssl_cafile=cafile or None)
+    return settings_from_spec(bootstrap, security, cafile, os.environ.get(password_env, ""), password_env)
 
 
 @click.group("sync")
@@ -197,8 +186,11 @@ def sync_group() -> None:
               help="http: 'dssync mirror' copies the peer's file log; kafka-shared: both logs live on one "
                    "Kafka cluster and each appliance reads its peer's topic (no mirror process); kafka-sites: "
                    "one cluster per site, 'dssync mirror' copies the peer's topic into this site's cluster.")
-@click.option("--peer-kafka", default="", metavar="HOST:PORT[,...]",
-              help="kafka-sites: the peer site's cluster (same security settings as this one's).")
+@click.option("--peer-kafka", default="", metavar="HOST:PORT[,...]", help="kafka-sites: the peer site's cluster.")
+@click.option("--peer-kafka-security", default="", metavar="PROTOCOL[:MECHANISM:USER]",
+              help="kafka-sites: the peer cluster's security, e.g. SASL_SSL:SCRAM-SHA-512:dssync (password from "
+                   "DSSYNC_PEER_KAFKA_PASSWORD when the mirror runs); default: this site's settings.")
+@click.option("--peer-kafka-cafile", default="", help="kafka-sites: CA file for the peer cluster's TLS.")
 @click.option("--secret", envvar="DSSYNC_SYNC_SECRET", required=True,
               help="Shared secret of the pair (or DSSYNC_SYNC_SECRET).")
 @click.option("--traffic-address", default=None, help="The in-path address (never used for sync).")
@@ -206,7 +198,8 @@ def sync_group() -> None:
 @click.option("--tls-key", default="", help="PEM key of --tls-cert.")
 @click.option("--tls-ca", default="", help="CA that signed the peer's certificate (enables client certs).")
 def configure(home: str, role: str, peer: str, listen: str, interface: str, transport: str, peer_kafka: str,
-              secret: str, traffic_address: str | None, tls_cert: str, tls_key: str, tls_ca: str) -> None:
+              peer_kafka_security: str, peer_kafka_cafile: str, secret: str, traffic_address: str | None,
+              tls_cert: str, tls_key: str, tls_ca: str) -> None:
     """Configure pairing. The master restarts its service by itself; the backup must be
     restarted by its operator, and its store is then overwritten by the master's.
 
@@ -219,6 +212,7 @@ def configure(home: str, role: str, peer: str, listen: str, interface: str, tran
     cfg = cfgmod.load(home)
     cfg.sync = cfgmod.SyncConfig(role=role, peer=peer, listen=listen, interface=interface, secret=secret,
                                  transport=transport, peer_kafka=peer_kafka,
+                                 peer_kafka_security=peer_kafka_security, peer_kafka_cafile=peer_kafka_cafile,
                                  state="restart-required", tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
     if traffic_address is not None:
         cfg.traffic.address = traffic_address

@@ -1,0 +1,62 @@
+"""dssync.toml: what the environment overrides for one process is never written back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dssync import config as cfgmod
+from dssync.appliance import peer_kafka_settings
+from dssync.errors import UsageError
+
+
+def _home(tmp_path: Path) -> str:
+    home = str(tmp_path / "h")
+    Path(home).mkdir()
+    cfg = cfgmod.Config(name="sh1", model="SH", software_version="1", store_id="s")
+    cfg.kafka.bootstrap_servers = "10.0.0.1:9092"
+    cfg.sync.peer_kafka = "10.9.0.1:9093"
+    cfgmod.save(home, cfg)
+    return home
+
+
+def test_passwords_and_overrides_from_the_environment_are_used_but_never_saved(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = _home(tmp_path)
+    monkeypatch.setenv("DSSYNC_KAFKA_PASSWORD", "kafka-pw-123")
+    monkeypatch.setenv("DSSYNC_PEER_KAFKA_PASSWORD", "peer-pw-456")
+    monkeypatch.setenv("DSSYNC_FSYNC", "never")
+    cfg = cfgmod.load(home)
+    assert (cfg.kafka.sasl_password, cfg.sync.peer_kafka_password, cfg.log.fsync) == (
+        "kafka-pw-123", "peer-pw-456", "never")
+    cfg.sync.peer = "10.0.0.2:7070"  # any change an operator saves, e.g. 'dssync sync configure'
+    cfgmod.save(home, cfg)
+    text = (Path(home) / cfgmod.FILENAME).read_text()
+    assert "kafka-pw-123" not in text and "peer-pw-456" not in text and 'fsync = "always"' in text
+    assert "10.0.0.2:7070" in text
+
+
+def test_the_peer_site_uses_this_sites_settings_unless_it_has_its_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = _home(tmp_path)
+    cfg = cfgmod.load(home)
+    same = peer_kafka_settings(cfg)
+    assert same.bootstrap_servers == "10.9.0.1:9093" and same.security_protocol == "PLAINTEXT"
+    cfg.sync.peer_kafka_security = "SASL_SSL:SCRAM-SHA-512:dssync"
+    with pytest.raises(UsageError) as info:  # no password: a clear error before any connection
+        peer_kafka_settings(cfg)
+    assert "DSSYNC_PEER_KAFKA_PASSWORD" in info.value.message
+    cfgmod.save(home, cfg)
+    monkeypatch.setenv("DSSYNC_PEER_KAFKA_PASSWORD", "peer-pw")
+    own = peer_kafka_settings(cfgmod.load(home))
+    assert (own.security_protocol, own.sasl_mechanism, own.sasl_plain_username, own.sasl_plain_password) == (
+        "SASL_SSL", "SCRAM-SHA-512", "dssync", "peer-pw")
+
+
+def test_a_malformed_peer_security_spec_is_refused_when_saved(tmp_path: Path) -> None:
+    home = _home(tmp_path)
+    cfg = cfgmod.load(home)
+    cfg.sync.peer_kafka_security = "SASL_SSL:SCRAM-SHA-512"
+    with pytest.raises(UsageError, match="PROTOCOL:MECHANISM:USER"):
+        cfgmod.save(home, cfg)
