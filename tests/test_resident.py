@@ -7,6 +7,9 @@ import os
 import random
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from dssync.appliance import Appliance, log_dir, store_dir
 from dssync.consumers.store import Store
 from dssync.producers.hierarchy import segment_ref
@@ -120,3 +123,42 @@ def test_a_snapshot_of_the_store_carries_the_segments_read_from_the_log(tmp_path
     segments = [e for e in events if e["type"] == "SegmentStored"]
     assert len(segments) == stats["live_segments"] and sum(len(e["data"]) for e in segments) == 2_000_000
     assert all(segment_ref(e["data"]) == e["ref"] for e in segments)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.booleans(), st.integers(1, 6000)), min_size=1, max_size=30),
+                min_size=1, max_size=12),
+       st.integers(0, 10_000))
+def test_every_placed_value_lies_in_the_log_file_where_the_columns_say(
+        groups: list[list[tuple[bool, int]]], seed: int) -> None:
+    import tempfile
+
+    from dssync.log import segment as seg
+    from dssync.log.columns import RecordColumns
+    from dssync.log.filelog import FileLog
+
+    rng = random.Random(seed)
+    values = [[rng.randbytes(n) if noise else b"x" * n for noise, n in g] for g in groups]
+    with tempfile.TemporaryDirectory() as d, FileLog(d, writer=True, create=True, segment_bytes=64 << 10) as log:
+        prepared = []
+        for k in range(0, len(values), 3):  # windows of up to three batches
+            p = log.prepare(values[k:k + 3])
+            log.write_prepared(p)
+            prepared.append(p.columns)
+        reads = [log.read_columns(o, 10_000) for o in (0, rng.randrange(log.end_offset()), log.end_offset() - 1)]
+
+        def check(cols: RecordColumns) -> int:
+            assert cols.placement is not None
+            placed = 0
+            for i in range(len(cols)):
+                at = int(cols.placement.pos[i])
+                if at >= 0:
+                    with open(seg.segment_path(d, int(cols.placement.segment[i])), "rb") as f:
+                        f.seek(at)
+                        assert f.read(int(cols.lengths[i])) == cols.value(i)
+                    placed += 1
+            return placed
+
+        assert sum(map(check, prepared)) == sum(map(check, reads[:1]))  # prepare and read place alike
+        for cols in reads[1:]:
+            check(cols)
