@@ -65,7 +65,7 @@ class TopicReader:
             self.consumer = KafkaConsumer(
                 **settings.client_options(), enable_auto_commit=False, isolation_level=isolation,
                 group_id=None, auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20,
-                fetch_max_bytes=32 << 20, fetch_max_wait_ms=20,  # see KafkaLog: commits do not wake fetches
+                fetch_max_bytes=32 << 20, fetch_max_wait_ms=20,  # as KafkaLog's
             )
         except KafkaTimeoutError:
             raise BackendUnavailableError(f"cannot reach Kafka at {settings.bootstrap_servers}",
