@@ -24,7 +24,7 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.admin import NewTopic
@@ -39,6 +39,9 @@ from kafka.errors import (
 from dssync.errors import BackendUnavailableError, LockedError, OffsetOutOfRangeError, UsageError
 from dssync.log.base import LogRecord
 from dssync.log.columns import RecordColumns, read_in_steps
+
+if TYPE_CHECKING:
+    from dssync.log.kafka_early import EarlyReader
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +166,25 @@ def close_producer(producer: KafkaProducer, timeout_s: float = 5.0) -> None:
         if sender is not None:
             sender.force_close()
         producer._closed = True
+
+
+def end_transaction(producer: KafkaProducer, commit: bool, timeout_s: float) -> None:
+    """Commit (or abort) the producer's open transaction, waiting ``timeout_s`` at most.
+
+    kafka-python's ``commit_transaction`` and ``abort_transaction`` wait without bound for a
+    broker that is down; a caller that must notice an outage (and back off, and say so) uses
+    this instead. Raises ``KafkaTimeoutError`` when the time is up: the transaction is then
+    left open, and the next session's fencing (``init_transactions``) aborts it.
+    """
+    manager = getattr(producer, "_transaction_manager", None)
+    sender = getattr(producer, "_sender", None)
+    if manager is None or sender is None:  # another kafka-python: unbounded, but correct
+        producer.commit_transaction() if commit else producer.abort_transaction()
+        return
+    result = manager.begin_commit() if commit else manager.begin_abort()
+    sender.wakeup()
+    if not result.wait(timeout_ms=timeout_s * 1000):
+        raise KafkaTimeoutError(f"the transaction did not {'commit' if commit else 'abort'} in {timeout_s:.0f} s")
 
 
 class KafkaLog:
@@ -348,6 +370,13 @@ class KafkaLog:
             raise _unavailable(self.settings, exc) from None
         except KafkaError as exc:
             raise BackendUnavailableError(f"reading {self.topic} failed: {type(exc).__name__}") from None
+
+    def early_reader(self) -> EarlyReader | None:
+        """A reader of this topic that sees records before their transaction ends, with the
+        markers that decide them (``dssync.log.kafka_early``); None if unavailable."""
+        from dssync.log.kafka_early import EarlyReader
+
+        return EarlyReader.open(self.settings, self.topic)
 
     def offset_for_time(self, timestamp_ms: int) -> int:
         c = self._consumer
