@@ -24,7 +24,7 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.admin import NewTopic
@@ -39,9 +39,6 @@ from kafka.errors import (
 from dssync.errors import BackendUnavailableError, LockedError, OffsetOutOfRangeError, UsageError
 from dssync.log.base import LogRecord
 from dssync.log.columns import RecordColumns, read_in_steps
-
-if TYPE_CHECKING:
-    from dssync.log.kafka_early import EarlyReader
 
 log = logging.getLogger(__name__)
 
@@ -370,13 +367,6 @@ class KafkaLog:
             raise _unavailable(self.settings, exc) from None
         except KafkaError as exc:
             raise BackendUnavailableError(f"reading {self.topic} failed: {type(exc).__name__}") from None
-
-    def early_reader(self) -> EarlyReader | None:
-        """A reader of this topic that sees records before their transaction ends, with the
-        markers that decide them (``dssync.log.kafka_early``); None if unavailable."""
-        from dssync.log.kafka_early import EarlyReader
-
-        return EarlyReader.open(self.settings, self.topic)
 
     def offset_for_time(self, timestamp_ms: int) -> int:
         c = self._consumer

@@ -11,16 +11,6 @@ Exactly once, by the same principle as the file mirror: the destination says whe
   committed record of the destination: its source offset + 1 is the resume point. A crash
   at any instant therefore leaves either a whole transaction or none, and the next session
   continues right after the last whole one: no gap, no duplicate.
-* Early copy: when the source is a Kafka topic, records are read as soon as they are appended,
-  with the transaction markers between them (``dssync.log.kafka_early``), and sent into the
-  destination transaction while the source's own commit is still under way; the destination
-  transaction is committed when the source's commit marker arrives, and aborted when an abort
-  marker says the source's records never counted. So the wait for the source's commit and
-  the copy's produce round trips overlap instead of adding up. Records whose outcome is not
-  yet known stay in memory; after ``EARLY_MAX_S`` without an outcome the destination
-  transaction holding them is aborted (they are sent again once decided), so it never
-  outlives the destination's transaction timeout. A topic whose outcomes the reader cannot
-  decide (not written by one transactional writer) is copied from committed reads instead.
 * Any failure of either cluster ends the session; the next one starts from the destination
   again, after an exponential backoff (tenacity) with one log line per state change.
 
@@ -51,9 +41,8 @@ from kafka.errors import InvalidProducerEpochError, KafkaError, KafkaTimeoutErro
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
 from dssync.errors import BackendUnavailableError, LockedError, OffsetOutOfRangeError, UsageError
-from dssync.log.base import Log, LogRecord
+from dssync.log.base import Log
 from dssync.log.kafka import KafkaSettings, close_producer, create_topic, end_transaction, probe
-from dssync.log.kafka_early import EarlyReader, EarlyReadUnsupported, Marker
 from dssync.log.mirrored import (
     H_ORIGIN,
     H_SRC_OFFSET,
@@ -67,9 +56,6 @@ from dssync.log.mirrored import (
 log = logging.getLogger("dssync.mirror")
 MIRROR_INFIX = "mirror."
 THROUGH_AFTER_S = 0.2
-EARLY_MAX_S = 10.0
-"""How long records copied early may wait for their source transaction's outcome in an open
-destination transaction (well under Kafka's default transaction timeout of 60 s)."""
 
 
 def mirror_topic(prefix: str, name: str) -> str:
@@ -101,14 +87,6 @@ class TopicCopier:
         self._quiet_since: float | None = None
         self._read_from = 0  # where to read next: the resume point, or past markers not yet recorded
         self._headers = [(H_ORIGIN, origin.encode()), (H_SRC_TOPIC, source_name.encode())]
-        # early copy (module docstring): None until a session opens one; False once refused
-        self._early: EarlyReader | bool | None = None
-        self._early_at = 0  # where the early reader continues
-        self._undecided: list[LogRecord] = []  # read past self.next, outcome not yet known
-        self._in_txn = 0  # how many of them the open destination transaction already holds
-        self._txn_open = False
-        self._undecided_since = 0.0
-        self._dest_next = 0  # what the destination's last record says: its source offset + 1
 
     # ------------------------------------------------------------------ session
 
@@ -137,12 +115,7 @@ class TopicCopier:
             self.next = source_position(last)[0] + 1
         else:
             self.next = self.start if self.start is not None else self.source.start_offset()
-        self._read_from = self._dest_next = self._early_at = self.next
-        if self._early is not False:
-            make = getattr(self.source, "early_reader", None)
-            self._early = make() if make is not None else None
-            if self._early is None:
-                self._early = False
+        self._read_from = self.next
         return self.next
 
     def step(self) -> int:
@@ -150,20 +123,22 @@ class TopicCopier:
         if self._producer is None or self.next is None:
             self.open()
         assert self._producer is not None and self.next is not None
-        if isinstance(self._early, EarlyReader):
-            try:
-                return self._step_early(self._early)
-            except EarlyReadUnsupported as exc:
-                log.info("copying %s from committed reads only: %s", self.source_name, exc)
-                self._drop_early()
-                self._early = False
         try:
             follow = getattr(self.source, "follow", None)
             at = max(self.next, self._read_from)
             records = (follow(at, self.max_records, self.wait_ms) if follow is not None
                        else self.source.read(at, self.max_records))
         except OffsetOutOfRangeError:
-            return self._gap()
+            start = self.source.start_offset()
+            self._read_from = start
+            gap = {"from": self.next, "source_start": start, "offsets": start - self.next,
+                   "at_ms": int(time.time() * 1000)}
+            self.stats["gaps"].append(gap)
+            self.stats["not_copied_offsets"] += gap["offsets"]
+            log.warning("mirror gap: source offsets %d..%d were removed by retention before being copied",
+                        self.next, start - 1)
+            self.next = start
+            return 0
         through = max(getattr(self.source, "read_through", None) or 0, self._read_from)
         if not records:
             # Only transaction markers past the resume point: worth a record at the destination
@@ -189,7 +164,7 @@ class TopicCopier:
                     *self._headers, (H_SRC_OFFSET, (through - 1).to_bytes(8, "big")),
                     (H_SRC_TS, int(time.time() * 1000).to_bytes(8, "big")), (H_THROUGH, b"1")])
             p.flush(timeout=self.dest.timeout_ms / 1000)
-            end_transaction(p, True, self.dest.timeout_ms / 1000)
+            end_transaction(p, True, self.dest.timeout_ms / 1000)  # commit_transaction alone waits forever
         except (ProducerFencedError, InvalidProducerEpochError):
             self.close()
             raise LockedError(f"another mirror took over {self.dest_topic}",
@@ -198,143 +173,17 @@ class TopicCopier:
             self.close()  # the open transaction is aborted by the next session's fencing
             raise BackendUnavailableError(f"writing to {self.dest_topic} failed: {type(exc).__name__}") from None
         if not records:
-            self.next = self._dest_next = through
+            self.next = through
             return 0
-        self.next = self._dest_next = records[-1].offset + 1
+        self.next = records[-1].offset + 1
         self.stats["copied_records"] += len(records)
         self.stats["copied_bytes"] += sum(len(r.value) for r in records)
         self.stats["transactions"] += 1
         return len(records)
 
-    # ------------------------------------------------------------------ early copy
-
-    def _step_early(self, reader: EarlyReader) -> int:
-        """One early read (module docstring): send what is decided committed and commit, send
-        what is undecided into an open transaction; return records committed."""
-        assert self._producer is not None and self.next is not None
-        try:
-            events = reader.read(self._early_at, self.max_records, self.wait_ms)
-        except OffsetOutOfRangeError:
-            self._drop_early()
-            return self._gap()
-        self._early_at = reader.position
-        p = self._producer
-        committed: list[LogRecord] = []  # decided committed, not yet sent
-        sent_committed: list[LogRecord] = []  # decided committed, already in the open transaction
-        decided: int | None = None
-        try:
-            for e in events:
-                if not isinstance(e, Marker):
-                    if not self._undecided:
-                        self._undecided_since = time.monotonic()
-                    self._undecided.append(e)
-                    continue
-                if e.committed:
-                    sent_committed.extend(self._undecided[:self._in_txn])
-                    committed.extend(self._undecided[self._in_txn:])
-                elif self._in_txn:  # only the first marker can concern records already sent
-                    assert not committed and not sent_committed
-                    self._abort_txn()
-                self._undecided, self._in_txn, decided = [], 0, e.offset + 1
-            done = sent_committed + committed
-            if done:
-                self._send(committed)
-                p.flush(timeout=self.dest.timeout_ms / 1000)
-                end_transaction(p, True, self.dest.timeout_ms / 1000)
-                self._txn_open = False
-                self.stats["copied_records"] += len(done)
-                self.stats["copied_bytes"] += sum(len(r.value) for r in done)
-                self.stats["transactions"] += 1
-                self._dest_next = done[-1].offset + 1
-            if decided is not None:
-                self.next = decided
-            if self._undecided:
-                if time.monotonic() - self._undecided_since > EARLY_MAX_S:
-                    self._abort_txn()  # sent again once decided
-                    self._in_txn = 0
-                elif self._in_txn < len(self._undecided):
-                    self._send(self._undecided[self._in_txn:])
-                    self._in_txn = len(self._undecided)
-            elif not events and self.next > self._dest_next:
-                self._maybe_through()
-        except (ProducerFencedError, InvalidProducerEpochError):
-            self.close()
-            raise LockedError(f"another mirror took over {self.dest_topic}",
-                              hint="run one mirror per destination topic") from None
-        except (KafkaTimeoutError, KafkaError) as exc:
-            self.close()  # the open transaction is aborted by the next session's fencing
-            raise BackendUnavailableError(f"writing to {self.dest_topic} failed: {type(exc).__name__}") from None
-        if events:
-            self._quiet_since = None
-        return len(done)
-
-    def _gap(self) -> int:
-        """The source's retention removed offsets from the resume point on: count them, go on
-        from the source's start (module docstring)."""
-        assert self.next is not None
-        start = self.source.start_offset()
-        self._read_from = self._early_at = start
-        gap = {"from": self.next, "source_start": start, "offsets": start - self.next,
-               "at_ms": int(time.time() * 1000)}
-        self.stats["gaps"].append(gap)
-        self.stats["not_copied_offsets"] += gap["offsets"]
-        log.warning("mirror gap: source offsets %d..%d were removed by retention before being copied",
-                    self.next, start - 1)
-        self.next = start
-        return 0
-
-    def _send(self, records: list[LogRecord]) -> None:
-        """Send ``records`` into the open destination transaction (opening one if needed)."""
-        if not records:
-            return
-        p = self._producer
-        assert p is not None
-        if not self._txn_open:
-            p.begin_transaction()
-            self._txn_open = True
-        for r in records:
-            p.send(self.dest_topic, r.value, partition=0, headers=[
-                *self._headers, (H_SRC_OFFSET, r.offset.to_bytes(8, "big")),
-                (H_SRC_TS, r.timestamp_ms.to_bytes(8, "big"))])
-
-    def _abort_txn(self) -> None:
-        assert self._producer is not None
-        if self._txn_open:
-            end_transaction(self._producer, False, self.dest.timeout_ms / 1000)
-            self._txn_open = False
-
-    def _maybe_through(self) -> None:
-        """The source went on over markers only: once it stayed quiet a moment, record how far
-        (a busy source moves it on anyway)."""
-        now = time.monotonic()
-        if self._quiet_since is None or now - self._quiet_since < THROUGH_AFTER_S:
-            self._quiet_since = self._quiet_since or now
-            return
-        assert self._producer is not None and self.next is not None
-        p = self._producer
-        p.begin_transaction()
-        p.send(self.dest_topic, b"", partition=0, headers=[
-            *self._headers, (H_SRC_OFFSET, (self.next - 1).to_bytes(8, "big")),
-            (H_SRC_TS, int(time.time() * 1000).to_bytes(8, "big")), (H_THROUGH, b"1")])
-        p.flush(timeout=self.dest.timeout_ms / 1000)
-        end_transaction(p, True, self.dest.timeout_ms / 1000)
-        self._dest_next = self.next
-        self._quiet_since = None
-
-    def _drop_early(self) -> None:
-        """Forget what was read early; the open destination transaction, if any, is aborted."""
-        with contextlib.suppress(KafkaError):
-            self._abort_txn()
-        self._txn_open = False
-        self._undecided, self._in_txn = [], 0
-
     def close(self) -> None:
         p, self._producer = self._producer, None
         self.next = None
-        early, self._early = self._early, (False if self._early is False else None)
-        if isinstance(early, EarlyReader):
-            early.close()
-        self._undecided, self._in_txn, self._txn_open = [], 0, False
         if p is not None:
             close_producer(p)
 
