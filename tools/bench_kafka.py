@@ -138,7 +138,7 @@ def kafka_report(events: int, bootstrap: str | None, bootstrap_b: str | None = N
 @click.option("--bootstrap-b", default=None, help="A second running broker, the mirror's destination.")
 @click.option("--no-mirror", is_flag=True, help="Leave out the mirror against MirrorMaker 2.")
 @click.option("--steady-seconds", type=click.FloatRange(1, 600), default=20.0, show_default=True,
-              help="Seconds of appends at 500 records/s per mirror for latency (in alternating rounds).")
+              help="Seconds of appends at 500 records/s per mirror for latency (in rotating rounds of 1 s).")
 @click.option("--json", "as_json", is_flag=True)
 def bench_kafka(events: int, bootstrap: str | None, bootstrap_b: str | None, no_mirror: bool,
                 steady_seconds: float, as_json: bool) -> None:
@@ -167,4 +167,5 @@ def bench_kafka(events: int, bootstrap: str | None, bootstrap_b: str | None, no_
         for who, lat in (("dssync", ours["latency_ms"]), ("MirrorMaker 2", mm2["latency_ms"]),
                          ("MirrorMaker 2 exactly-once", eos["latency_ms"])):
             click.echo(f"latency {who}: p50 {lat['p50']} ms, p99 {lat['p99']} ms ({lat['samples']} records); "
-                       f"p99 per round {lat['rounds_p99']}, median {lat['p99_median_of_rounds']} ms")
+                       f"p99 of its {len(lat['rounds_p99'])} rounds: median {lat['p99_median_of_rounds']} ms, "
+                       f"{lat['p99_lowest_round']}-{lat['p99_highest_round']} ms")

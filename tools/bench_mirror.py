@@ -10,10 +10,10 @@ topic and the same two brokers. A consumer at the destination notes when each re
   for both);
 * latency: arrival time minus the source's append time (broker time; same machine, same
   clock) of records appended at a steady rate. Each mirror copies a topic of its own, all
-  run all along, and the appends go to one topic at a time in rounds (the others idle
-  meanwhile): a busy minute of this shared machine then weighs on both alike,
-  where one run of either can be off by a factor of two. Pooled percentiles, and the p99 of
-  each round.
+  run all along, and the appends go to one topic at a time in rounds of one second per
+  mirror (the others idle meanwhile), whose order rotates: a busy stretch of this shared
+  machine (they last seconds) then weighs on all alike, where one run of either can be off
+  by a factor of two. Pooled percentiles, and the p99 of each round.
 """
 
 from __future__ import annotations
@@ -134,7 +134,8 @@ def _rounds(lanes: list[_Lane], rounds: int, round_s: float, rate: int) -> None:
 def _lane_figures(lane: _Lane) -> dict[str, Any]:
     pooled = [x for r in lane.rounds for x in r]
     p99s = [round(_percentile(r, 0.99), 1) for r in lane.rounds]
-    return {**_latency(pooled), "rounds_p99": p99s, "p99_median_of_rounds": round(statistics.median(p99s), 1)}
+    return {**_latency(pooled), "rounds_p99": p99s, "p99_median_of_rounds": round(statistics.median(p99s), 1),
+            "p99_lowest_round": min(p99s), "p99_highest_round": max(p99s)}
 
 
 def _count(log: KafkaLog) -> int:
@@ -148,9 +149,11 @@ def _count(log: KafkaLog) -> int:
 
 
 def mirror_report(bootstrap: str, bootstrap_b: str, topic: str, compose_kafka: str,
-                  steady_s: float = 20.0, rate: int = 500, rounds: int = 4) -> dict[str, Any]:
+                  steady_s: float = 20.0, rate: int = 500, rounds: int | None = None) -> dict[str, Any]:
     """Our mirror and MirrorMaker 2 on ``topic`` from ``bootstrap`` to ``bootstrap_b`` (module
-    docstring); latency over ``steady_s`` seconds of appends per mirror, in ``rounds`` rounds."""
+    docstring); latency over ``steady_s`` seconds of appends per mirror, in ``rounds`` rounds
+    (default: one per second, at least 4)."""
+    rounds = rounds or max(4, round(steady_s))
     settings = KafkaSettings(bootstrap)
 
     def start_ours(src: str) -> Callable[[], None]:
