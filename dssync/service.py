@@ -578,9 +578,16 @@ def serve(home: str, wait_for_home_s: float = 60.0) -> None:
 
     If another process holds the home (a standalone 'dssync ingest' started while the service
     was down), wait for it up to ``wait_for_home_s`` seconds instead of failing at once.
+    A backup whose pairing is pending waits for its master as long as it takes (both sides
+    of a pair are usually started together, e.g. by docker compose), with a growing pause
+    (up to 5 s) and a log line whenever the reason changes; SIGTERM ends the wait cleanly.
     """
     deadline = time.monotonic() + wait_for_home_s
     announced = False
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    pause, said = 0.2, ""
     while True:
         try:
             svc = Service(home)
@@ -592,6 +599,16 @@ def serve(home: str, wait_for_home_s: float = 60.0) -> None:
                 log.info("waiting for another dssync process to release %s", home)
                 announced = True
             time.sleep(0.2)
+        except protocol.TransientError as exc:  # the master is not there (yet) to pair with
+            if exc.message != said:
+                log.warning("pairing waits for the master: %s; retrying (every %.0f s at most)", exc.message, 5.0)
+                said = exc.message
+            if stop.wait(pause):
+                log.info("stopped while waiting for the master")
+                return
+            pause = min(pause * 2, 5.0)
+        if stop.is_set():
+            return
     signal.signal(signal.SIGTERM, lambda *_: svc.request_stop())
     signal.signal(signal.SIGINT, lambda *_: svc.request_stop())
     svc.run()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -54,6 +56,40 @@ def test_the_backup_waits_for_its_restart_before_syncing(tmp_path: Path) -> None
     doc = json.loads(dss("status", b.home, "--json").stdout)
     assert doc["sync"]["state"] == "restart-required"
     assert "restart required" in dss("status", b.home).stdout
+
+
+def test_a_backup_started_before_its_master_waits_for_it_then_pairs(tmp_path: Path) -> None:
+    a, b = make_pair(tmp_path)
+    r = release(tmp_path, 53, 500_000, 1)
+    a.ingest(r[0])
+
+    def started_backup() -> subprocess.Popen[bytes]:
+        with open(Path(b.logs) / "shb.serve.log", "ab") as log:
+            b.procs["serve"] = subprocess.Popen([sys.executable, "-m", "dssync.tools.cli", "serve", b.home],
+                                                stdout=log, stderr=log)
+        deadline = time.time() + 60
+        while "pairing waits for the master" not in b.log("serve"):
+            assert b.procs["serve"].poll() is None, b.log("serve")[-2000:]
+            assert time.time() < deadline, b.log("serve")[-2000:]
+            time.sleep(0.1)
+        return b.procs["serve"]
+
+    waiting = started_backup()  # the master is down: no error, it waits (and says so once)
+    time.sleep(1.5)
+    assert waiting.poll() is None
+    assert b.log("serve").count("pairing waits for the master") == 1
+    waiting.send_signal(signal.SIGTERM)  # and a stop during the wait is clean, the home untouched
+    assert waiting.wait(timeout=30) == 0
+    assert json.loads(dss("status", b.home, "--json").stdout)["sync"]["state"] == "restart-required"
+    try:
+        started_backup()
+        a.start_all()  # the master comes up: the waiting backup pairs on its own
+        b.wait_for_service(timeout=60)
+        b.start("mirror")
+        wait_converged(a, b, timeout=120)
+    finally:
+        a.stop_all()
+        b.stop_all()
 
 
 def test_a_mirrored_log_is_a_byte_identical_copy_of_the_source(tmp_path: Path) -> None:
