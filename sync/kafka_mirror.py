@@ -11,6 +11,12 @@ Exactly once, by the same principle as the file mirror: the destination says whe
   committed record of the destination: its source offset + 1 is the resume point. A crash
   at any instant therefore leaves either a whole transaction or none, and the next session
   continues right after the last whole one: no gap, no duplicate.
+* The next transaction is opened, and the destination partition registered in it
+  (AddPartitionsToTxn), right after a commit, while the source is read: a copy then waits
+  for its produce and commit round trips only. Such an armed transaction holds no record, so
+  it holds back no reader; one left idle ``ARMED_IDLE_S`` (at most a quarter of the
+  transaction timeout) is aborted: it must never reach the destination's transaction
+  timeout, which would fence the mirror.
 * Any failure of either cluster ends the session; the next one starts from the destination
   again, after an exponential backoff (tenacity) with one log line per state change.
 
@@ -33,10 +39,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from kafka import KafkaProducer
+from kafka import KafkaProducer, TopicPartition
 from kafka.errors import InvalidProducerEpochError, KafkaError, KafkaTimeoutError, ProducerFencedError
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
@@ -56,6 +62,7 @@ from dssync.log.mirrored import (
 log = logging.getLogger("dssync.mirror")
 MIRROR_INFIX = "mirror."
 THROUGH_AFTER_S = 0.2
+ARMED_IDLE_S = 5.0
 
 
 def mirror_topic(prefix: str, name: str) -> str:
@@ -72,7 +79,7 @@ class TopicCopier:
 
     def __init__(self, source: Log, source_name: str, dest: KafkaSettings, dest_topic: str, origin: str,
                  start: int | None = None, max_records: int = 5_000, retention_bytes: int = -1,
-                 retention_ms: int = -1, wait_ms: int = 100) -> None:
+                 retention_ms: int = -1, wait_ms: int = 100, transaction_timeout_ms: int = 60_000) -> None:
         if MIRROR_INFIX in source_name or "/mirror/" in source_name:
             raise UsageError(f"{source_name} is a mirror topic; only an appliance's own log is mirrored",
                              hint="mirror the peer's own topic (<prefix><name>), never a mirror of it")
@@ -85,7 +92,11 @@ class TopicCopier:
                                       "not_copied_offsets": 0}
         self._producer: KafkaProducer | None = None
         self._quiet_since: float | None = None
+        self._armed_at: float | None = None  # when the open, still empty, transaction was armed
+        self.transaction_timeout_ms = transaction_timeout_ms
+        self.armed_idle_s = min(ARMED_IDLE_S, transaction_timeout_ms / 4000)
         self._read_from = 0  # where to read next: the resume point, or past markers not yet recorded
+        self._dest_tp = TopicPartition(dest_topic, 0)
         self._headers = [(H_ORIGIN, origin.encode()), (H_SRC_TOPIC, source_name.encode())]
 
     # ------------------------------------------------------------------ session
@@ -100,6 +111,7 @@ class TopicCopier:
                 **self.dest.client_options(), acks="all", enable_idempotence=True, compression_type="lz4",
                 transactional_id=f"dssync-mirror-{self.dest_topic}", linger_ms=0, batch_size=1 << 20,
                 max_request_size=16 << 20, retry_backoff_ms=10,  # a transaction still completing: ask again soon
+                transaction_timeout_ms=self.transaction_timeout_ms,
             )
             self._producer.init_transactions()
         except (KafkaTimeoutError, KafkaError) as exc:
@@ -144,6 +156,10 @@ class TopicCopier:
             # Only transaction markers past the resume point: worth a record at the destination
             # once the source has stayed quiet a moment (a busy source moves it on anyway).
             now = time.monotonic()
+            if self._armed_at is not None and now - self._armed_at > self.armed_idle_s:
+                with self._writing():
+                    self._armed_at = None
+                    end_transaction(self._producer, False, self.dest.timeout_ms / 1000)
             if through <= self.next:
                 self._quiet_since = None
                 return 0
@@ -153,8 +169,10 @@ class TopicCopier:
                 return 0
         self._quiet_since = None
         p = self._producer
-        try:
-            p.begin_transaction()
+        with self._writing():
+            if self._armed_at is None:
+                p.begin_transaction()
+            self._armed_at = None
             for r in records:
                 p.send(self.dest_topic, r.value, partition=0, headers=[
                     *self._headers, (H_SRC_OFFSET, r.offset.to_bytes(8, "big")),
@@ -163,15 +181,11 @@ class TopicCopier:
                 p.send(self.dest_topic, b"", partition=0, headers=[
                     *self._headers, (H_SRC_OFFSET, (through - 1).to_bytes(8, "big")),
                     (H_SRC_TS, int(time.time() * 1000).to_bytes(8, "big")), (H_THROUGH, b"1")])
-            p.flush(timeout=self.dest.timeout_ms / 1000)
-            end_transaction(p, True, self.dest.timeout_ms / 1000)  # commit_transaction alone waits forever
-        except (ProducerFencedError, InvalidProducerEpochError):
-            self.close()
-            raise LockedError(f"another mirror took over {self.dest_topic}",
-                              hint="run one mirror per destination topic") from None
-        except (KafkaTimeoutError, KafkaError) as exc:
-            self.close()  # the open transaction is aborted by the next session's fencing
-            raise BackendUnavailableError(f"writing to {self.dest_topic} failed: {type(exc).__name__}") from None
+            # the commit goes out once the sends are acknowledged (kafka-python's sender waits
+            # for them), without a flush() round trip through this thread; bounded, unlike
+            # commit_transaction
+            end_transaction(p, True, self.dest.timeout_ms / 1000)
+            self._arm(p)
         if not records:
             self.next = through
             return 0
@@ -181,10 +195,41 @@ class TopicCopier:
         self.stats["transactions"] += 1
         return len(records)
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Kafka's errors while writing, as dssync's: any of them ends the session."""
+        try:
+            yield
+        except (ProducerFencedError, InvalidProducerEpochError):
+            self._armed_at = None
+            self.close()
+            raise LockedError(f"another mirror took over {self.dest_topic}",
+                              hint="run one mirror per destination topic") from None
+        except (KafkaTimeoutError, KafkaError) as exc:
+            self._armed_at = None
+            self.close()  # the open transaction is aborted by the next session's fencing
+            raise BackendUnavailableError(f"writing to {self.dest_topic} failed: {type(exc).__name__}") from None
+
+    def _arm(self, p: KafkaProducer) -> None:
+        """Open the next transaction and register the destination partition in it now (module
+        docstring). The registration uses kafka-python 3.0's transaction manager (pinned); on
+        another version the transaction is only opened, and the first send registers it."""
+        p.begin_transaction()
+        self._armed_at = time.monotonic()
+        manager, sender = getattr(p, "_transaction_manager", None), getattr(p, "_sender", None)
+        register = getattr(manager, "maybe_add_partition_to_transaction", None)
+        if register is not None and sender is not None:
+            register(self._dest_tp)
+            sender.wakeup()
+
     def close(self) -> None:
         p, self._producer = self._producer, None
         self.next = None
+        armed, self._armed_at = self._armed_at, None
         if p is not None:
+            if armed is not None:  # nothing in it: end it now rather than at the next session
+                with contextlib.suppress(KafkaError):
+                    end_transaction(p, False, 2.0)
             close_producer(p)
 
 

@@ -153,6 +153,53 @@ def test_the_embedded_log_mirrors_into_kafka_and_resumes_where_the_topic_ends(
     flog.close()
 
 
+def test_an_armed_transaction_holds_back_no_reader_and_never_outlives_its_timeout(
+        kafka_broker: Any, kafka_broker_b: Any) -> None:
+    """After each commit the copier opens the next transaction ahead; idling for longer than
+    the transaction timeout must neither hide what was copied nor get the mirror fenced."""
+    topic, dest = f"src-{uuid.uuid4().hex[:8]}", f"mirror.src-{uuid.uuid4().hex[:8]}"
+    source = KafkaLog(KafkaSettings(kafka_broker.bootstrap), topic, writer=True, create=True)
+    settings = KafkaSettings(kafka_broker_b.bootstrap)
+    copier = TopicCopier(KafkaLog(KafkaSettings(kafka_broker.bootstrap), topic), topic, settings, dest, "sh1",
+                         transaction_timeout_ms=2_000)
+    try:
+        copier.open()
+        source.append([b"one", b"two"])
+        while copier.stats["copied_records"] < 2:
+            copier.step()
+        assert copier._armed_at is not None  # the next transaction is open already
+        assert _visible(settings, dest, 2) == [b"one", b"two"]  # and holds back nothing
+        # idle past the timeout and the broker's check for timed-out transactions (every 10 s):
+        # measured, an armed transaction kept open that long gets the mirror fenced
+        deadline = time.monotonic() + 13
+        while time.monotonic() < deadline:
+            copier.step()
+        assert copier._armed_at is None  # aborted while idle, before the broker's timeout
+        source.append([b"three"])
+        while copier.stats["copied_records"] < 3:
+            copier.step()  # not fenced: LockedError would be raised here
+    finally:
+        copier.close()
+        source.close()
+    assert _visible(settings, dest, 3) == [b"one", b"two", b"three"]
+
+
+def _visible(settings: KafkaSettings, topic: str, count: int, timeout_s: float = 10) -> list[bytes]:
+    """The values a read_committed reader sees, once it sees ``count`` of them (commit markers
+    land a moment after a commit returns)."""
+    deadline = time.monotonic() + timeout_s
+    got: list[bytes] = []
+    with MirroredTopic(settings, topic) as mirrored:
+        at = 0
+        while len(got) < count and time.monotonic() < deadline:
+            recs = mirrored.read(at, 100)  # as a consumer reads: past the mirror's through records
+            got.extend(r.value for r in recs)
+            at = recs[-1].offset + 1 if recs else (mirrored.read_through or at)
+            if not recs and not mirrored.read_through:
+                time.sleep(0.05)
+    return got
+
+
 def test_a_mirror_topic_is_never_mirrored_again() -> None:
     with pytest.raises(UsageError, match="only an appliance's own log"):
         TopicCopier(None, "dssync.mirror.sh1", KafkaSettings("127.0.0.1:1"), "x", "sh1")
