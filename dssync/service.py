@@ -601,7 +601,7 @@ def serve(home: str, wait_for_home_s: float = 60.0) -> None:
             time.sleep(0.2)
         except protocol.TransientError as exc:  # the master is not there (yet) to pair with
             if exc.message != said:
-                log.warning("pairing waits for the master: %s; retrying (every %.0f s at most)", exc.message, 5.0)
+                log.warning("pairing waits for the master: %s; retrying (every 5 s at most)", exc.message)
                 said = exc.message
             if stop.wait(pause):
                 log.info("stopped while waiting for the master")
@@ -611,6 +611,8 @@ def serve(home: str, wait_for_home_s: float = 60.0) -> None:
             return
     signal.signal(signal.SIGTERM, lambda *_: svc.request_stop())
     signal.signal(signal.SIGINT, lambda *_: svc.request_stop())
+    if stop.is_set():  # asked to stop while the service was being set up: it stops at once
+        svc.request_stop()
     svc.run()
     if svc.restart:
         log.info("restarting %s", home)
