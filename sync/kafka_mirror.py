@@ -93,6 +93,7 @@ class TopicCopier:
         self._producer: KafkaProducer | None = None
         self._quiet_since: float | None = None
         self._armed_at: float | None = None  # when the open, still empty, transaction was armed
+        self._txn_since = 0.0  # when the open transaction (if any) was opened
         self.transaction_timeout_ms = transaction_timeout_ms
         self.armed_idle_s = min(ARMED_IDLE_S, transaction_timeout_ms / 4000)
         self._read_from = 0  # where to read next: the resume point, or past markers not yet recorded
@@ -172,6 +173,7 @@ class TopicCopier:
         with self._writing():
             if self._armed_at is None:
                 p.begin_transaction()
+                self._txn_since = time.monotonic()
             self._armed_at = None
             for r in records:
                 p.send(self.dest_topic, r.value, partition=0, headers=[
@@ -203,6 +205,15 @@ class TopicCopier:
         except (ProducerFencedError, InvalidProducerEpochError):
             self._armed_at = None
             self.close()
+            age = time.monotonic() - self._txn_since
+            if age > self.transaction_timeout_ms / 1000:
+                # Kafka fences a producer whose transaction outlived its timeout exactly as it
+                # fences one replaced by another mirror: this one stayed open longer than the
+                # timeout (the process was paused?), so it is taken for that, and the next
+                # session fences in turn. A real second mirror is then fenced with a young
+                # transaction and stops, so two mirrors never take turns for long.
+                raise BackendUnavailableError(f"the transaction on {self.dest_topic} stayed open {age:.0f} s, past "
+                                              f"its timeout, and was aborted by the broker") from None
             raise LockedError(f"another mirror took over {self.dest_topic}",
                               hint="run one mirror per destination topic") from None
         except (KafkaTimeoutError, KafkaError) as exc:
@@ -215,7 +226,7 @@ class TopicCopier:
         docstring). The registration uses kafka-python 3.0's transaction manager (pinned); on
         another version the transaction is only opened, and the first send registers it."""
         p.begin_transaction()
-        self._armed_at = time.monotonic()
+        self._armed_at = self._txn_since = time.monotonic()
         manager, sender = getattr(p, "_transaction_manager", None), getattr(p, "_sender", None)
         register = getattr(manager, "maybe_add_partition_to_transaction", None)
         if register is not None and sender is not None:

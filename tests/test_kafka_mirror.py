@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from dssync.errors import UsageError
+from dssync.errors import BackendUnavailableError, LockedError, UsageError
 from dssync.log.filelog import FileLog
 from dssync.log.kafka import KafkaLog, KafkaSettings
 from dssync.log.mirrored import MirroredTopic, TopicReader, source_position
@@ -182,6 +182,58 @@ def test_an_armed_transaction_holds_back_no_reader_and_never_outlives_its_timeou
         copier.close()
         source.close()
     assert _visible(settings, dest, 3) == [b"one", b"two", b"three"]
+
+
+def test_a_mirror_paused_past_its_transaction_timeout_resumes_instead_of_stopping(
+        kafka_broker: Any, kafka_broker_b: Any) -> None:
+    """Kafka fences a transaction that outlives its timeout as it fences a replaced mirror;
+    a mirror whose own transaction was that old (a paused process) starts a new session."""
+    topic, dest = f"src-{uuid.uuid4().hex[:8]}", f"mirror.src-{uuid.uuid4().hex[:8]}"
+    source = KafkaLog(KafkaSettings(kafka_broker.bootstrap), topic, writer=True, create=True)
+    settings = KafkaSettings(kafka_broker_b.bootstrap)
+    copier = TopicCopier(KafkaLog(KafkaSettings(kafka_broker.bootstrap), topic), topic, settings, dest, "sh1",
+                         transaction_timeout_ms=2_000)
+    try:
+        copier.open()
+        source.append([b"one"])
+        while copier.stats["copied_records"] < 1:
+            copier.step()
+        time.sleep(13)  # paused, the armed transaction open: the broker aborts it (checks every 10 s)
+        source.append([b"two"])
+        with pytest.raises(BackendUnavailableError, match="past its timeout"):
+            while copier.stats["copied_records"] < 2:
+                copier.step()
+        while copier.stats["copied_records"] < 2:
+            copier.step()  # the next session resumes from the destination
+    finally:
+        copier.close()
+        source.close()
+    assert _visible(settings, dest, 2) == [b"one", b"two"]
+
+
+def test_a_second_mirror_on_the_same_topic_stops_the_first(kafka_broker: Any, kafka_broker_b: Any) -> None:
+    topic, dest = f"src-{uuid.uuid4().hex[:8]}", f"mirror.src-{uuid.uuid4().hex[:8]}"
+    source = KafkaLog(KafkaSettings(kafka_broker.bootstrap), topic, writer=True, create=True)
+    settings = KafkaSettings(kafka_broker_b.bootstrap)
+    first, second = (TopicCopier(KafkaLog(KafkaSettings(kafka_broker.bootstrap), topic), topic, settings, dest,
+                                 "sh1") for _ in range(2))
+    try:
+        first.open()
+        source.append([b"one"])
+        while first.stats["copied_records"] < 1:
+            first.step()
+        second.open()  # fences the first (same transactional id)
+        source.append([b"two"])
+        with pytest.raises(LockedError, match="another mirror took over"):
+            while True:
+                first.step()
+        while second.stats["copied_records"] < 1:
+            second.step()
+    finally:
+        first.close()
+        second.close()
+        source.close()
+    assert _visible(settings, dest, 2) == [b"one", b"two"]
 
 
 def _visible(settings: KafkaSettings, topic: str, count: int, timeout_s: float = 10) -> list[bytes]:
