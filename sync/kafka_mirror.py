@@ -16,7 +16,9 @@ Exactly once, by the same principle as the file mirror: the destination says whe
   for its produce and commit round trips only. Such an armed transaction holds no record, so
   it holds back no reader; one left idle ``ARMED_IDLE_S`` (at most a quarter of the
   transaction timeout) is aborted: it must never reach the destination's transaction
-  timeout, which would fence the mirror.
+  timeout, which would fence the mirror. A transaction older than the timeout when fenced (a
+  paused process) ends the session like an outage; a younger one means another mirror took
+  over, and this one stops (``LockedError``).
 * Any failure of either cluster ends the session; the next one starts from the destination
   again, after an exponential backoff (tenacity) with one log line per state change.
 
