@@ -189,14 +189,15 @@ class TopicCopier:
             # for them), without a flush() round trip through this thread; bounded, unlike
             # commit_transaction
             end_transaction(p, True, self.dest.timeout_ms / 1000)
-            self._arm(p)
-        if not records:
+        if records:
+            self.next = records[-1].offset + 1
+            self.stats["copied_records"] += len(records)
+            self.stats["copied_bytes"] += sum(len(r.value) for r in records)
+            self.stats["transactions"] += 1
+        else:
             self.next = through
-            return 0
-        self.next = records[-1].offset + 1
-        self.stats["copied_records"] += len(records)
-        self.stats["copied_bytes"] += sum(len(r.value) for r in records)
-        self.stats["transactions"] += 1
+        with self._writing():  # counted first: a failure here ends the session, not the copy
+            self._arm(p)
         return len(records)
 
     @contextlib.contextmanager
