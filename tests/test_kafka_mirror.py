@@ -153,87 +153,97 @@ def test_the_embedded_log_mirrors_into_kafka_and_resumes_where_the_topic_ends(
     flog.close()
 
 
+class _Copying:
+    """A fresh source topic on site A with its writer, and copiers of it into a fresh topic on
+    site B, for the tests of one copier's transactions."""
+
+    def __init__(self, site_a: Any, site_b: Any) -> None:
+        self.site_a = KafkaSettings(site_a.bootstrap)
+        self.topic, self.dest = f"src-{uuid.uuid4().hex[:8]}", f"mirror.src-{uuid.uuid4().hex[:8]}"
+        self.source = KafkaLog(self.site_a, self.topic, writer=True, create=True)
+        self.settings = KafkaSettings(site_b.bootstrap)
+        self.copiers: list[TopicCopier] = []
+
+    def copier(self, **options: Any) -> TopicCopier:
+        c = TopicCopier(KafkaLog(self.site_a, self.topic), self.topic, self.settings, self.dest, "sh1", **options)
+        self.copiers.append(c)
+        return c
+
+    def close(self) -> None:
+        for c in self.copiers:
+            c.close()
+        self.source.close()
+
+    def visible(self, count: int) -> list[bytes]:
+        return _visible(self.settings, self.dest, count)
+
+
+def _copy_until(copier: TopicCopier, count: int) -> None:
+    while copier.stats["copied_records"] < count:
+        copier.step()
+
+
 def test_an_armed_transaction_holds_back_no_reader_and_never_outlives_its_timeout(
         kafka_broker: Any, kafka_broker_b: Any) -> None:
     """After each commit the copier opens the next transaction ahead; idling for longer than
     the transaction timeout must neither hide what was copied nor get the mirror fenced."""
-    topic, dest = f"src-{uuid.uuid4().hex[:8]}", f"mirror.src-{uuid.uuid4().hex[:8]}"
-    source = KafkaLog(KafkaSettings(kafka_broker.bootstrap), topic, writer=True, create=True)
-    settings = KafkaSettings(kafka_broker_b.bootstrap)
-    copier = TopicCopier(KafkaLog(KafkaSettings(kafka_broker.bootstrap), topic), topic, settings, dest, "sh1",
-                         transaction_timeout_ms=2_000)
+    run = _Copying(kafka_broker, kafka_broker_b)
     try:
+        copier = run.copier(transaction_timeout_ms=2_000)
         copier.open()
-        source.append([b"one", b"two"])
-        while copier.stats["copied_records"] < 2:
-            copier.step()
+        run.source.append([b"one", b"two"])
+        _copy_until(copier, 2)
         assert copier._armed_at is not None  # the next transaction is open already
-        assert _visible(settings, dest, 2) == [b"one", b"two"]  # and holds back nothing
+        assert run.visible(2) == [b"one", b"two"]  # and holds back nothing
         # idle past the timeout and the broker's check for timed-out transactions (every 10 s):
         # measured, an armed transaction kept open that long gets the mirror fenced
         deadline = time.monotonic() + 13
         while time.monotonic() < deadline:
             copier.step()
         assert copier._armed_at is None  # aborted while idle, before the broker's timeout
-        source.append([b"three"])
-        while copier.stats["copied_records"] < 3:
-            copier.step()  # not fenced: LockedError would be raised here
+        run.source.append([b"three"])
+        _copy_until(copier, 3)  # not fenced: LockedError would be raised here
     finally:
-        copier.close()
-        source.close()
-    assert _visible(settings, dest, 3) == [b"one", b"two", b"three"]
+        run.close()
+    assert run.visible(3) == [b"one", b"two", b"three"]
 
 
 def test_a_mirror_paused_past_its_transaction_timeout_resumes_instead_of_stopping(
         kafka_broker: Any, kafka_broker_b: Any) -> None:
     """Kafka fences a transaction that outlives its timeout as it fences a replaced mirror;
     a mirror whose own transaction was that old (a paused process) starts a new session."""
-    topic, dest = f"src-{uuid.uuid4().hex[:8]}", f"mirror.src-{uuid.uuid4().hex[:8]}"
-    source = KafkaLog(KafkaSettings(kafka_broker.bootstrap), topic, writer=True, create=True)
-    settings = KafkaSettings(kafka_broker_b.bootstrap)
-    copier = TopicCopier(KafkaLog(KafkaSettings(kafka_broker.bootstrap), topic), topic, settings, dest, "sh1",
-                         transaction_timeout_ms=2_000)
+    run = _Copying(kafka_broker, kafka_broker_b)
     try:
+        copier = run.copier(transaction_timeout_ms=2_000)
         copier.open()
-        source.append([b"one"])
-        while copier.stats["copied_records"] < 1:
-            copier.step()
+        run.source.append([b"one"])
+        _copy_until(copier, 1)
         time.sleep(13)  # paused, the armed transaction open: the broker aborts it (checks every 10 s)
-        source.append([b"two"])
+        run.source.append([b"two"])
         with pytest.raises(BackendUnavailableError, match="past its timeout"):
-            while copier.stats["copied_records"] < 2:
-                copier.step()
-        while copier.stats["copied_records"] < 2:
-            copier.step()  # the next session resumes from the destination
+            _copy_until(copier, 2)
+        _copy_until(copier, 2)  # the next session resumes from the destination
     finally:
-        copier.close()
-        source.close()
-    assert _visible(settings, dest, 2) == [b"one", b"two"]
+        run.close()
+    assert run.visible(2) == [b"one", b"two"]
 
 
 def test_a_second_mirror_on_the_same_topic_stops_the_first(kafka_broker: Any, kafka_broker_b: Any) -> None:
-    topic, dest = f"src-{uuid.uuid4().hex[:8]}", f"mirror.src-{uuid.uuid4().hex[:8]}"
-    source = KafkaLog(KafkaSettings(kafka_broker.bootstrap), topic, writer=True, create=True)
-    settings = KafkaSettings(kafka_broker_b.bootstrap)
-    first, second = (TopicCopier(KafkaLog(KafkaSettings(kafka_broker.bootstrap), topic), topic, settings, dest,
-                                 "sh1") for _ in range(2))
+    run = _Copying(kafka_broker, kafka_broker_b)
     try:
+        first, second = run.copier(), run.copier()
         first.open()
-        source.append([b"one"])
-        while first.stats["copied_records"] < 1:
-            first.step()
+        run.source.append([b"one"])
+        _copy_until(first, 1)
         second.open()  # fences the first (same transactional id)
-        source.append([b"two"])
+        run.source.append([b"two"])
         with pytest.raises(LockedError, match="another mirror took over"):
             while True:
                 first.step()
-        while second.stats["copied_records"] < 1:
-            second.step()
+        _copy_until(second, 1)
     finally:
-        first.close()
-        second.close()
-        source.close()
-    assert _visible(settings, dest, 2) == [b"one", b"two"]
+        run.close()
+    assert run.visible(2) == [b"one", b"two"]
 
 
 def _visible(settings: KafkaSettings, topic: str, count: int, timeout_s: float = 10) -> list[bytes]:
