@@ -7,10 +7,21 @@ consuming the mirror commits positions in the *source* log's offsets, exactly as
 the source directly (a shared cluster) or an offset-preserving file mirror. So pairing
 snapshots, lag and ``verify`` speak one language whatever the topology.
 
+It reads records as soon as they are written, without waiting for the mirror's commit
+(``read_uncommitted``), because every record a mirror writes, committed or not, is a
+byte-for-byte copy of a record the *source* had committed (the mirror reads the source
+``read_committed``). A transaction the mirror did not commit (it was killed, or fenced) is
+copied again by the next session, from the destination's last committed record on, so a
+reader can meet a source offset twice, never a wrong value: it keeps the first copy and
+skips any record whose source offset it has passed. So a mirrored record is readable one
+commit round trip and one commit marker earlier, and still exactly once. The mirror itself
+resumes from the last *committed* record (``TopicReader`` in its default ``read_committed``).
+
 Seeking to a source offset uses the headers: source offsets increase with destination
-offsets (the mirror copies in order, in transactions), so a binary search over destination
-offsets finds the first record at or after it; sequential reads then continue from where
-the previous read stopped, without searching.
+offsets within a session, and each session starts again at or below the offsets already
+written, so a binary search over destination offsets finds a record at or after the source
+offset from which every later source offset follows; sequential reads then continue from
+where the previous read stopped, without searching.
 
 Error contract: that of ``dssync.log.base`` for reads (``BackendUnavailableError`` when the
 cluster does not answer); a record without the mirror's headers raises ``CorruptLogError``
@@ -56,7 +67,7 @@ def source_position(record: Any) -> tuple[int, int]:
 
 
 class TopicReader:
-    """A read_committed consumer on one single-partition topic, with bounded waits."""
+    """A consumer on one single-partition topic (``read_committed`` unless told), with bounded waits."""
 
     def __init__(self, settings: KafkaSettings, topic: str, isolation: str = "read_committed") -> None:
         self.settings, self.topic, self.tp = settings, topic, TopicPartition(topic, 0)
@@ -73,7 +84,8 @@ class TopicReader:
         self.consumer.assign([self.tp])
 
     def bounds(self) -> tuple[int, int]:
-        """(beginning, end) offsets; the end is the last stable offset under read_committed."""
+        """(beginning, end) offsets; the end is the last stable offset under read_committed,
+        the high watermark under read_uncommitted."""
         try:
             c = self.consumer
             return int(c.beginning_offsets([self.tp])[self.tp]), int(c.end_offsets([self.tp])[self.tp])
@@ -97,7 +109,8 @@ class TopicReader:
         return out[:max_records]
 
     def last_record(self) -> Any | None:
-        """The last committed data record, or None if the topic holds none (markers skipped)."""
+        """The last data record (the last committed one under read_committed), or None if the
+        topic holds none (markers skipped)."""
         begin, end = self.bounds()
         step = 16
         while end > begin:
@@ -120,14 +133,15 @@ class MirroredTopic:
 
     def __init__(self, settings: KafkaSettings, topic: str) -> None:
         self.topic = topic
-        self.reader = TopicReader(settings, topic)
+        self.reader = TopicReader(settings, topic, isolation="read_uncommitted")
         self.read_through: int | None = None
         self.recovery = None
         self.retain_from: int | None = None
         self._cursor: tuple[int, int] | None = None  # (next source offset, its destination offset)
 
     def _seek(self, src: int, begin: int, end: int) -> int:
-        """The first destination offset whose record has a source offset >= ``src``."""
+        """A destination offset from which every source offset >= ``src`` follows (the first
+        record at or after it has a source offset >= ``src``, the one before it a lower one)."""
         if self._cursor is not None and self._cursor[0] == src:
             return self._cursor[1]
         lo, hi = begin, end
@@ -146,19 +160,26 @@ class MirroredTopic:
     def read(self, from_offset: int, max_records: int = 10_000) -> list[LogRecord]:
         begin, end = self.reader.bounds()
         at = self._seek(from_offset, begin, end)
-        if at >= end:
-            return []
         out: list[LogRecord] = []
         self.read_through = None
-        for r in self.reader.fetch(at, end, max_records):
-            off, ts = source_position(r)
-            if any(k == H_THROUGH for k, _ in r.headers or ()):
-                if out:
-                    break  # the next read reports it
-                self.read_through = off + 1
-            elif off >= from_offset:
-                out.append(LogRecord(off, ts, r.value))
-            self._cursor = (off + 1, r.offset + 1)
+        want = from_offset  # the next source offset to deliver: anything below is a copy already read
+        while at < end and len(out) < max_records:
+            got = self.reader.fetch(at, end, max_records - len(out))
+            if not got:
+                break  # only transaction markers up to the end
+            for r in got:
+                off, ts = source_position(r)
+                if off >= want:
+                    if any(k == H_THROUGH for k, _ in r.headers or ()):
+                        if out:
+                            return out  # the next read reports it
+                        self.read_through = off + 1
+                    else:
+                        out.append(LogRecord(off, ts, r.value))
+                    want = off + 1
+                at = r.offset + 1
+                # from destination offset ``at`` on, every source offset from ``want`` follows
+                self._cursor = (want, at)
         if out:
             self.read_through = None
         return out

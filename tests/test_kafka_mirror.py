@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka import KafkaProducer
+from kafka.errors import KafkaTimeoutError
 
 from dssync.errors import BackendUnavailableError, LockedError, UsageError
 from dssync.log.filelog import FileLog
 from dssync.log.kafka import KafkaLog, KafkaSettings
 from dssync.log.mirrored import MirroredTopic, TopicReader, source_position
+from dssync.sync import kafka_mirror
 from dssync.sync.kafka_mirror import TopicCopier
 from dssync.tools.localpair import SECRET, Node, dss, free_port, wait_converged
 from tests.pair import release, wait_alarm
@@ -194,7 +197,7 @@ def test_an_armed_transaction_holds_back_no_reader_and_never_outlives_its_timeou
         run.source.append([b"one", b"two"])
         _copy_until(copier, 2)
         assert copier._armed_at is not None  # the next transaction is open already
-        assert run.visible(2) == [b"one", b"two"]  # and holds back nothing
+        assert _committed(run.settings, run.dest) == [b"one", b"two"]  # and holds back no reader
         # idle past the timeout and the broker's check for timed-out transactions (every 10 s):
         # measured, an armed transaction kept open that long gets the mirror fenced
         deadline = time.monotonic() + 13
@@ -246,9 +249,58 @@ def test_a_second_mirror_on_the_same_topic_stops_the_first(kafka_broker: Any, ka
     assert run.visible(2) == [b"one", b"two"]
 
 
+def test_a_reader_meets_an_uncommitted_copy_and_its_recopy_and_reads_each_source_record_once(
+        kafka_broker: Any, kafka_broker_b: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mirror readers do not wait for the mirror's commit: the copies of a transaction it never
+    committed (killed, fenced) are copied again by the next session, and a reader keeps one of
+    each, in source order, wherever it starts."""
+    run = _Copying(kafka_broker, kafka_broker_b)
+    try:
+        for i in range(5):
+            run.source.append([f"r{i}.{j}".encode() for j in range(20)])
+        with KafkaLog(run.site_a, run.topic) as plain:
+            want = _all(plain)
+        first = run.copier(max_records=30)
+        first.open()
+        _copy_until(first, 30)  # one committed transaction
+
+        def killed_before_commit(p: KafkaProducer, commit: bool, timeout_s: float) -> None:
+            p.flush(timeout_s)  # the copies are written...
+            raise KafkaTimeoutError("the mirror died")  # ...and never committed
+
+        monkeypatch.setattr(kafka_mirror, "end_transaction", killed_before_commit)
+        with pytest.raises(BackendUnavailableError):
+            first.step()
+        monkeypatch.undo()
+        second = run.copier()
+        assert second.open() == want[30][0]  # fences the first; resumes after its committed copies
+        _copy_until(second, 70)
+    finally:
+        run.close()
+    raw = TopicReader(run.settings, run.dest, isolation="read_uncommitted")
+    try:
+        copies = [source_position(r)[0] for r in raw.fetch(*raw.bounds(), 1 << 30) if r.value]
+    finally:
+        raw.close()
+    assert len(copies) == 130 and sorted(set(copies)) == [o for o, _ in want]  # 30 of them twice
+    assert _committed(run.settings, run.dest) == [v for _, v in want]
+    for start in (None, want[25][0], want[30][0], want[45][0], want[60][0]):  # before, in, after them
+        with MirroredTopic(run.settings, run.dest) as mirrored:  # a fresh reader seeks by source offset
+            got = _all(mirrored) if start is None else [(r.offset, r.value) for r in mirrored.read(start, 1000)]
+        assert got == [(o, v) for o, v in want if start is None or o >= start]
+
+
+def _committed(settings: KafkaSettings, topic: str) -> list[bytes]:
+    """The data values a read_committed reader (Kafka's own tools) sees."""
+    reader = TopicReader(settings, topic)
+    try:
+        return [r.value for r in reader.fetch(*reader.bounds(), 1 << 30) if r.value]
+    finally:
+        reader.close()
+
+
 def _visible(settings: KafkaSettings, topic: str, count: int, timeout_s: float = 10) -> list[bytes]:
-    """The values a read_committed reader sees, once it sees ``count`` of them (commit markers
-    land a moment after a commit returns)."""
+    """The values a dssync reader of the mirror topic sees, once it sees ``count`` of them."""
     deadline = time.monotonic() + timeout_s
     got: list[bytes] = []
     with MirroredTopic(settings, topic) as mirrored:
