@@ -14,6 +14,13 @@ topic and the same two brokers. A consumer at the destination notes when each re
   mirror (the others idle meanwhile), whose order rotates: a busy stretch of this shared
   machine (they last seconds) then weighs on all alike, where one run of either can be off
   by a factor of two. Pooled percentiles, and the p99 of each round.
+
+Each destination is read as its own readers read it: MirrorMaker 2's ``read_committed`` (the
+only safe way for its exactly-once mode; the same as uncommitted for its default mode, which
+writes no transactions), dssync's as ``dssync.log.mirrored`` does (uncommitted, the first copy
+of each source offset). The source topics are written by a process of their own, as an
+appliance writes its log: the probes' threads must not slow the writer's commits, which a
+mirror reading committed records waits for.
 """
 
 from __future__ import annotations
@@ -29,9 +36,9 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
-from dssync.errors import BackendUnavailableError
-from dssync.log.kafka import KafkaLog, KafkaSettings
-from dssync.log.mirrored import H_SRC_TS
+from dssync.errors import BackendUnavailableError, DssyncError
+from dssync.log.kafka import KafkaLog, KafkaSettings, create_topic
+from dssync.log.mirrored import H_SRC_OFFSET, H_SRC_TS
 
 
 def _src_ts_dssync(record: Any) -> int:
@@ -42,20 +49,32 @@ def _src_ts_mm2(record: Any) -> int:
     return int(record.timestamp)  # MirrorMaker 2 keeps the source record's timestamp
 
 
-class Arrivals(threading.Thread):
-    """Consumes a destination topic and notes (arrival ms, source append ms) per data record."""
+def _src_offset_dssync(record: Any) -> int:
+    return int.from_bytes(dict(record.headers)[H_SRC_OFFSET], "big")
 
-    def __init__(self, bootstrap: str, topic: str, src_ts: Callable[[Any], int]) -> None:
+
+class Arrivals(threading.Thread):
+    """Consumes a destination topic and notes (arrival ms, source append ms) per data record.
+
+    With ``src_offset`` (a dssync mirror topic), records are read uncommitted and only the first
+    copy of each source offset counts, as ``dssync.log.mirrored`` reads them; otherwise
+    ``read_committed``.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, src_ts: Callable[[Any], int],
+                 src_offset: Callable[[Any], int] | None = None) -> None:
         super().__init__(daemon=True)
-        self.bootstrap, self.topic, self.src_ts = bootstrap, topic, src_ts
+        self.bootstrap, self.topic, self.src_ts, self.src_offset = bootstrap, topic, src_ts, src_offset
         self.times: list[tuple[float, int]] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
-        c = KafkaConsumer(bootstrap_servers=self.bootstrap, isolation_level="read_committed", group_id=None,
+        isolation = "read_committed" if self.src_offset is None else "read_uncommitted"
+        c = KafkaConsumer(bootstrap_servers=self.bootstrap, isolation_level=isolation, group_id=None,
                           enable_auto_commit=False, auto_offset_reset="earliest",
                           max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20,
                           fetch_max_wait_ms=10)  # the consumer's own waits are not the mirror's latency
+        want = 0  # the next source offset not seen yet (dssync's dedup)
         try:
             while self.topic not in c.topics() and not self.stop.is_set():
                 time.sleep(0.2)
@@ -64,7 +83,14 @@ class Arrivals(threading.Thread):
                 got = c.poll(timeout_ms=50)
                 now = time.time() * 1000
                 for recs in got.values():
-                    self.times.extend((now, self.src_ts(r)) for r in recs if r.value)
+                    for r in recs:
+                        if self.src_offset is not None:
+                            off = self.src_offset(r)
+                            if off < want:
+                                continue
+                            want = off + 1
+                        if r.value:
+                            self.times.append((now, self.src_ts(r)))
         finally:
             c.close()
 
@@ -107,25 +133,73 @@ class _Lane:
     """One mirror in the latency rounds: the topic it copies, where its copies arrive."""
 
     what: str
-    source: KafkaLog
+    topic: str
     arrivals: Arrivals
     rounds: list[list[float]] = field(default_factory=list)
 
 
-def _rounds(lanes: list[_Lane], rounds: int, round_s: float, rate: int) -> None:
+APPENDS_PER_S = 50
+
+
+class _Appender:
+    """The source topics' writer, in a process of its own (module docstring): ``append``
+    returns once it appended ``appends`` times ``per`` records at ``APPENDS_PER_S``."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "dssync.tools.bench_mirror", bootstrap],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def append(self, topic: str, appends: int, per: int) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{topic} {appends} {per}\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline().strip()
+        if answer != "ok":
+            raise BackendUnavailableError(f"the benchmark's writer failed: {answer or 'it exited'}")
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _serve_appends(bootstrap: str) -> None:
+    """The ``_Appender`` process: one request per line of stdin, ``ok`` (or ``error ...``) per
+    line of stdout."""
+    logs: dict[str, KafkaLog] = {}
+    try:
+        for line in sys.stdin:
+            topic, appends, per = line.split()
+            try:
+                log = logs.get(topic) or logs.setdefault(topic, KafkaLog(KafkaSettings(bootstrap), topic, writer=True))
+                t0 = time.monotonic()
+                for i in range(int(appends)):
+                    log.append([f"latency probe {i}.{j} ".encode() * 40 for j in range(int(per))])
+                    time.sleep(max(0.0, t0 + (i + 1) / APPENDS_PER_S - time.monotonic()))
+            except DssyncError as exc:
+                print(f"error {exc.message}", flush=True)
+                return
+            print("ok", flush=True)
+    finally:
+        for log in logs.values():
+            log.close()
+
+
+def _rounds(lanes: list[_Lane], appender: _Appender, rounds: int, round_s: float, rate: int) -> None:
     """Take turns among the lanes, ``rounds`` times each: in a lane's turn, records are appended
     to its topic alone at ``rate`` records/s for ``round_s`` seconds, and the turn ends once all
     of them arrived, so the other mirrors idle meanwhile. Round ``r`` starts with lane ``r``
     (no lane always goes first), after one turn each that is not counted (warm-up)."""
-    appends, per = max(1, int(round_s * 50)), max(1, rate // 50)
+    appends, per = max(1, int(round_s * APPENDS_PER_S)), max(1, rate // APPENDS_PER_S)
     for r in range(-1, rounds):
         order = lanes[r % len(lanes):] + lanes[:r % len(lanes)] if r >= 0 else lanes
         for lane in order:
             n0 = len(lane.arrivals.times)
-            t0 = time.monotonic()
-            for i in range(appends):
-                lane.source.append([f"latency probe {i}.{j} ".encode() * 40 for j in range(per)])
-                time.sleep(max(0.0, t0 + (i + 1) / 50 - time.monotonic()))
+            appender.append(lane.topic, appends, per)
             lane.arrivals.wait_for(n0 + appends * per, 120, lane.what)
             if r >= 0:
                 lane.rounds.append([a - ts for a, ts in lane.arrivals.times[n0:n0 + appends * per]])
@@ -180,38 +254,40 @@ def mirror_report(bootstrap: str, bootstrap_b: str, topic: str, compose_kafka: s
             return stop
         return start
 
-    mirrors = (  # (what, starter, destination topic of a source topic, source time of a copy)
-        ("dssync mirror", start_ours, "dssync.mirror.{}", _src_ts_dssync),
-        ("MirrorMaker 2", mm2(False), "A.{}", _src_ts_mm2),
-        ("MirrorMaker 2 exactly-once", mm2(True), "S.{}", _src_ts_mm2),
+    mirrors = (  # (what, starter, destination topic of a source topic, source time of a copy,
+        #            source offset of a copy when the mirror's readers dedup by it)
+        ("dssync mirror", start_ours, "dssync.mirror.{}", _src_ts_dssync, _src_offset_dssync),
+        ("MirrorMaker 2", mm2(False), "A.{}", _src_ts_mm2, None),
+        ("MirrorMaker 2 exactly-once", mm2(True), "S.{}", _src_ts_mm2, None),
     )
 
     with KafkaLog(settings, topic) as source:
         bulk = _count(source)
-    figures = [_bulk(what, start(topic), Arrivals(bootstrap_b, dest.format(topic), src_ts), bulk)
-               for what, start, dest, src_ts in mirrors]
+    figures = [_bulk(what, start(topic), Arrivals(bootstrap_b, dest.format(topic), src_ts, src_offset), bulk)
+               for what, start, dest, src_ts, src_offset in mirrors]
 
     lanes: list[_Lane] = []
     stoppers: list[Callable[[], None]] = []
+    appender = _Appender(bootstrap)
     try:
-        for k, (what, start, dest, src_ts) in enumerate(mirrors):
+        for k, (what, start, dest, src_ts, src_offset) in enumerate(mirrors):
             name = f"{topic}-lat{k}"
-            lane = _Lane(what, KafkaLog(settings, name, writer=True, create=True),
-                         Arrivals(bootstrap_b, dest.format(name), src_ts))
+            create_topic(settings, name)
+            lane = _Lane(what, name, Arrivals(bootstrap_b, dest.format(name), src_ts, src_offset))
             lanes.append(lane)
             lane.arrivals.start()
             stoppers.append(start(name))
         for lane in lanes:  # every mirror is copying before the clock starts
-            lane.source.append([b"warm-up " * 40])
+            appender.append(lane.topic, 1, 1)
             lane.arrivals.wait_for(1, 120, lane.what)
-        _rounds(lanes, rounds, steady_s / rounds, rate)
+        _rounds(lanes, appender, rounds, steady_s / rounds, rate)
     finally:
+        appender.close()
         for stop in stoppers:
             stop()
         for lane in lanes:
             lane.arrivals.stop.set()
             lane.arrivals.join(timeout=10)
-            lane.source.close()
     for fig, lane in zip(figures, lanes, strict=True):
         fig["latency_ms"] = _lane_figures(lane)
     ours, mm2_default, mm2_eos = figures
@@ -221,3 +297,7 @@ def mirror_report(bootstrap: str, bootstrap_b: str, topic: str, compose_kafka: s
             "latency_p99_ms": {"system": ours["latency_ms"]["p99"], "baseline": mm2_default["latency_ms"]["p99"],
                                "baseline_exactly_once": mm2_eos["latency_ms"]["p99"]},
             "dssync": ours, "mirrormaker2": mm2_default, "mirrormaker2_exactly_once": mm2_eos}
+
+
+if __name__ == "__main__":  # the _Appender's process
+    _serve_appends(sys.argv[1])
