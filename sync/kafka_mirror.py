@@ -3,20 +3,26 @@
 Exactly once, by the same principle as the file mirror: the destination says where to resume.
 
 * Every copied record carries its source offset and source append time in headers
-  (``dssync.log.mirrored``), and the copies of one source read go to the destination in one
-  Kafka transaction. The transactional id is derived from the destination topic, so a second
-  mirror on the same topic fences the first.
+  (``dssync.log.mirrored``), and copies go to the destination in Kafka transactions,
+  committed every ``COMMIT_INTERVAL_S`` (and when the mirror stops). The transactional id is
+  derived from the destination topic, so a second mirror on the same topic fences the first.
+* Readers do not wait for those commits: every copy, committed or not, is a copy of a record
+  the source had committed, and dssync's readers keep the first copy of each source offset
+  (``dssync.log.mirrored``). So a copy is readable as soon as it is written, the mirror does
+  not wait for its writes to be acknowledged before it reads on (the producer pipelines
+  them), and the commit round trips are few and off the copy path. Commits only move the
+  resume point on, and what ``read_committed`` readers (Kafka's own tools) see.
 * A session starts by initialising the transactional producer, which aborts (or completes)
   whatever transaction a killed predecessor left open, and only then reads the last
   committed record of the destination: its source offset + 1 is the resume point. A crash
   at any instant therefore leaves either a whole transaction or none, and the next session
   continues right after the last whole one: no gap, no duplicate.
 * The next transaction is opened, and the destination partition registered in it
-  (AddPartitionsToTxn), right after a commit, while the source is read: a copy then waits
-  for its produce and commit round trips only. Such an armed transaction holds no record, so
-  it holds back no reader; one left idle ``ARMED_IDLE_S`` (at most a quarter of the
-  transaction timeout) is aborted: it must never reach the destination's transaction
-  timeout, which would fence the mirror. A transaction older than the timeout when fenced (a
+  (AddPartitionsToTxn), right after a commit, while the source is read: the next copy then
+  goes out at once. Such an armed transaction holds no record, so it holds back no reader;
+  one left idle ``ARMED_IDLE_S`` is aborted. Armed idle time and the commit interval are each
+  at most a quarter of the transaction timeout: a transaction must never reach it, which
+  would fence the mirror. A transaction older than the timeout when fenced (a
   paused process) ends the session like an outage; a younger one means another mirror took
   over, and this one stops (``LockedError``).
 * Any failure of either cluster ends the session; the next one starts from the destination
@@ -65,6 +71,7 @@ log = logging.getLogger("dssync.mirror")
 MIRROR_INFIX = "mirror."
 THROUGH_AFTER_S = 0.2
 ARMED_IDLE_S = 5.0
+COMMIT_INTERVAL_S = 1.0
 
 
 def mirror_topic(prefix: str, name: str) -> str:
@@ -81,7 +88,8 @@ class TopicCopier:
 
     def __init__(self, source: Log, source_name: str, dest: KafkaSettings, dest_topic: str, origin: str,
                  start: int | None = None, max_records: int = 5_000, retention_bytes: int = -1,
-                 retention_ms: int = -1, wait_ms: int = 100, transaction_timeout_ms: int = 60_000) -> None:
+                 retention_ms: int = -1, wait_ms: int = 100, transaction_timeout_ms: int = 60_000,
+                 commit_interval_s: float = COMMIT_INTERVAL_S) -> None:
         if MIRROR_INFIX in source_name or "/mirror/" in source_name:
             raise UsageError(f"{source_name} is a mirror topic; only an appliance's own log is mirrored",
                              hint="mirror the peer's own topic (<prefix><name>), never a mirror of it")
@@ -96,8 +104,11 @@ class TopicCopier:
         self._quiet_since: float | None = None
         self._armed_at: float | None = None  # when the open, still empty, transaction was armed
         self._txn_since = 0.0  # when the open transaction (if any) was opened
+        self._copied_since: float | None = None  # when the open transaction got its first copy
+        self._uncommitted = {"records": 0, "bytes": 0}  # copies in the open transaction
         self.transaction_timeout_ms = transaction_timeout_ms
         self.armed_idle_s = min(ARMED_IDLE_S, transaction_timeout_ms / 4000)
+        self.commit_interval_s = min(commit_interval_s, transaction_timeout_ms / 4000)
         self._read_from = 0  # where to read next: the resume point, or past markers not yet recorded
         self._dest_tp = TopicPartition(dest_topic, 0)
         self._headers = [(H_ORIGIN, origin.encode()), (H_SRC_TOPIC, source_name.encode())]
@@ -133,11 +144,20 @@ class TopicCopier:
         self._read_from = self.next
         return self.next
 
+    @property
+    def follows(self) -> bool:
+        """True when ``step`` waits at the source for new records (a Kafka source): a caller
+        then need not pause between steps that copied nothing."""
+        return getattr(self.source, "follow", None) is not None
+
     def step(self) -> int:
-        """Copy what the source has from the resume point, one transaction; return records copied."""
+        """Copy what the source has from the resume point into the open transaction, first
+        committing it if it is ``commit_interval_s`` old; return the records copied."""
         if self._producer is None or self.next is None:
             self.open()
         assert self._producer is not None and self.next is not None
+        if self._copied_since is not None and time.monotonic() - self._copied_since >= self.commit_interval_s:
+            self.commit()
         try:
             follow = getattr(self.source, "follow", None)
             at = max(self.next, self._read_from)
@@ -173,7 +193,7 @@ class TopicCopier:
         self._quiet_since = None
         p = self._producer
         with self._writing():
-            if self._armed_at is None:
+            if self._armed_at is None and self._copied_since is None:
                 p.begin_transaction()
                 self._txn_since = time.monotonic()
             self._armed_at = None
@@ -185,29 +205,43 @@ class TopicCopier:
                 p.send(self.dest_topic, b"", partition=0, headers=[
                     *self._headers, (H_SRC_OFFSET, (through - 1).to_bytes(8, "big")),
                     (H_SRC_TS, int(time.time() * 1000).to_bytes(8, "big")), (H_THROUGH, b"1")])
-            # the commit goes out once the sends are acknowledged (kafka-python's sender waits
-            # for them), without a flush() round trip through this thread; bounded, unlike
-            # commit_transaction
-            end_transaction(p, True, self.dest.timeout_ms / 1000)
-        if records:
-            self.next = records[-1].offset + 1
-            self.stats["copied_records"] += len(records)
-            self.stats["copied_bytes"] += sum(len(r.value) for r in records)
-            self.stats["transactions"] += 1
-        else:
-            self.next = through
-        with self._writing():  # counted first: a failure here ends the session, not the copy
-            self._arm(p)
+        if self._copied_since is None:
+            self._copied_since = time.monotonic()
+        self._uncommitted["records"] += len(records)
+        self._uncommitted["bytes"] += sum(len(r.value) for r in records)
+        self.next = records[-1].offset + 1 if records else through
         return len(records)
+
+    def commit(self, arm: bool = True, timeout_s: float | None = None) -> None:
+        """Commit the copies of the open transaction (if any), then arm the next one."""
+        p = self._producer
+        if p is None or self._copied_since is None:
+            return
+        with self._writing():
+            # the commit goes out once the sends are acknowledged (kafka-python's sender waits
+            # for them); bounded, unlike commit_transaction
+            end_transaction(p, True, timeout_s or self.dest.timeout_ms / 1000)
+        self._copied_since = None
+        if self._uncommitted["records"]:
+            self.stats["copied_records"] += self._uncommitted["records"]
+            self.stats["copied_bytes"] += self._uncommitted["bytes"]
+            self.stats["transactions"] += 1
+        self._uncommitted = {"records": 0, "bytes": 0}
+        if arm:
+            with self._writing():  # counted first: a failure here ends the session, not the copies
+                self._arm(p)
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
         """Kafka's errors while writing, as dssync's: any of them ends the session."""
         try:
             yield
-        except (ProducerFencedError, InvalidProducerEpochError):
-            self._armed_at = None
-            self.close()
+        except (KafkaTimeoutError, KafkaError) as exc:
+            fenced = self._fenced(exc)
+            self._drop_transaction()
+            self.close()  # an open transaction is aborted by the next session's fencing
+            if not fenced:
+                raise BackendUnavailableError(f"writing to {self.dest_topic} failed: {type(exc).__name__}") from None
             age = time.monotonic() - self._txn_since
             if age > self.transaction_timeout_ms / 1000:
                 # Kafka fences a producer whose transaction outlived its timeout exactly as it
@@ -219,10 +253,21 @@ class TopicCopier:
                                               f"its timeout, and was aborted by the broker") from None
             raise LockedError(f"another mirror took over {self.dest_topic}",
                               hint="run one mirror per destination topic") from None
-        except (KafkaTimeoutError, KafkaError) as exc:
-            self._armed_at = None
-            self.close()  # the open transaction is aborted by the next session's fencing
-            raise BackendUnavailableError(f"writing to {self.dest_topic} failed: {type(exc).__name__}") from None
+
+    def _fenced(self, exc: Exception) -> bool:
+        """Whether ``exc`` means this producer was fenced: raised as such (a commit), or, for a
+        send, the error the producer met on an earlier, pipelined write (its transaction
+        manager's last error; kafka-python raises a plain ``KafkaError`` then)."""
+        fenced = (ProducerFencedError, InvalidProducerEpochError)
+        manager = getattr(self._producer, "_transaction_manager", None)
+        causes = [exc, getattr(manager, "last_error", None), *exc.args]
+        return any(isinstance(c, fenced) or (isinstance(c, type) and issubclass(c, fenced)) for c in causes)
+
+    def _drop_transaction(self) -> None:
+        """Forget the open transaction after a failure: it is never committed; its copies are
+        copied again by the next session (readers keep one copy of each)."""
+        self._armed_at = self._copied_since = None
+        self._uncommitted = {"records": 0, "bytes": 0}
 
     def _arm(self, p: KafkaProducer) -> None:
         """Open the next transaction and register the destination partition in it now (module
@@ -237,9 +282,14 @@ class TopicCopier:
             sender.wakeup()
 
     def close(self) -> None:
+        """End the session: commit the copies of the open transaction (a failure to commit
+        leaves them to the next session), abort an armed one, close the producer."""
+        with contextlib.suppress(BackendUnavailableError, LockedError):
+            self.commit(arm=False, timeout_s=min(5.0, self.dest.timeout_ms / 1000))
         p, self._producer = self._producer, None
         self.next = None
         armed, self._armed_at = self._armed_at, None
+        self._drop_transaction()
         if p is not None:
             if armed is not None:  # nothing in it: end it now rather than at the next session
                 with contextlib.suppress(KafkaError):

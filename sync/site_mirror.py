@@ -122,7 +122,7 @@ class SiteMirror:
             at = self.copier.open()
             self._set("connected", f"mirroring {source.topic} at {self.cfg.sync.peer_kafka} from offset {at}")
             while not stopped():
-                if not self.copier.step():
+                if not self.copier.step() and not self.copier.follows:
                     self._sleep(self.idle_s)
                 self._save()
         finally:

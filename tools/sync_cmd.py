@@ -156,7 +156,8 @@ def mirror_topic_cmd(from_kafka: str | None, from_topic: str | None, from_log: s
                 if not copier.step():
                     if stop_when_idle and copier.next is not None and copier.next >= source.end_offset():
                         stopped = True
-                    time.sleep(0.01)
+                    elif not copier.follows:  # a Kafka source already waited for records
+                        time.sleep(0.01)
         finally:
             copier.close()
             source.close()
