@@ -41,6 +41,8 @@ from dssync.log.base import LogRecord
 from dssync.log.columns import RecordColumns, read_in_steps
 
 log = logging.getLogger(__name__)
+FOLLOW_WAIT_MS = 500
+"""The broker-side fetch wait for a log that is followed (``KafkaLog(fetch_wait_ms=...)``)."""
 
 
 @dataclass(frozen=True)
@@ -190,8 +192,14 @@ class KafkaLog:
     def __init__(
         self, settings: KafkaSettings, topic: str, *, writer: bool = False, create: bool = False,
         retention_bytes: int = -1, retention_ms: int = -1, origin: str | None = None,
-        group_id: str | None = None, segment_bytes: int | None = None,
+        group_id: str | None = None, segment_bytes: int | None = None, fetch_wait_ms: int = 20,
     ) -> None:
+        """``fetch_wait_ms``: how long the broker holds a fetch that finds nothing new. Short for
+        logs read in ranges (a seek waits for the fetch in flight); long (``FOLLOW_WAIT_MS``)
+        for a mirror's source, which ``follow``s the log without seeking: Kafka completes the
+        fetch as soon as records commit, so a long wait costs no latency and saves the idle
+        round trips (measured: an idle mirror process at 7.5% of a core with 20 ms, 1.5% with
+        500 ms)."""
         self.settings = settings
         self.topic = topic
         self.tp = TopicPartition(topic, 0)
@@ -213,8 +221,8 @@ class KafkaLog:
                 **opts, enable_auto_commit=False, isolation_level="read_committed", group_id=group_id,
                 auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20,
                 # Kafka 4.1 wakes a waiting read_committed fetch when a commit marker lands
-                # (measured: 1.4 ms median with a 500 ms wait); the short wait only bounds a miss
-                fetch_max_wait_ms=20,
+                # (measured: 1.4 ms median with a 500 ms wait)
+                fetch_max_wait_ms=fetch_wait_ms,
             )
             self._consumer.assign([self.tp])
             if self.tp.topic not in (self._consumer.topics() or set()):

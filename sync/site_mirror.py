@@ -20,7 +20,7 @@ from typing import Any
 
 from dssync import config as cfgmod
 from dssync.appliance import kafka_settings, peer_kafka_settings
-from dssync.log.kafka import KafkaLog
+from dssync.log.kafka import FOLLOW_WAIT_MS, KafkaLog
 from dssync.service import mirror_root
 from dssync.sync import protocol
 from dssync.sync.kafka_mirror import TopicCopier, keep_running, mirror_topic
@@ -114,7 +114,7 @@ class SiteMirror:
         own = kafka_settings(self.cfg)
         peer_settings = peer_kafka_settings(self.cfg)
         prefix = self.cfg.kafka.topic_prefix
-        source = KafkaLog(peer_settings, prefix + peer.name)
+        source = KafkaLog(peer_settings, prefix + peer.name, fetch_wait_ms=FOLLOW_WAIT_MS)
         try:
             self.copier = TopicCopier(source, prefix + peer.name, own, mirror_topic(prefix, peer.name), peer.name,
                                       retention_bytes=self.cfg.log.retention_bytes or -1,

@@ -113,7 +113,7 @@ def mirror_topic_cmd(from_kafka: str | None, from_topic: str | None, from_log: s
     import signal
 
     from dssync.log.filelog import FileLog
-    from dssync.log.kafka import KafkaLog
+    from dssync.log.kafka import FOLLOW_WAIT_MS, KafkaLog
     from dssync.sync.kafka_mirror import TopicCopier, keep_running
 
     _logging(verbose)
@@ -146,7 +146,7 @@ def mirror_topic_cmd(from_kafka: str | None, from_topic: str | None, from_log: s
             name = os.path.abspath(from_log)
         else:
             assert src is not None and from_topic is not None
-            source = KafkaLog(src, from_topic)
+            source = KafkaLog(src, from_topic, fetch_wait_ms=FOLLOW_WAIT_MS)
             name = from_topic
         copier = TopicCopier(source, name, dest, to_topic, origin or os.path.basename(name))
         try:
