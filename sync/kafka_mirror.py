@@ -16,7 +16,8 @@ Exactly once, by the same principle as the file mirror: the destination says whe
   whatever transaction a killed predecessor left open, and only then reads the last
   committed record of the destination: its source offset + 1 is the resume point. A crash
   at any instant therefore leaves either a whole transaction or none, and the next session
-  continues right after the last whole one: no gap, no duplicate.
+  continues right after the last whole one: no gap, no committed duplicate (the copies of
+  the lost transaction are written again; readers keep one copy of each).
 * The next transaction is opened, and the destination partition registered in it
   (AddPartitionsToTxn), right after a commit, while the source is read: the next copy then
   goes out at once. Such an armed transaction holds no record, so it holds back no reader;
