@@ -47,7 +47,7 @@ def _mirror_proc(src: str, topic: str, dst: str, dest_topic: str, logfile: Any) 
 
 
 def test_a_mirror_killed_and_a_destination_broker_restarted_mid_stream_lose_and_double_nothing(
-        tmp_path: Path, kafka_broker: Any, kafka_broker_b: Any) -> None:
+        tmp_path: Path, kafka_broker: Any, kafka_broker_b: Any, leaky_client: None) -> None:
     topic, dest = f"src-{uuid.uuid4().hex[:8]}", f"mirror.src-{uuid.uuid4().hex[:8]}"
     source = KafkaLog(KafkaSettings(kafka_broker.bootstrap), topic, writer=True, create=True)
     done = threading.Event()
@@ -100,7 +100,7 @@ def test_a_mirror_killed_and_a_destination_broker_restarted_mid_stream_lose_and_
 
 
 def test_a_source_broker_stopped_and_restarted_mid_stream_loses_and_doubles_nothing(
-        tmp_path: Path, kafka_broker: Any, kafka_broker_b: Any) -> None:
+        tmp_path: Path, kafka_broker: Any, kafka_broker_b: Any, leaky_client: None) -> None:
     topic, dest = f"src-{uuid.uuid4().hex[:8]}", f"mirror.src-{uuid.uuid4().hex[:8]}"
     settings = KafkaSettings(kafka_broker.bootstrap, timeout_ms=30_000)
     with KafkaLog(settings, topic, writer=True, create=True) as source:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import time
 import uuid
-import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,18 +14,6 @@ from dssync.log.kafka import KafkaLog, KafkaSettings
 from tests.kafka_broker import free_port
 
 pytestmark = pytest.mark.kafka
-
-
-
-@pytest.fixture
-def leaky_client() -> Iterator[None]:
-    """kafka-python 3.0 leaves the socket of a client whose constructor fails unclosed; the
-    object never reaches our code. Collect it here, with its ResourceWarning silenced, so the
-    leak is neither reported against another test nor hidden for the rest of the suite."""
-    yield
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
 
 
 def _scram(broker: Any, password: str) -> KafkaSettings:
