@@ -63,7 +63,8 @@ class SiteMirror:
             self.state["copied_bytes"] = self._base.get("copied_bytes", 0) + c.stats["copied_bytes"]
             self.state["gaps"] = self._base.get("gaps", []) + c.stats["gaps"]
             self.state["not_copied_events"] = self._base.get("not_copied_events", 0) + c.stats["not_copied_offsets"]
-            self.state["next_source_offset"] = c.next
+            if c.next is not None:  # None once closed
+                self.state["next_source_offset"] = c.next
         d = os.path.join(mirror_root(self.home), self.peer)
         os.makedirs(d, exist_ok=True)
         tmp = os.path.join(d, "state.json.tmp")
@@ -128,8 +129,8 @@ class SiteMirror:
         finally:
             copier = self.copier
             if copier is not None:
+                copier.close()  # commits what it copied: counted before the fold
                 self._fold_counters()
-                copier.close()
             source.close()
 
     def _load_counters(self) -> None:
