@@ -160,13 +160,26 @@ def _launch(name: str, java: str, cp: str, d: str, props: str, port: int, timeou
     sys.exit(1)
 
 
-def mirrormaker(name: str, source: str, target: str, topic: str, exactly_once: bool = False) -> None:
-    """Start MirrorMaker 2 (dedicated mode, from the same jars) copying ``topic`` from the
-    cluster at ``source`` to the one at ``target`` (as ``A.<topic>``); stop it with ``stop``.
+MM2_MODES = {  # mode: (source cluster alias, target alias, extra properties)
+    "default": ("A", "B", []),
+    "read-committed": ("C", "D", ["C.consumer.isolation.level = read_committed"]),
+    "exactly-once": ("S", "T", ["T.exactly.once.source.support = enabled",
+                                "S.consumer.isolation.level = read_committed",
+                                "dedicated.mode.enable.internal.rest = true"]),
+}
 
-    ``exactly_once``: MirrorMaker 2's exactly-once mode (Kafka 3.5+): transactional writes at
-    the target, and the source read with ``read_committed``; the clusters are then called S
-    and T (the copy is ``S.<topic>``), so that it can run beside a default one.
+
+def mirrormaker(name: str, source: str, target: str, topic: str, mode: str = "default") -> None:
+    """Start MirrorMaker 2 (dedicated mode, from the same jars) copying ``topic`` from the
+    cluster at ``source`` to the one at ``target``; stop it with ``stop``.
+
+    ``mode`` (``MM2_MODES``): ``default`` reads the source uncommitted (records of open and of
+    aborted transactions are copied too) and writes at least once, as ``A.<topic>``;
+    ``read-committed`` is the default with the source read ``read_committed`` (what a mirror of
+    a transactional topic needs not to copy aborted records), as ``C.<topic>``;
+    ``exactly-once`` is MirrorMaker 2's exactly-once mode (Kafka 3.5+: transactional writes at
+    the target, the source read ``read_committed``), as ``S.<topic>``. Each mode has cluster
+    aliases of its own, so that they can run side by side.
     """
     java = _need("java")
     cp = fetch()
@@ -174,19 +187,19 @@ def mirrormaker(name: str, source: str, target: str, topic: str, exactly_once: b
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
     props = os.path.join(d, "mm2.properties")
-    src, dst = ("S", "T") if exactly_once else ("A", "B")
+    src, dst, extra = MM2_MODES[mode]
+    if mode == "exactly-once":
+        extra = [*extra, f"listeners = http://127.0.0.1:{_free_port()}"]
     rf1 = ["replication.factor", "checkpoints.topic.replication.factor", "heartbeats.topic.replication.factor",
            "offset-syncs.topic.replication.factor", "offset.storage.replication.factor",
            "status.storage.replication.factor", "config.storage.replication.factor"]
-    eos = [f"{dst}.exactly.once.source.support = enabled", f"{src}.consumer.isolation.level = read_committed",
-           "dedicated.mode.enable.internal.rest = true", f"listeners = http://127.0.0.1:{_free_port()}"]
     with open(props, "w") as f:
         f.write("\n".join([
             f"clusters = {src}, {dst}", f"{src}.bootstrap.servers = {source}", f"{dst}.bootstrap.servers = {target}",
             f"{src}->{dst}.enabled = true", f"{src}->{dst}.topics = {topic}", f"{dst}->{src}.enabled = false",
             "tasks.max = 1", "refresh.topics.interval.seconds = 1", "emit.heartbeats.enabled = false",
             "emit.checkpoints.enabled = false", "sync.group.offsets.enabled = false",
-            *(f"{k} = 1" for k in rf1), *(eos if exactly_once else []), "",
+            *(f"{k} = 1" for k in rf1), *extra, "",
         ]))
     log4j = f"-Dlog4j2.configurationFile={os.path.join(HERE, 'log4j2.properties')}"
     with open(os.path.join(d, "broker.log"), "w") as logf:
@@ -196,7 +209,7 @@ def mirrormaker(name: str, source: str, target: str, topic: str, exactly_once: b
     with open(os.path.join(d, "broker.pid"), "w") as f:
         f.write(str(proc.pid))
     print(f"mirrormaker {name} started (pid {proc.pid}): {source} -> {target}, topic {topic} as {src}.{topic}"
-          + (" (exactly once)" if exactly_once else ""))
+          + f" ({mode} mode)")
 
 
 def _free_port() -> int:
@@ -243,14 +256,15 @@ def main() -> None:
     mm.add_argument("--source", required=True)
     mm.add_argument("--target", required=True)
     mm.add_argument("--topic", required=True)
-    mm.add_argument("--exactly-once", action="store_true", help="MirrorMaker 2's exactly-once mode")
+    mm.add_argument("--mode", choices=sorted(MM2_MODES), default="default",
+                    help="default (source read uncommitted), read-committed, or exactly-once")
     a = p.parse_args()
     if a.cmd == "fetch":
         print(fetch())
     elif a.cmd == "start":
         start(a.name, a.port, a.controller_port or a.port + 1, a.scram_port, a.timeout, a.keep_data)
     elif a.cmd == "mirrormaker":
-        mirrormaker(a.name, a.source, a.target, a.topic, a.exactly_once)
+        mirrormaker(a.name, a.source, a.target, a.topic, a.mode)
     elif a.cmd == "stop":
         stop(a.name)
         if a.remove:

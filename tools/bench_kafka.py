@@ -5,10 +5,11 @@
 * replay: the same events replayed from each log into an empty DuckDB store.
 
 * mirror: the same topic copied from one cluster to another by ``dssync mirror-topic`` and by
-  MirrorMaker 2 (from the same Kafka release's jars; default and exactly-once modes), on the
-  same two brokers: throughput of the bulk copy (first to last arrival at the destination),
-  then end-to-end latency (source append time to arrival at a destination consumer) of
-  records appended at a steady rate (``dssync.tools.bench_mirror``).
+  MirrorMaker 2 (from the same Kafka release's jars; default, read_committed and exactly-once
+  modes), on the same two brokers: throughput of the bulk copy (first to last arrival at the
+  destination), end-to-end latency (source append time to arrival at a destination consumer)
+  of records appended at a steady rate, and how many records of an aborted source transaction
+  each copied (``dssync.tools.bench_mirror``).
 
 The brokers are started from compose/kafka.py (a checkout is needed) unless ``--bootstrap``
 (and ``--bootstrap-b`` for the mirror) name running ones.
@@ -160,12 +161,16 @@ def bench_kafka(events: int, bootstrap: str | None, bootstrap_b: str | None, no_
                    f"{c['baseline']:>8} events/s ({c['baseline_MB_per_s']} MB/s)  ratio {c['ratio']}")
     m = report.get("mirror")
     if m:
-        ours, mm2, eos = m["dssync"], m["mirrormaker2"], m["mirrormaker2_exactly_once"]
+        sides = (("dssync", m["dssync"]), ("MirrorMaker 2", m["mirrormaker2"]),
+                 ("MirrorMaker 2 read_committed", m["mirrormaker2_read_committed"]),
+                 ("MirrorMaker 2 exactly-once", m["mirrormaker2_exactly_once"]))
         click.echo(f"mirror  dssync {m['system']:>8} events/s  MirrorMaker 2 {m['baseline']:>8} events/s  "
-                   f"ratio {m['ratio']}  (exactly-once MirrorMaker 2 {eos['events_per_s']} events/s, "
+                   f"ratio {m['ratio']}  (read_committed {sides[2][1]['events_per_s']} events/s, ratio "
+                   f"{m['ratio_vs_read_committed']}; exactly-once {sides[3][1]['events_per_s']} events/s, "
                    f"ratio {m['ratio_vs_exactly_once']})")
-        for who, lat in (("dssync", ours["latency_ms"]), ("MirrorMaker 2", mm2["latency_ms"]),
-                         ("MirrorMaker 2 exactly-once", eos["latency_ms"])):
+        for who, side in sides:
+            lat = side["latency_ms"]
             click.echo(f"latency {who}: p50 {lat['p50']} ms, p99 {lat['p99']} ms ({lat['samples']} records); "
                        f"p99 of its {len(lat['rounds_p99'])} rounds: median {lat['p99_median_of_rounds']} ms, "
-                       f"{lat['p99_lowest_round']}-{lat['p99_highest_round']} ms")
+                       f"{lat['p99_lowest_round']}-{lat['p99_highest_round']} ms; aborted records copied "
+                       f"{side['aborted_records_copied']} of {m['aborted_records']}")

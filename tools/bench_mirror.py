@@ -1,9 +1,11 @@
 """Kafka-to-Kafka mirroring measured against MirrorMaker 2, for ``dssync bench kafka``.
 
 Each mirror runs as its own process (``dssync mirror-topic``; MirrorMaker 2 in dedicated mode
-from compose/kafka.py, in its default at-least-once mode and in its exactly-once mode, which
-reads only committed records and writes in transactions, as dssync does) on the same source
-topic and the same two brokers. A consumer at the destination notes when each record arrives:
+from compose/kafka.py in three modes: its default, at least once, which reads the source
+uncommitted; the same reading only committed records, as a mirror of a transactional log must
+and as dssync does; and its exactly-once mode, which also writes in transactions) on the same
+source topic and the same two brokers. A consumer at the destination notes when each record
+arrives:
 
 * throughput: each mirror alone, one after the other: records of the bulk copy divided by the
   time from the first arrival to the last (the JVM's and the mirrors' start-up are left out,
@@ -13,7 +15,10 @@ topic and the same two brokers. A consumer at the destination notes when each re
   run all along, and the appends go to one topic at a time in rounds of one second per
   mirror (the others idle meanwhile), whose order rotates: a busy stretch of this shared
   machine (they last seconds) then weighs on all alike, where one run of either can be off
-  by a factor of two. Pooled percentiles, and the p99 of each round.
+  by a factor of two. Pooled percentiles, and the p99 of each round;
+* aborted records: before the rounds, a transaction of ``ABORTED`` records is written to each
+  latency topic and aborted; how many of them each mirror copied (records no reader of the
+  source ever sees: a mirror reading the source uncommitted copies them).
 
 Each destination is read as its own readers read it: MirrorMaker 2's ``read_committed`` (the
 only safe way for its exactly-once mode; the same as uncommitted for its default mode, which
@@ -34,7 +39,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
 
 from dssync.errors import BackendUnavailableError, DssyncError
 from dssync.log.kafka import KafkaLog, KafkaSettings, create_topic
@@ -66,6 +72,7 @@ class Arrivals(threading.Thread):
         super().__init__(daemon=True)
         self.bootstrap, self.topic, self.src_ts, self.src_offset = bootstrap, topic, src_ts, src_offset
         self.times: list[tuple[float, int]] = []
+        self.aborted = 0  # copies of records the source aborted (``ABORTED_VALUE``)
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -89,7 +96,9 @@ class Arrivals(threading.Thread):
                             if off < want:
                                 continue
                             want = off + 1
-                        if r.value:
+                        if r.value and r.value.startswith(ABORTED_VALUE):
+                            self.aborted += 1
+                        elif r.value:
                             self.times.append((now, self.src_ts(r)))
         finally:
             c.close()
@@ -139,6 +148,8 @@ class _Lane:
 
 
 APPENDS_PER_S = 50
+ABORTED = 100
+ABORTED_VALUE = b"aborted probe "
 
 
 class _Appender:
@@ -157,6 +168,10 @@ class _Appender:
         if answer != "ok":
             raise BackendUnavailableError(f"the benchmark's writer failed: {answer or 'it exited'}")
 
+    def abort(self, topic: str, count: int) -> None:
+        """Write ``count`` records to ``topic`` in a transaction, and abort it."""
+        self.append(f"abort:{topic}", 1, count)
+
     def close(self) -> None:
         if self.proc.stdin is not None:
             self.proc.stdin.close()
@@ -174,6 +189,14 @@ def _serve_appends(bootstrap: str) -> None:
     try:
         for line in sys.stdin:
             topic, appends, per = line.split()
+            if topic.startswith("abort:"):
+                try:
+                    _abort(bootstrap, topic.removeprefix("abort:"), int(per))
+                except KafkaError as exc:
+                    print(f"error the aborted transaction failed: {exc}", flush=True)
+                    return
+                print("ok", flush=True)
+                continue
             try:
                 log = logs.get(topic) or logs.setdefault(topic, KafkaLog(KafkaSettings(bootstrap), topic, writer=True))
                 t0 = time.monotonic()
@@ -187,6 +210,20 @@ def _serve_appends(bootstrap: str) -> None:
     finally:
         for log in logs.values():
             log.close()
+
+
+def _abort(bootstrap: str, topic: str, count: int) -> None:
+    """A transaction of ``count`` records on ``topic``, aborted (a writer that failed mid-append)."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"bench-abort-{topic}", acks="all")
+    try:
+        producer.init_transactions()
+        producer.begin_transaction()
+        for i in range(count):
+            producer.send(topic, ABORTED_VALUE + str(i).encode(), partition=0)
+        producer.flush()
+        producer.abort_transaction()
+    finally:
+        producer.close(timeout=5)
 
 
 def _rounds(lanes: list[_Lane], appender: _Appender, rounds: int, round_s: float, rate: int) -> None:
@@ -241,11 +278,11 @@ def mirror_report(bootstrap: str, bootstrap_b: str, topic: str, compose_kafka: s
             proc.wait(timeout=60)
         return stop
 
-    def mm2(exactly_once: bool) -> Callable[[str], Callable[[], None]]:
+    def mm2(mode: str) -> Callable[[str], Callable[[], None]]:
         def start(src: str) -> Callable[[], None]:
-            name = f"mm2{'-eos' if exactly_once else ''}-{src}"
+            name = f"mm2-{mode}-{src}"
             subprocess.run([sys.executable, compose_kafka, "mirrormaker", name, "--source", bootstrap,
-                            "--target", bootstrap_b, "--topic", src, *(["--exactly-once"] if exactly_once else [])],
+                            "--target", bootstrap_b, "--topic", src, "--mode", mode],
                            check=True, capture_output=True)
 
             def stop() -> None:
@@ -257,8 +294,9 @@ def mirror_report(bootstrap: str, bootstrap_b: str, topic: str, compose_kafka: s
     mirrors = (  # (what, starter, destination topic of a source topic, source time of a copy,
         #            source offset of a copy when the mirror's readers dedup by it)
         ("dssync mirror", start_ours, "dssync.mirror.{}", _src_ts_dssync, _src_offset_dssync),
-        ("MirrorMaker 2", mm2(False), "A.{}", _src_ts_mm2, None),
-        ("MirrorMaker 2 exactly-once", mm2(True), "S.{}", _src_ts_mm2, None),
+        ("MirrorMaker 2", mm2("default"), "A.{}", _src_ts_mm2, None),
+        ("MirrorMaker 2 read_committed", mm2("read-committed"), "C.{}", _src_ts_mm2, None),
+        ("MirrorMaker 2 exactly-once", mm2("exactly-once"), "S.{}", _src_ts_mm2, None),
     )
 
     with KafkaLog(settings, topic) as source:
@@ -278,6 +316,7 @@ def mirror_report(bootstrap: str, bootstrap_b: str, topic: str, compose_kafka: s
             lane.arrivals.start()
             stoppers.append(start(name))
         for lane in lanes:  # every mirror is copying before the clock starts
+            appender.abort(lane.topic, ABORTED)
             appender.append(lane.topic, 1, 1)
             lane.arrivals.wait_for(1, 120, lane.what)
         _rounds(lanes, appender, rounds, steady_s / rounds, rate)
@@ -290,13 +329,18 @@ def mirror_report(bootstrap: str, bootstrap_b: str, topic: str, compose_kafka: s
             lane.arrivals.join(timeout=10)
     for fig, lane in zip(figures, lanes, strict=True):
         fig["latency_ms"] = _lane_figures(lane)
-    ours, mm2_default, mm2_eos = figures
+        fig["aborted_records_copied"] = lane.arrivals.aborted
+    ours, mm2_default, mm2_rc, mm2_eos = figures
     return {"unit": "events_per_s", "system": ours["events_per_s"], "baseline": mm2_default["events_per_s"],
             "ratio": round(ours["events_per_s"] / max(1, mm2_default["events_per_s"]), 3),
+            "ratio_vs_read_committed": round(ours["events_per_s"] / max(1, mm2_rc["events_per_s"]), 3),
             "ratio_vs_exactly_once": round(ours["events_per_s"] / max(1, mm2_eos["events_per_s"]), 3),
             "latency_p99_ms": {"system": ours["latency_ms"]["p99"], "baseline": mm2_default["latency_ms"]["p99"],
+                               "baseline_read_committed": mm2_rc["latency_ms"]["p99"],
                                "baseline_exactly_once": mm2_eos["latency_ms"]["p99"]},
-            "dssync": ours, "mirrormaker2": mm2_default, "mirrormaker2_exactly_once": mm2_eos}
+            "aborted_records": ABORTED,
+            "dssync": ours, "mirrormaker2": mm2_default, "mirrormaker2_read_committed": mm2_rc,
+            "mirrormaker2_exactly_once": mm2_eos}
 
 
 if __name__ == "__main__":  # the _Appender's process
