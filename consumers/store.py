@@ -395,11 +395,32 @@ class Store:
     def advance(self, source: str, next_offset: int) -> None:
         """Move a source's committed offset forward (never back) without applying records.
 
-        Used once a snapshot that covers a peer's log up to ``next_offset`` has been applied.
+        Used where the store starts reading a log that does not begin with it (a peer's log
+        after its pairing, a log the store is a snapshot of up to ``next_offset``). The first
+        advance of a source nothing was applied from is where the store began reading it:
+        kept as meta ``from:<source>`` (``began``), where a projection of the store (``dssync
+        verify``) begins that log too.
         """
-        if next_offset > self.committed(source):
-            self.con.execute("INSERT OR REPLACE INTO offsets VALUES (?, ?)", [source, next_offset])
-            self._offsets[source] = next_offset
+        if next_offset <= self.committed(source):
+            return
+        meta = {} if source in self._offsets else {f"from:{source}": str(next_offset)}
+        con = self.con
+        try:
+            con.execute("BEGIN")
+            con.execute("INSERT OR REPLACE INTO offsets VALUES (?, ?)", [source, next_offset])
+            self._put_meta(meta, con)
+            con.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            raise
+        self._offsets[source] = next_offset
+        self._meta.update(meta)
+
+    def began(self, source: str) -> int:
+        """The offset of ``source`` where this store began reading it (``advance``); 0 if it
+        read it from its start."""
+        return int(self._meta.get(f"from:{source}", 0))
 
     def forget(self, source: str) -> None:
         """Drop a source's committed offset (a finished snapshot source)."""

@@ -84,6 +84,34 @@ def open_log(home: str, cfg: cfgmod.Config, writer: bool, create: bool = False) 
     )
 
 
+def open_peer_log(home: str, cfg: cfgmod.Config, peer: str, create: bool = False) -> Any:
+    """The peer's log as an appliance with a Kafka transport reads it (read-only): with
+    ``kafka-shared``, the peer's own topic on the shared cluster; with ``kafka-sites``, the
+    mirror topic on this site's cluster, in the peer's offsets. ``create`` creates the mirror
+    topic when missing (the service does; ``verify`` only reads). Raises ``UsageError`` for a
+    transport without a Kafka peer log, a missing topic, ``BackendUnavailableError`` when
+    the cluster does not answer."""
+    transport = cfg.sync.transport
+    if transport == "kafka-shared":
+        peer_cfg = cfgmod.load(home)
+        peer_cfg.name = peer  # the peer's topic follows the shared naming
+        return open_log(home, peer_cfg, writer=False)
+    if transport != "kafka-sites":
+        raise UsageError(f"transport {transport!r} has no Kafka peer log", hint="the peer's log is in HOME/mirror/")
+    from dssync.log.kafka import create_topic, topic_exists
+    from dssync.log.mirrored import MirroredTopic
+    from dssync.sync.kafka_mirror import mirror_topic
+
+    settings = kafka_settings(cfg)
+    topic = mirror_topic(cfg.kafka.topic_prefix, peer)
+    if create:
+        create_topic(settings, topic, cfg.log.retention_bytes or -1, cfg.log.retention_ms or -1)
+    elif not topic_exists(settings, topic):
+        raise UsageError(f"no Kafka topic {topic!r} at {settings.bootstrap_servers} (the mirror of {peer}'s log)",
+                         hint="start the mirror ('dssync mirror HOME'); it creates the topic")
+    return MirroredTopic(settings, topic)
+
+
 def open_store(directory: str, cfg: cfgmod.Config, create: bool = False) -> Store:
     """The store of a home (``directory`` is its store or a replay's new one, beside ``log/``).
 

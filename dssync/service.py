@@ -28,7 +28,7 @@ import time
 from typing import Any, BinaryIO
 
 from dssync import config as cfgmod
-from dssync.appliance import Appliance, log_dir, open_log, store_dir
+from dssync.appliance import Appliance, log_dir, open_log, open_peer_log, store_dir
 from dssync.consumers.consumer import Consumer
 from dssync.consumers.packs import Packs
 from dssync.consumers.store import Row
@@ -162,8 +162,22 @@ class Service:
         Consumer(FileLog(directory), app.store, source).catch_up()
         app.store.forget(source)
         app.store.advance(f"log:{master.name}", covers_to)
-        shutil.rmtree(directory, ignore_errors=True)
+        self._keep_snapshot(master.name, directory, "pairing")
         log.info("loaded snapshot of %s (%d events); reading its topic from offset %d", master.name, events, covers_to)
+
+    def _keep_snapshot(self, peer: str, directory: str, label: str) -> None:
+        """Keep a loaded snapshot of ``peer``'s store (the newest only) where the file mirror
+        keeps its own (``_apply_snapshot``): ``dssync verify`` rebuilds the store's projection
+        from it and the peer's log after it."""
+        root = mirror_root(self.home)
+        os.makedirs(root, exist_ok=True)
+        prefix = f"{peer}.snapshot.applied-"
+        for old in os.listdir(root):
+            if old.startswith(prefix):
+                shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+        kept = os.path.join(root, prefix + label)
+        os.makedirs(kept)
+        os.rename(directory, os.path.join(kept, "log"))
 
     def identity(self) -> protocol.Identity:
         return _identity(self.config, max(self._reader.start_offset(), self.config.sync.own_log_from))
@@ -284,21 +298,8 @@ class Service:
         return total
 
     def _open_peer_log(self, peer: str) -> Any:
-        """The peer's log as this site sees it: its own topic on a shared cluster, or the
-        mirror topic on this site's cluster (read in the peer's offsets)."""
-        if self.config.sync.transport == "kafka-shared":
-            peer_cfg = cfgmod.load(self.home)
-            peer_cfg.name = peer  # the peer's topic follows the shared naming
-            return open_log(self.home, peer_cfg, writer=False)
-        from dssync.appliance import kafka_settings
-        from dssync.log.kafka import create_topic
-        from dssync.log.mirrored import MirroredTopic
-        from dssync.sync.kafka_mirror import mirror_topic
-
-        settings = kafka_settings(self.config)
-        topic = mirror_topic(self.config.kafka.topic_prefix, peer)
-        create_topic(settings, topic, self.config.log.retention_bytes or -1, self.config.log.retention_ms or -1)
-        return MirroredTopic(settings, topic)
+        """The peer's log as this site sees it (``appliance.open_peer_log``)."""
+        return open_peer_log(self.home, self.config, peer, create=True)
 
     def _apply_peer_topic(self) -> int:
         """Kafka: read the peer's log from where the pairing says it starts for us: its own
@@ -362,7 +363,7 @@ class Service:
             Consumer(FileLog(directory), self.app.store, source).catch_up()
             self.app.store.forget(source)
             self.app.store.advance(f"log:{peer.name}", covers_to)
-        shutil.rmtree(directory, ignore_errors=True)
+        self._keep_snapshot(peer.name, directory, f"repair-{gaps}")
         done[peer.name] = gaps
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:

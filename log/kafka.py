@@ -149,6 +149,22 @@ def create_topic(settings: KafkaSettings, topic: str, retention_bytes: int = -1,
         admin.close()
 
 
+def topic_exists(settings: KafkaSettings, topic: str) -> bool:
+    """Whether the cluster has ``topic``. Raises ``BackendUnavailableError`` when it does not
+    answer."""
+    probe(settings)
+    try:
+        consumer = KafkaConsumer(**settings.client_options(), enable_auto_commit=False, group_id=None)
+    except KafkaTimeoutError as exc:
+        raise _unavailable(settings, exc) from None
+    try:
+        return topic in (consumer.topics() or set())
+    except KafkaTimeoutError as exc:
+        raise _unavailable(settings, exc) from None
+    finally:
+        consumer.close()
+
+
 def close_producer(producer: KafkaProducer, timeout_s: float = 5.0) -> None:
     """Close a producer within ``timeout_s``, whatever state its broker is in.
 

@@ -5,9 +5,9 @@ Three checks, each independent of the others' success:
 1. every batch of every log the store is built from (its own, the peer's mirrored log, a
    loaded snapshot) passes its CRC and every record decodes;
 2. every live segment's bytes in the packs hash to its reference;
-3. a fresh projection of those logs up to the store's committed offsets (a scratch store
-   built in a temporary directory) has the same digest as the store; if not, the references
-   that differ are listed.
+3. a fresh projection of those logs, each from where the store began reading it up to its
+   committed offset (a scratch store built in a temporary directory), has the same digest as
+   the store; if not, the references that differ are listed.
 
 A store behind its log (a crash between append and apply) is not a problem: it is reported
 as ``apply_lag`` and caught up the next time the home is opened. A committed offset beyond
@@ -25,7 +25,7 @@ from typing import Any
 
 import click
 
-from dssync.appliance import source_name
+from dssync.appliance import open_peer_log, source_name
 from dssync.consumers.store import Store
 from dssync.errors import DssyncError, LockedError, MismatchError
 from dssync.log.base import LogRecord
@@ -85,11 +85,13 @@ def verify_store(home: str, store: Store, max_diffs: int = 20) -> Report:
     log = open_log_reader(home)
     rep = Report()
     scratch = tempfile.mkdtemp(prefix="dssync-verify-")
+    opened: list[Any] = []  # the peers' logs this opened
     try:
         projection = Store(scratch, create=True, fsync=False)
         own = source_name(cfg.name)
-        sources = _sources(home, own, log)
-        retired = sum(len(slog.retired()) for _, slog in sources)
+        sources = _sources(home, cfg, own, log, store, rep)
+        opened.extend(slog for _, slog in sources[1:])
+        retired = sum(_retired(slog) for _, slog in sources)
         for source, slog in sources:
             end = slog.end_offset()
             committed = store.committed(source) if not source.startswith("snapshot:") else end
@@ -98,7 +100,7 @@ def verify_store(home: str, store: Store, max_diffs: int = 20) -> Report:
             if committed > end:
                 rep.problems.append(f"{source}: store applied up to offset {committed} but the log ends at {end}")
             try:
-                _project(slog, source, committed, projection, rep)
+                _project(slog, source, store.began(source), committed, projection, rep)
             except DssyncError as exc:
                 rep.problems.append(f"{source}: {exc.message}")
         for ref, pack, pos, size in store.iter_live_segments():
@@ -120,13 +122,19 @@ def verify_store(home: str, store: Store, max_diffs: int = 20) -> Report:
             rep.differing_refs = diff_rows(store, projection, max_diffs)
         projection.close()
     finally:
+        for slog in opened:
+            slog.close()
         shutil.rmtree(scratch, ignore_errors=True)
     return rep
 
 
-def _sources(home: str, own: str, log: Any) -> list[tuple[str, Any]]:
-    """Every log the store is the projection of: its own, each mirror, each loaded snapshot."""
+def _sources(home: str, cfg: Any, own: str, log: Any, store: Store, rep: Report) -> list[tuple[str, Any]]:
+    """Every log the store is the projection of: its own, each loaded snapshot, and each
+    peer's: a file mirror in HOME/mirror/, or with a Kafka transport the peer's log as the
+    service reads it (``open_peer_log``), for each peer the store has applied records of (a
+    peer log that cannot be opened is a problem of the report)."""
     out: list[tuple[str, Any]] = [(own, log)]
+    kafka = cfg.sync.transport in ("kafka-shared", "kafka-sites")
     root = mirror_root(home)
     if os.path.isdir(root):
         for name in sorted(os.listdir(root)):
@@ -136,9 +144,24 @@ def _sources(home: str, own: str, log: Any) -> list[tuple[str, Any]]:
             if ".snapshot.applied-" in name:
                 peer, _, epoch = name.partition(".snapshot.applied-")
                 out.append((f"snapshot:{peer}:{epoch}", FileLog(os.path.join(path, "log"))))
-            else:
+            elif not kafka:  # (with kafka-sites, the site mirror's state lives there)
                 out.append((f"log:{name}", FileLog(path)))
+    if kafka:
+        for source in sorted(store.offsets()):
+            if source.startswith("log:") and source != own:
+                try:
+                    out.append((source, open_peer_log(home, cfg, source.removeprefix("log:"))))
+                except DssyncError as exc:
+                    rep.problems.append(f"{source}: {exc.message}")
     return out
+
+
+def _retired(slog: Any) -> int:
+    """How many pieces of ``slog`` retention removed: file segments, or 1 when a Kafka topic
+    no longer starts at offset 0."""
+    if isinstance(slog, FileLog):
+        return len(slog.retired())
+    return 1 if slog.start_offset() > 0 else 0
 
 
 def _records(slog: Any, rep: Report) -> Iterator[list[LogRecord]]:
@@ -159,15 +182,17 @@ def _records(slog: Any, rep: Report) -> Iterator[list[LogRecord]]:
         pos = chunk[-1].offset + 1
 
 
-def _project(slog: Any, source: str, committed: int, projection: Store, rep: Report) -> None:
-    """Check every record of ``slog``; apply those below ``committed`` to ``projection``."""
+def _project(slog: Any, source: str, began: int, committed: int, projection: Store, rep: Report) -> None:
+    """Check every record of ``slog``; apply those from ``began`` (where the store began
+    reading it) to below ``committed`` to ``projection``."""
     pending: list[LogRecord] = []
+    projection.advance(source, began)
     for chunk in _records(slog, rep):
         for rec in chunk:
             ev = decode(rec.value)
             rep.events[ev["type"]] = rep.events.get(ev["type"], 0) + 1
             rep.log_records += 1
-            if rec.offset < committed:  # the store is the projection of this prefix
+            if began <= rec.offset < committed:  # the store is the projection of this range
                 pending.append(rec)
         if len(pending) >= 50_000:
             projection.apply(source, pending)
