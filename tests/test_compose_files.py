@@ -3,6 +3,7 @@ and the appliance entrypoint of docker-compose.yml runs as it is against two rea
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -97,3 +98,85 @@ def test_the_compose_appliance_entrypoint_pairs_two_sites_and_keeps_them_in_sync
         assert p.returncode in (0, 143), (logs / f"{name}.entrypoint.log").read_text()[-2000:]
         left = subprocess.run(["pgrep", "-g", str(p.pid)], capture_output=True, text=True).stdout.split()
         assert not left, f"processes left in {name}'s group: {left}"
+
+
+def _compose_images(tmp_path: Path) -> dict[str, Any]:
+    """Stand-ins for docker-compose.yml's two images (tests/netcompose.py): the Dockerfile's
+    (this environment's installed dssync, its ENTRYPOINT and COPY as written) and
+    apache/kafka's (the same release's jars behind the three scripts of the image that
+    kafka-site.sh and the healthcheck call)."""
+    from tests.netcompose import Image, dockerfile_entrypoint
+
+    cp = subprocess.run([sys.executable, str(TOP / "compose" / "kafka.py"), "fetch"], check=True,
+                        capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    home = tmp_path / "opt-kafka"
+    (home / "bin").mkdir(parents=True)
+    log4j = f"-Dlog4j2.configurationFile={TOP / 'compose' / 'log4j2.properties'}"
+    for script, main, heap in (("kafka-storage.sh", "kafka.tools.StorageTool", "-Xmx256m"),
+                               ("kafka-server-start.sh", "kafka.Kafka", "-Xms256m -Xmx768m"),
+                               ("kafka-broker-api-versions.sh", "org.apache.kafka.tools.BrokerApiVersionsCommand",
+                                "-Xmx128m")):
+        path = home / "bin" / script
+        path.write_text(f'#!/bin/sh\nexec java {heap} {log4j} -cp "{cp}" {main} "$@"\n')
+        path.chmod(0o755)
+    entrypoint, copies = dockerfile_entrypoint(DOCKER / "Dockerfile", TOP)
+    bin_dir = os.path.dirname(sys.executable)
+
+    def kafka_env(service: str, volumes: dict[str, str]) -> dict[str, str]:
+        return {"KAFKA_HOME": str(home), "KAFKA_STATE": str(tmp_path / "state" / service)}
+
+    def appliance_env(service: str, volumes: dict[str, str]) -> dict[str, str]:
+        return {"PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin", "DSSYNC_ROOT": volumes["/var/lib/dssync"]}
+
+    return {"apache/kafka:4.1.1": Image({"/opt/kafka": str(home)}, kafka_env),
+            "build": Image(copies, appliance_env, entrypoint)}
+
+
+@pytest.mark.kafka
+def test_docker_compose_yml_runs_two_sites_each_service_on_a_host_of_its_own(tmp_path: Path) -> None:
+    """docker-compose.yml as written (hostnames, ports, environment, depends_on, healthchecks,
+    entrypoints), each service in a network namespace of its own (tests/netcompose.py): the
+    two brokers come up healthy, the appliances pair across the sites, data ingested on each
+    reaches the other's store, and ``down`` stops everything within Docker's grace."""
+    from tests.netcompose import NetCompose, can_run
+
+    why = can_run()
+    if why is not None:
+        message = f"the compose stack runs in network namespaces: {why}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    images = _compose_images(tmp_path)
+    r = release(tmp_path, 53, 1_000_000, 3)
+    with NetCompose(DOCKER / "docker-compose.yml", tmp_path / "compose", images) as stack:
+        stack.up(timeout=300)
+
+        def status(name: str) -> dict[str, Any]:
+            doc: dict[str, Any] = json.loads(stack.exec(name, ["dssync", "status", f"/var/lib/dssync/{name}",
+                                                               "--json"]).stdout)
+            return doc
+
+        volumes = tmp_path / "compose" / "volumes"
+        deadline = time.time() + 120
+        while not all((volumes / f"{n}-home" / n / "run" / "serve.json").exists() for n in ("sha", "shb")):
+            assert time.time() < deadline, f"{stack.log('sha')[-2000:]}\n{stack.log('shb')[-2000:]}"
+            time.sleep(0.5)
+        stack.exec("sha", ["dssync", "ingest", "/var/lib/dssync/sha", r[0]])
+        stack.exec("shb", ["dssync", "ingest", "/var/lib/dssync/shb", r[1]])
+        deadline = time.time() + 180
+        while True:
+            sa, sb = status("sha"), status("shb")
+            if (sb["store"]["offsets"].get("log:sha", 0) >= sa["log_end_offset"] > 0
+                    and sa["store"]["offsets"].get("log:shb", 0) >= sb["log_end_offset"] > 0):
+                break
+            assert time.time() < deadline, f"no convergence\n{stack.log('sha')[-3000:]}\n{stack.log('shb')[-3000:]}"
+            time.sleep(0.5)
+        assert sa["sync"]["role"] == "master" and sb["sync"]["role"] == "backup"
+        for name in ("sha", "shb"):  # the compose file's own check, in each container
+            stack.exec(name, ["dssync", "verify", f"/var/lib/dssync/{name}"])
+        doc = json.loads(stack.exec("shb", ["dssync", "ingest", "/var/lib/dssync/shb", r[0], "--json"]).stdout)
+        assert doc["savings"] > 0.999  # sha's data is in shb's store
+        stack.down()
+    assert not stack.killed, f"needed SIGKILL: {stack.killed}"
+    for name in ("sha", "shb"):
+        assert stack.returncodes[name] in (0, 143), stack.log(name)[-2000:]

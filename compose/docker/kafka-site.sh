@@ -2,10 +2,14 @@
 # One single-node KRaft site for docker-compose.yml, configured like compose/kafka.py does on
 # a bare machine: loopback-free listeners named after the service, replication factor 1,
 # broker append time, and transaction.version=1 (kafka-python's transactions).
+# KAFKA_HOME and KAFKA_STATE default to the apache/kafka image's paths; tests/netcompose.py sets
+# them to run this script as it is without Docker.
 set -euo pipefail
 : "${SITE:?SITE (the service name) must be set}"
-props=/var/lib/kafka/server.properties
-mkdir -p /var/lib/kafka/data
+kafka=${KAFKA_HOME:-/opt/kafka}
+state=${KAFKA_STATE:-/var/lib/kafka}
+props=$state/server.properties
+mkdir -p "$state/data"
 cat > "$props" <<PROPS
 process.roles=broker,controller
 node.id=1
@@ -15,7 +19,7 @@ advertised.listeners=PLAINTEXT://${SITE}:9092
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs=/var/lib/kafka/data
+log.dirs=$state/data
 offsets.topic.replication.factor=1
 offsets.topic.num.partitions=3
 transaction.state.log.replication.factor=1
@@ -27,5 +31,5 @@ group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 min.insync.replicas=1
 PROPS
-/opt/kafka/bin/kafka-storage.sh format --standalone -g -t "${CLUSTER_ID}" -c "$props" -f transaction.version=1
-exec /opt/kafka/bin/kafka-server-start.sh "$props"
+"$kafka/bin/kafka-storage.sh" format --standalone -g -t "${CLUSTER_ID}" -c "$props" -f transaction.version=1
+exec "$kafka/bin/kafka-server-start.sh" "$props"
