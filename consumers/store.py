@@ -91,6 +91,23 @@ def _registered(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> I
         con.unregister(name)
 
 
+@contextlib.contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """The block as one DuckDB transaction: committed at its end, rolled back if it raises; a
+    failed write of the database (disk full, I/O error) raised as ``ResourceError``."""
+    try:
+        con.execute("BEGIN")
+        yield
+        con.execute("COMMIT")
+    except duckdb.IOException as exc:
+        con.execute("ROLLBACK")
+        raise ResourceError(f"the store could not commit: {exc}") from None
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            con.execute("ROLLBACK")
+        raise
+
+
 @dataclass
 class Staged:
     """An apply merged, its segment bytes written and synced, its transaction not yet run."""
@@ -333,8 +350,7 @@ class Store:
     def _commit(self, staged: Staged, con: duckdb.DuckDBPyConnection) -> None:
         """One transaction: new rows (plain insert, the fast path), replaced rows, offset, meta."""
         source, next_offset, plan, ev, rows = staged.source, staged.next_offset, staged.plan, staged.ev, staged.rows
-        try:
-            con.execute("BEGIN")
+        with _transaction(con):
             if rows is not None:
                 if plan.exists.all() or not plan.exists.any():
                     parts = [(rows, "INSERT OR REPLACE" if plan.exists.any() else "INSERT")]
@@ -360,14 +376,6 @@ class Store:
             if plan.max_hlc > int(old_meta.get("max_hlc", 0)):
                 meta["max_hlc"] = str(plan.max_hlc)
             self._put_meta(meta, con)
-            con.execute("COMMIT")
-        except duckdb.IOException as exc:
-            con.execute("ROLLBACK")
-            raise ResourceError(f"the store could not commit: {exc}") from None
-        except BaseException:
-            with contextlib.suppress(duckdb.Error):
-                con.execute("ROLLBACK")
-            raise
         self._offsets[source] = next_offset
         self._meta.update(meta)
         self.packs.saved(log_files)
@@ -404,16 +412,9 @@ class Store:
         if next_offset <= self.committed(source):
             return
         meta = {} if source in self._offsets else {f"from:{source}": str(next_offset)}
-        con = self.con
-        try:
-            con.execute("BEGIN")
-            con.execute("INSERT OR REPLACE INTO offsets VALUES (?, ?)", [source, next_offset])
-            self._put_meta(meta, con)
-            con.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(duckdb.Error):
-                con.execute("ROLLBACK")
-            raise
+        with _transaction(self.con):
+            self.con.execute("INSERT OR REPLACE INTO offsets VALUES (?, ?)", [source, next_offset])
+            self._put_meta(meta, self.con)
         self._offsets[source] = next_offset
         self._meta.update(meta)
 
