@@ -13,7 +13,7 @@ as the file itself goes, with Linux's own pieces (root and iproute2 needed):
   its ``entrypoint`` with the file's ``environment`` (merge keys resolved) and nothing else of
   this process's environment; ``exec`` runs a command in a service's namespace as
   ``docker compose exec`` does; ``down`` stops dependents first with SIGTERM, then SIGKILL
-  after Docker's 10 s grace.
+  after the service's ``stop_grace_period`` (Docker's default: 10 s).
 
 What Docker itself would add is stood in for by an ``Image`` per image: its files (a path
 map for the command words, e.g. the Dockerfile's ``COPY`` of the entrypoint), its environment
@@ -244,7 +244,8 @@ class NetCompose:
         return p
 
     def down(self) -> None:
-        """``docker compose down``: dependents first, SIGTERM then SIGKILL after the grace;
+        """``docker compose down``: dependents first, SIGTERM then SIGKILL after the grace
+        (``stop_grace_period``);
         records each service's exit code (``returncodes``) and which needed SIGKILL (``killed``)."""
         for name in reversed(self._order()):
             p = self.procs.get(name)
@@ -253,7 +254,7 @@ class NetCompose:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGTERM)
                 try:
-                    p.wait(timeout=STOP_GRACE_S)
+                    p.wait(timeout=_seconds(self.services[name].get("stop_grace_period", STOP_GRACE_S)))
                 except subprocess.TimeoutExpired:
                     self.killed.append(name)
                     os.killpg(p.pid, signal.SIGKILL)
