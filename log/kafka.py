@@ -337,19 +337,25 @@ class KafkaLog:
         self.read_through = None
         if from_offset >= end:
             return []
-        c.seek(self.tp, from_offset)
         out: list[LogRecord] = []
         idle = 0
-        while len(out) < max_records and c.position(self.tp) < end:
-            batch = c.poll(timeout_ms=500, max_records=max_records - len(out))
-            recs = batch.get(self.tp, [])
-            if not recs:
-                idle += 1
-                if idle * 500 > self.settings.timeout_ms:
-                    raise BackendUnavailableError(f"no data from Kafka topic {self.topic} below its end offset {end}")
-                continue
-            idle = 0
-            out.extend(LogRecord(r.offset, r.timestamp, r.value) for r in recs if r.offset >= from_offset)
+        try:
+            c.seek(self.tp, from_offset)
+            while len(out) < max_records and c.position(self.tp) < end:
+                batch = c.poll(timeout_ms=500, max_records=max_records - len(out))
+                recs = batch.get(self.tp, [])
+                if not recs:
+                    idle += 1
+                    if idle * 500 > self.settings.timeout_ms:
+                        raise BackendUnavailableError(
+                            f"no data from Kafka topic {self.topic} below its end offset {end}")
+                    continue
+                idle = 0
+                out.extend(LogRecord(r.offset, r.timestamp, r.value) for r in recs if r.offset >= from_offset)
+        except KafkaTimeoutError as exc:  # position() and poll() raise while the broker is down
+            raise _unavailable(self.settings, exc) from None
+        except KafkaError as exc:
+            raise BackendUnavailableError(f"reading {self.topic} failed: {type(exc).__name__}") from None
         if not out:
             self.read_through = end  # everything in [from_offset, end) was a transaction marker
         return out[:max_records]
@@ -395,7 +401,12 @@ class KafkaLog:
     def offset_for_time(self, timestamp_ms: int) -> int:
         c = self._consumer
         assert c is not None
-        found = c.offsets_for_times({self.tp: timestamp_ms}).get(self.tp)
+        try:
+            found = c.offsets_for_times({self.tp: timestamp_ms}).get(self.tp)
+        except KafkaTimeoutError as exc:
+            raise _unavailable(self.settings, exc) from None
+        except KafkaError as exc:
+            raise BackendUnavailableError(f"looking up a time in {self.topic} failed: {type(exc).__name__}") from None
         return int(found.offset) if found is not None else self.end_offset()
 
     def commit_group(self, next_offset: int) -> None:

@@ -96,16 +96,20 @@ class TopicReader:
     def fetch(self, start: int, end: int, max_records: int) -> list[Any]:
         """Records with ``start <= offset < end``, up to ``max_records`` (fewer at the end)."""
         c = self.consumer
-        c.seek(self.tp, start)
         out: list[Any] = []
         deadline = time.monotonic() + self.settings.timeout_ms / 1000
-        while len(out) < max_records and c.position(self.tp) < end:
-            got = c.poll(timeout_ms=200, max_records=max_records - len(out)).get(self.tp, [])
-            if got:
-                out.extend(r for r in got if start <= r.offset < end)
-                deadline = time.monotonic() + self.settings.timeout_ms / 1000
-            elif time.monotonic() > deadline:
-                raise BackendUnavailableError(f"no data from Kafka topic {self.topic} below offset {end}")
+        try:
+            c.seek(self.tp, start)
+            while len(out) < max_records and c.position(self.tp) < end:
+                got = c.poll(timeout_ms=200, max_records=max_records - len(out)).get(self.tp, [])
+                if got:
+                    out.extend(r for r in got if start <= r.offset < end)
+                    deadline = time.monotonic() + self.settings.timeout_ms / 1000
+                elif time.monotonic() > deadline:
+                    raise BackendUnavailableError(f"no data from Kafka topic {self.topic} below offset {end}")
+        except (KafkaTimeoutError, KafkaError) as exc:  # position() and poll() raise while the broker is down
+            raise BackendUnavailableError(f"Kafka at {self.settings.bootstrap_servers} did not answer "
+                                          f"for {self.topic}: {type(exc).__name__}") from None
         return out[:max_records]
 
     def last_record(self) -> Any | None:
