@@ -21,8 +21,6 @@ import logging
 import os
 import secrets
 import shutil
-import signal
-import sys
 import threading
 import time
 from typing import Any, BinaryIO
@@ -37,6 +35,7 @@ from dssync.log.filelog import FileLog
 from dssync.monitor.metrics import serve_metrics
 from dssync.monitor.monitor import Monitor
 from dssync.monitor.probes import ServiceProbes
+from dssync.process import StopFlag, command
 from dssync.producers.optimizer import Optimizer
 from dssync.schemas import encode
 from dssync.sync import protocol, server, snapshot
@@ -81,10 +80,12 @@ class _LockedSink:
 class Service:
     """One running appliance service (see the module docstring)."""
 
-    def __init__(self, home: str) -> None:
+    def __init__(self, home: str, stopping: StopFlag | None = None) -> None:
+        """Open the appliance at ``home``. ``stopping``: the process's stop request (SIGTERM
+        routed to it by ``serve``); every loop of the service ends when it is up."""
         self.home = home
         self.lock = threading.RLock()
-        self.stopping = threading.Event()
+        self.stopping = stopping or StopFlag()
         self.restart = False
         self.token = secrets.token_hex(16)
         self.refusals: dict[str, str] = {}
@@ -585,13 +586,11 @@ def serve(home: str, wait_for_home_s: float = 60.0) -> None:
     """
     deadline = time.monotonic() + wait_for_home_s
     announced = False
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = StopFlag().install()  # the handler only raises a flag: see dssync.process
     pause, said = 0.2, ""
     while True:
         try:
-            svc = Service(home)
+            svc = Service(home, stopping=stop)
             break
         except LockedError:
             if time.monotonic() >= deadline:
@@ -599,7 +598,8 @@ def serve(home: str, wait_for_home_s: float = 60.0) -> None:
             if not announced:
                 log.info("waiting for another dssync process to release %s", home)
                 announced = True
-            time.sleep(0.2)
+            if stop.wait(0.2):
+                return
         except protocol.TransientError as exc:  # the master is not there (yet) to pair with
             if exc.message != said:
                 log.warning("pairing waits for the master: %s; retrying (every 5 s at most)", exc.message)
@@ -610,11 +610,8 @@ def serve(home: str, wait_for_home_s: float = 60.0) -> None:
             pause = min(pause * 2, 5.0)
         if stop.is_set():
             return
-    signal.signal(signal.SIGTERM, lambda *_: svc.request_stop())
-    signal.signal(signal.SIGINT, lambda *_: svc.request_stop())
-    if stop.is_set():  # asked to stop while the service was being set up: it stops at once
-        svc.request_stop()
-    svc.run()
+    svc.run()  # a stop asked while the service was being set up is seen by its first loop
     if svc.restart:
         log.info("restarting %s", home)
-        os.execv(sys.executable, [sys.executable, "-m", "dssync.tools.cli", "serve", home])
+        argv = command("serve", home)
+        os.execv(argv[0], argv)

@@ -12,12 +12,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from dssync.config import MonitorConfig
 from dssync.monitor.alarms import AlarmBook, AlarmEvent, AlarmSpec
 from dssync.monitor.evaluate import SEVERITY, PathWindow, Sample, Verdict
 from dssync.monitor.notify import Notifier
+
+
+class Stopping(Protocol):
+    """What ``Monitor.run`` waits on: a ``threading.Event`` or a ``dssync.process.StopFlag``."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
 
 log = logging.getLogger("dssync.alarms")
 
@@ -116,7 +124,7 @@ class Monitor:
         with self.lock:
             return self.report
 
-    def run(self, stopping: threading.Event) -> None:
+    def run(self, stopping: Stopping) -> None:
         """Evaluate every ``interval_s`` until ``stopping`` is set; a failed round is logged."""
         while not stopping.is_set():
             try:

@@ -352,8 +352,12 @@ class TopicCopier:
             close_producer(p)
 
 
+def void(_: object) -> None:
+    """Drop a value (tenacity's sleep must return None; a stop flag's wait returns a bool)."""
+
+
 def keep_running(session: Callable[[], None], stopped: Callable[[], bool],
-                 on_state: Callable[[str, str], None], sleep: Callable[[float], None]) -> None:
+                 on_state: Callable[[str, str], None], sleep: Callable[[float], object]) -> None:
     """Run ``session`` until ``stopped()``, restarting it after every transient failure.
 
     Transient means ``BackendUnavailableError`` (a cluster or the peer does not answer): the
@@ -367,7 +371,7 @@ def keep_running(session: Callable[[], None], stopped: Callable[[], bool],
 
     retrying = Retrying(retry=retry_if_exception_type(BackendUnavailableError),
                         wait=wait_exponential(multiplier=0.1, min=0.1, max=5.0), before_sleep=before_sleep,
-                        stop=lambda rs: stopped(), sleep=sleep, reraise=True)
+                        stop=lambda rs: stopped(), sleep=lambda s: void(sleep(s)), reraise=True)
     while not stopped():
         with contextlib.suppress(BackendUnavailableError):  # raised only once stopped
             retrying(session)

@@ -38,6 +38,7 @@ from dssync.appliance import log_dir
 from dssync.errors import CorruptLogError, OffsetOutOfRangeError, UsageError
 from dssync.log import batch as batchfmt
 from dssync.log.filelog import FileLog
+from dssync.process import StopFlag
 from dssync.service import START_FILE, mirror_root
 from dssync.sync import protocol, snapshot
 
@@ -60,7 +61,7 @@ class Mirror:
         self.status = "starting"
         self.peer: protocol.Identity | None = None
         self.out: FileLog | None = None
-        self.stopped = False
+        self.stop = StopFlag()  # SIGTERM routed here by 'dssync mirror' (stop.install())
         self._last_write = 0.0
 
     # ------------------------------------------------------------------ state and logging
@@ -123,11 +124,13 @@ class Mirror:
                 pass  # stopped while retrying
         self.close()
 
+    @property
+    def stopped(self) -> bool:
+        return self.stop.is_set()
+
     def _sleep(self, seconds: float) -> None:
         """Sleep, but wake up at once when asked to stop."""
-        end = time.monotonic() + seconds
-        while not self.stopped and time.monotonic() < end:
-            time.sleep(min(0.05, end - time.monotonic()))
+        self.stop.wait(seconds)
 
     def _session(self, deadline: float | None) -> None:
         self.cfg = cfgmod.load(self.home)

@@ -21,6 +21,7 @@ from typing import Any
 from dssync import config as cfgmod
 from dssync.appliance import kafka_settings, peer_kafka_settings
 from dssync.log.kafka import FOLLOW_WAIT_MS, KafkaLog
+from dssync.process import StopFlag
 from dssync.service import mirror_root
 from dssync.sync import protocol
 from dssync.sync.kafka_mirror import TopicCopier, keep_running, mirror_topic
@@ -35,7 +36,7 @@ class SiteMirror:
         self.home = home
         self.idle_s = idle_s
         self.cfg = cfgmod.load(home)
-        self.stopped = False
+        self.stop = StopFlag()  # SIGTERM routed here by 'dssync mirror' (stop.install())
         self.status = "starting"
         self.peer: str | None = None
         self.copier: TopicCopier | None = None
@@ -73,10 +74,13 @@ class SiteMirror:
                        "updated_ms": int(time.time() * 1000)}, f)
         os.replace(tmp, os.path.join(d, "state.json"))
 
+    @property
+    def stopped(self) -> bool:
+        return self.stop.is_set()
+
     def _sleep(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while not self.stopped and time.monotonic() < end:
-            time.sleep(min(0.05, max(0.0, end - time.monotonic())))
+        """Sleep, but wake up at once when asked to stop."""
+        self.stop.wait(seconds)
 
     def run(self, stop_after_s: float | None = None) -> None:
         deadline = None if stop_after_s is None else time.monotonic() + stop_after_s

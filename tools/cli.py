@@ -6,8 +6,10 @@ lines on stderr and exits with its code. Nothing foreseeable prints a traceback.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ import click
 
 from dssync import __version__
 from dssync.appliance import Appliance
+from dssync.appliance import replay as replay_home
 from dssync.config import KafkaConfig
 from dssync.errors import DssyncError, NotFoundError, UsageError, from_os_error
 from dssync.producers.chunker import ChunkerSpec
@@ -25,7 +28,7 @@ from dssync.tools import bench, inspect_cmd, verify
 from dssync.tools.control import ControlClient
 from dssync.tools.demo import demo
 from dssync.tools.lag_cmd import lag_cmd
-from dssync.tools.output import emit_json, human_bytes, progress, table
+from dssync.tools.output import LazyProgress, emit_json, human_bytes, progress, table
 from dssync.tools.status import status_cmd
 from dssync.tools.sync_cmd import configure, mirror_cmd, mirror_topic_cmd, serve_cmd, service_group, sync_group
 
@@ -191,10 +194,12 @@ def replay(home: str, from_offset: int | None, as_json: bool) -> None:
     Example:
       dssync replay /var/lib/dssync/sh1
     """
-    with Appliance(home, rebuilding=True) as app:
-        start = app.log.start_offset() if from_offset is None else from_offset
-        with progress("replay", max(0, app.log.end_offset() - start)) as step:
-            n = app.replay(from_offset, step)
+    bar = LazyProgress("replay")
+    try:
+        n = replay_home(home, from_offset, bar.update, total=bar.start)
+    finally:
+        bar.close()
+    with Appliance(home) as app:  # opens and checks the new store, and publishes its status
         digest = app.store.digest()
     if as_json:
         emit_json({"records": n, "digest": digest.md5, "rows": digest.rows})
@@ -240,6 +245,9 @@ cli.add_command(service_group)
 
 
 def main() -> None:
+    # 'kill -USR1 PID' prints every thread's stack to stderr (the service's log): how a stop
+    # that hangs is diagnosed. Done in C by faulthandler, so it works even in a deadlock.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     cli(prog_name="dssync")
 
 

@@ -12,6 +12,7 @@ import click
 
 from dssync import config as cfgmod
 from dssync.errors import UsageError
+from dssync.process import StopFlag
 from dssync.tools.control import ControlClient
 
 HOME = click.argument("home", type=click.Path(file_okay=False, path_type=str))
@@ -61,8 +62,6 @@ def mirror_cmd(home: str, wait_ms: int, verbose: bool) -> None:
     Example:
       dssync mirror /var/lib/dssync/sh1 &
     """
-    import signal
-
     from dssync.sync.mirror import Mirror
     from dssync.sync.site_mirror import SiteMirror
 
@@ -73,11 +72,7 @@ def mirror_cmd(home: str, wait_ms: int, verbose: bool) -> None:
                          hint="each service reads its peer's topic directly; run only 'dssync serve'")
     m: Mirror | SiteMirror = SiteMirror(home) if transport == "kafka-sites" else Mirror(home, wait_ms=wait_ms)
 
-    def stop(*_: object) -> None:
-        m.stopped = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    m.stop.install()  # the handler only raises a flag: see dssync.process
     m.run()
 
 
@@ -110,8 +105,6 @@ def mirror_topic_cmd(from_kafka: str | None, from_topic: str | None, from_log: s
           --to-kafka siteB:9092 --to-topic dssync.mirror.sh1
       dssync mirror-topic --from-log /srv/sh1/log --to-kafka siteB:9092 --to-topic dssync.mirror.sh1
     """
-    import signal
-
     from dssync.log.filelog import FileLog
     from dssync.log.kafka import FOLLOW_WAIT_MS, KafkaLog
     from dssync.sync.kafka_mirror import TopicCopier, keep_running
@@ -123,14 +116,7 @@ def mirror_topic_cmd(from_kafka: str | None, from_topic: str | None, from_log: s
     # settings first: a malformed security option or a missing password is an error now, not a retry
     src = _settings(from_kafka, from_security, ssl_cafile, "DSSYNC_FROM_KAFKA_PASSWORD") if from_kafka else None
     dest = _settings(to_kafka, to_security, ssl_cafile, "DSSYNC_TO_KAFKA_PASSWORD")
-    stopped = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopped
-        stopped = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop = StopFlag().install()  # the handler only raises a flag: see dssync.process
     log = logging.getLogger("dssync.mirror")
     status = {"now": ""}
 
@@ -140,7 +126,6 @@ def mirror_topic_cmd(from_kafka: str | None, from_topic: str | None, from_log: s
             status["now"] = state
 
     def session() -> None:
-        nonlocal stopped
         if from_log is not None:
             source: Any = FileLog(from_log)
             name = os.path.abspath(from_log)
@@ -152,17 +137,17 @@ def mirror_topic_cmd(from_kafka: str | None, from_topic: str | None, from_log: s
         try:
             at = copier.open()
             on_state("connected", f"copying {name} into {to_topic} from offset {at}")
-            while not stopped:
+            while not stop.is_set():
                 if not copier.step():
                     if stop_when_idle and copier.next is not None and copier.next >= source.end_offset():
-                        stopped = True
+                        stop.set()
                     elif not copier.follows:  # a Kafka source already waited for records
-                        time.sleep(0.01)
+                        stop.wait(0.01)
         finally:
             copier.close()
             source.close()
 
-    keep_running(session, lambda: stopped, on_state, time.sleep)
+    keep_running(session, stop.is_set, on_state, stop.wait)
 
 
 def _settings(bootstrap: str, security: str, cafile: str, password_env: str) -> Any:
