@@ -18,7 +18,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, BinaryIO
 
 from dssync import config as cfgmod
-from dssync.consumers.consumer import Consumer, replay
+from dssync.consumers.consumer import Consumer
+from dssync.consumers.consumer import replay as replay_log
 from dssync.consumers.store import Store
 from dssync.errors import CorruptLogError, DssyncError, UsageError, from_os_error
 from dssync.hlc import HybridLogicalClock
@@ -128,9 +129,9 @@ def open_store(directory: str, cfg: cfgmod.Config, create: bool = False) -> Stor
 class Appliance:
     """An open appliance home (see the module docstring). Use as a context manager."""
 
-    def __init__(self, home: str, rebuilding: bool = False) -> None:
-        """Open ``home`` for writing. ``rebuilding``: the caller is about to replace the store
-        with a replay of the log, so a store ahead of its log is not an error."""
+    def __init__(self, home: str) -> None:
+        """Open ``home`` for writing (see the module docstring); a store that applied more of
+        the log than the log holds is refused (``CorruptLogError``: the remedy is ``replay``)."""
         self.home = home
         self.config = cfgmod.load(home)
         _finish_interrupted_replay(home)
@@ -144,8 +145,7 @@ class Appliance:
                 # A new store over a log that does not start at 0 (a backup's log continues
                 # its offsets after pairing): nothing before the log's start belongs to it.
                 self.store.advance(self.source, max(self.log.start_offset(), self.config.sync.own_log_from))
-            if not rebuilding:
-                self._check_log_holds_the_store()
+            self._check_log_holds_the_store()
             self.hlc = HybridLogicalClock(self._last_hlc())
             self.chunker = Chunker(ChunkerSpec.parse(self.config.chunker))
             self.optimizer = Optimizer(self.config.name, self.chunker, self.hlc, self)
@@ -286,34 +286,6 @@ class Appliance:
     def ingest(self, stream: BinaryIO, progress: Callable[[int], None] | None = None) -> IngestStats:
         return self.optimizer.ingest(stream, progress)
 
-    def replay(self, from_offset: int | None = None, progress: Callable[[int], None] | None = None) -> int:
-        """Rebuild the store from the log into a new directory, then swap it in atomically."""
-        start = self.log.start_offset() if from_offset is None else from_offset
-        if start < self.log.start_offset() or start > self.log.end_offset():
-            raise UsageError(
-                f"--from-offset {start} is outside the log ({self.log.start_offset()}..{self.log.end_offset()})",
-                hint="see the range with 'dssync inspect log HOME'",
-            )
-        target = store_dir(self.home) + ".replay"
-        shutil.rmtree(target, ignore_errors=True)
-        fresh = open_store(target, self.config, create=True)
-        try:
-            applied = replay(self.log, fresh, self.source, start, progress)
-        except BaseException:
-            fresh.close()
-            shutil.rmtree(target, ignore_errors=True)
-            raise
-        fresh.close()
-        self.store.close()
-        old = store_dir(self.home) + ".old"
-        os.rename(store_dir(self.home), old)
-        os.rename(target, store_dir(self.home))
-        shutil.rmtree(old, ignore_errors=True)
-        self.store = open_store(store_dir(self.home), self.config)
-        self.consumer = Consumer(self.log, self.store, self.source)
-        self.store.publish_status(self.status_extra())
-        return applied
-
     def status_extra(self) -> dict[str, Any]:
         return {
             "name": self.config.name, "model": self.config.model,
@@ -343,6 +315,48 @@ class Appliance:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def replay(home: str, from_offset: int | None = None,
+           progress: Callable[[int], None] | None = None, total: Callable[[int], None] | None = None) -> int:
+    """Rebuild the store of ``home`` from its log into a new directory, then swap it in.
+
+    The old store is never opened: whatever state it is in (a pack cut short, a DuckDB file
+    that does not open, rows the log no longer holds), replay is the remedy the errors name.
+    The log's writer lock keeps every other process out of the home meanwhile. ``total`` is
+    told the number of records to replay before the first one; returns the records applied.
+    Raises ``UsageError`` for a ``from_offset`` outside the log.
+    """
+    cfg = cfgmod.load(home)
+    _finish_interrupted_replay(home)
+    log = open_log(home, cfg, writer=True)
+    try:
+        first, end = log.start_offset(), log.end_offset()
+        # a backup's Kafka topic keeps the records it wrote before pairing: not its store's
+        start = max(first, cfg.sync.own_log_from) if from_offset is None else from_offset
+        if not first <= start <= end:
+            raise UsageError(f"--from-offset {start} is outside the log ({first}..{end})",
+                             hint=f"see the range with 'dssync inspect log {home}'")
+        if total is not None:
+            total(end - start)
+        target = store_dir(home) + ".replay"
+        shutil.rmtree(target, ignore_errors=True)
+        fresh = open_store(target, cfg, create=True)
+        try:
+            applied = replay_log(log, fresh, source_name(cfg.name), start, progress)
+        except BaseException:
+            fresh.close()
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        fresh.close()
+        old = store_dir(home) + ".old"
+        if os.path.exists(store_dir(home)):
+            os.rename(store_dir(home), old)
+        os.rename(target, store_dir(home))
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        log.close()
+    return applied
 
 
 def _finish_interrupted_replay(home: str) -> None:

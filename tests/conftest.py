@@ -6,7 +6,6 @@ import gc
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from dssync.process import command
 from dssync.tools.cli import cli
 
 
@@ -43,7 +43,7 @@ def make_home(tmp_path: Path) -> Callable[..., str]:
 def run_dssync(*args: str, check: bool = True, env: dict[str, str] | None = None,
                input_bytes: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run the real command line in a child process."""
-    proc = subprocess.run([sys.executable, "-m", "dssync.tools.cli", *args], capture_output=True,
+    proc = subprocess.run(command(*args), capture_output=True,
                           env={**os.environ, **(env or {})}, input=input_bytes)
     if check and proc.returncode != 0:
         raise AssertionError(f"dssync {' '.join(args)} failed ({proc.returncode}): {proc.stderr.decode()}")

@@ -11,7 +11,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 
 from dssync.appliance import log_dir
 from dssync.log.filelog import FileLog
+from dssync.process import command
 from dssync.schemas import decode
 from dssync.tools import workload
 from tests.conftest import run_dssync
@@ -37,7 +37,7 @@ def _inputs(tmp_path: Path, count: int, size: int) -> list[str]:
 
 
 def _kill_at_random(args: list[str], rng: random.Random, max_delay: float) -> int:
-    proc = subprocess.Popen([sys.executable, "-m", "dssync.tools.cli", *args],
+    proc = subprocess.Popen(command(*args),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(rng.uniform(0.05, max_delay))
     proc.send_signal(signal.SIGKILL)

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -21,6 +20,7 @@ from dssync.errors import BackendUnavailableError, LockedError, UsageError
 from dssync.log.filelog import FileLog
 from dssync.log.kafka import KafkaLog, KafkaSettings
 from dssync.log.mirrored import MirroredTopic, TopicReader, source_position
+from dssync.process import command
 from dssync.sync import kafka_mirror
 from dssync.sync.kafka_mirror import TopicCopier
 from dssync.tools.localpair import SECRET, Node, dss, free_port, wait_converged
@@ -41,7 +41,7 @@ def _all(log: Any) -> list[tuple[int, bytes]]:
 
 
 def _mirror_proc(src: str, topic: str, dst: str, dest_topic: str, logfile: Any) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "dssync.tools.cli", "mirror-topic", "--from-kafka", src,
+    return subprocess.Popen([*command(), "mirror-topic", "--from-kafka", src,
                              "--from-topic", topic, "--to-kafka", dst, "--to-topic", dest_topic],
                             stdout=logfile, stderr=logfile)
 

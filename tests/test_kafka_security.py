@@ -11,6 +11,7 @@ import pytest
 
 from dssync.errors import BackendUnavailableError
 from dssync.log.kafka import KafkaLog, KafkaSettings
+from dssync.process import command
 from tests.kafka_broker import free_port
 
 pytestmark = pytest.mark.kafka
@@ -48,7 +49,6 @@ def test_an_unreachable_bootstrap_address_is_a_clear_error_in_bounded_time() -> 
 def test_mirror_topic_reads_a_scram_source_with_the_password_from_the_environment(
         kafka_broker: Any, kafka_broker_b: Any) -> None:
     import subprocess
-    import sys
 
     from dssync.log.mirrored import MirroredTopic
 
@@ -56,7 +56,7 @@ def test_mirror_topic_reads_a_scram_source_with_the_password_from_the_environmen
     with KafkaLog(_scram(kafka_broker, "dssync-secret"), topic, writer=True, create=True) as log:
         for i in range(5):
             log.append([b"secured %d.%d" % (i, j) for j in range(20)])
-    args = [sys.executable, "-m", "dssync.tools.cli", "mirror-topic", "--from-kafka",
+    args = [*command(), "mirror-topic", "--from-kafka",
             f"127.0.0.1:{kafka_broker.scram_port}", "--from-topic", topic,
             "--from-security", "SASL_PLAINTEXT:SCRAM-SHA-256:dssync",
             "--to-kafka", kafka_broker_b.bootstrap, "--to-topic", dest, "--stop-when-idle"]

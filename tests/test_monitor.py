@@ -14,6 +14,7 @@ from dssync.monitor.alarms import AlarmBook, AlarmSpec
 from dssync.monitor.evaluate import PathWindow, Sample
 from dssync.monitor.monitor import Monitor
 from dssync.monitor.notify import Notifier
+from dssync.process import command
 
 CFG = MonitorConfig(interval_s=5, window_s=60, lag_seconds_rising=60, lag_seconds_reset=10,
                     lag_records_rising=10_000, lag_records_reset=100, raise_after_s=15, clear_after_s=15)
@@ -303,7 +304,6 @@ def test_the_pair_digests_are_compared_once_caught_up_and_a_difference_raises_an
 def test_lag_watch_reprints_every_interval_and_stops_on_interrupt_with_the_worst_status(tmp_path: Path) -> None:
     import signal
     import subprocess
-    import sys
     import time
 
     from dssync import config as cfgmod
@@ -314,7 +314,7 @@ def test_lag_watch_reprints_every_interval_and_stops_on_interrupt_with_the_worst
     cfg = cfgmod.load(home)
     cfg.monitor.interval_s = 0.5
     cfgmod.save(home, cfg)
-    proc = subprocess.Popen([sys.executable, "-m", "dssync.tools.cli", "lag", home, "--watch"],
+    proc = subprocess.Popen([*command(), "lag", home, "--watch"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(4.0)
     proc.send_signal(signal.SIGINT)

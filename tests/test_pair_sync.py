@@ -6,13 +6,13 @@ import json
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from dssync.log.filelog import FileLog
+from dssync.process import command
 from dssync.tools.localpair import PairRunError
 from tests.pair import SECRET, dss, make_pair, release, wait_alarm, wait_converged
 
@@ -65,7 +65,7 @@ def test_a_backup_started_before_its_master_waits_for_it_then_pairs(tmp_path: Pa
 
     def started_backup() -> subprocess.Popen[bytes]:
         with open(Path(b.logs) / "shb.serve.log", "ab") as log:
-            b.procs["serve"] = subprocess.Popen([sys.executable, "-m", "dssync.tools.cli", "serve", b.home],
+            b.procs["serve"] = subprocess.Popen([*command(), "serve", b.home],
                                                 stdout=log, stderr=log)
         deadline = time.time() + 60
         while "pairing waits for the master" not in b.log("serve"):

@@ -45,6 +45,7 @@ from kafka.errors import KafkaError
 from dssync.errors import BackendUnavailableError, DssyncError
 from dssync.log.kafka import KafkaLog, KafkaSettings, create_topic
 from dssync.log.mirrored import H_SRC_OFFSET, H_SRC_TS
+from dssync.process import command
 
 
 def _src_ts_dssync(record: Any) -> int:
@@ -157,7 +158,7 @@ class _Appender:
     returns once it appended ``appends`` times ``per`` records at ``APPENDS_PER_S``."""
 
     def __init__(self, bootstrap: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "dssync.tools.bench_mirror", bootstrap],
+        self.proc = subprocess.Popen([sys.executable, "-P", "-m", "dssync.tools.bench_mirror", bootstrap],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def append(self, topic: str, appends: int, per: int) -> None:
@@ -268,7 +269,7 @@ def mirror_report(bootstrap: str, bootstrap_b: str, topic: str, compose_kafka: s
     settings = KafkaSettings(bootstrap)
 
     def start_ours(src: str) -> Callable[[], None]:
-        proc = subprocess.Popen([sys.executable, "-m", "dssync.tools.cli", "mirror-topic", "--from-kafka",
+        proc = subprocess.Popen([*command(), "mirror-topic", "--from-kafka",
                                  bootstrap, "--from-topic", src, "--to-kafka", bootstrap_b,
                                  "--to-topic", f"dssync.mirror.{src}"], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)

@@ -10,12 +10,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from dssync.errors import DssyncError
+from dssync.process import command
 
 SECRET = "pair-secret-0123456789"
 
@@ -34,7 +34,7 @@ def free_port() -> int:
 
 def dss(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run the dssync command line in a child process."""
-    p = subprocess.run([sys.executable, "-m", "dssync.tools.cli", *args], capture_output=True, text=True,
+    p = subprocess.run(command(*args), capture_output=True, text=True,
                        timeout=timeout)
     if check and p.returncode != 0:
         raise PairRunError(f"dssync {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()}")
@@ -57,7 +57,7 @@ class Node:
         if old is not None and old.poll() is None:
             return
         with open(os.path.join(self.logs, f"{self.name}.{what}.log"), "ab") as log:
-            self.procs[what] = subprocess.Popen([sys.executable, "-m", "dssync.tools.cli", what, self.home],
+            self.procs[what] = subprocess.Popen([*command(), what, self.home],
                                                 stderr=log, stdout=log)
         if what == "serve":
             self.wait_for_service()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import click
@@ -38,3 +38,26 @@ def progress(label: str, total: int | None, enabled: bool = True) -> Iterator[Ca
     bar: Any
     with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True) as bar:
         yield bar.update
+
+
+class LazyProgress:
+    """A progress bar whose total is known only once the work has begun (``start``)."""
+
+    def __init__(self, label: str, enabled: bool = True) -> None:
+        self.label, self.enabled = label, enabled and sys.stderr.isatty()
+        self._cm: AbstractContextManager[Callable[[int], None]] | None = None
+        self._bar: Callable[[int], None] | None = None
+
+    def start(self, total: int) -> None:
+        if self.enabled and self._cm is None:
+            self._cm = progress(self.label, total)
+            self._bar = self._cm.__enter__()
+
+    def update(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar(n)
+
+    def close(self) -> None:
+        if self._cm is not None:
+            self._cm.__exit__(None, None, None)
+            self._cm = self._bar = None
