@@ -131,6 +131,13 @@ class Staged:
 Row = tuple[bytes, int, int, bool, int, str, int | None, int | None, bytes | None]
 
 
+def _damaged(directory: str, exc: Exception) -> CorruptStoreError:
+    """The error for a store file DuckDB cannot read, naming the command that rebuilds it."""
+    home = os.path.dirname(os.path.abspath(directory)) if os.path.basename(directory) == "store" else "HOME"
+    return CorruptStoreError(f"cannot open the store at {directory}: {str(exc).splitlines()[0]}",
+                             hint=f"rebuild the store from the log with 'dssync replay {home}'")
+
+
 class Store:
     """A data store at ``directory`` (``store.duckdb`` plus ``packs/``)."""
 
@@ -155,19 +162,25 @@ class Store:
                     f"the store at {directory} is open in another process",
                     hint="stop the dssync process that owns this home, or use its status output",
                 ) from None
-            raise CorruptStoreError(f"cannot open the store at {directory}: {exc}") from None
+            raise _damaged(directory, exc) from None
+        except duckdb.Error as exc:  # a checksum mismatch, a file that is not a database
+            raise _damaged(directory, exc) from None
         self.read_only = read_only
-        if not read_only:
-            self.con.execute(SCHEMA)
         self.packs = Packs(os.path.join(directory, "packs"), pack_bytes, fsync)
         self._resident = {os.path.abspath(d) for d in resident} if fsync else set()
-        with contextlib.suppress(duckdb.CatalogException):  # a read-only open of a store older than the table
-            self.packs.load_log_files(self.con.execute("SELECT id, dir, base_offset FROM log_files").fetchall())
-        # This process owns the file (DuckDB's rule), so offsets and meta are cached in memory
-        # and changed only together with the transactions that write them.
-        self._meta: dict[str, str] = dict(self.con.execute("SELECT key, value FROM meta").fetchall())
-        self._offsets: dict[str, int] = {
-            s: int(o) for s, o in self.con.execute("SELECT source, next_offset FROM offsets").fetchall()}
+        try:
+            if not read_only:
+                self.con.execute(SCHEMA)
+            with contextlib.suppress(duckdb.CatalogException):  # a read-only open of a store older than the table
+                self.packs.load_log_files(self.con.execute("SELECT id, dir, base_offset FROM log_files").fetchall())
+            # This process owns the file (DuckDB's rule), so offsets and meta are cached in memory
+            # and changed only together with the transactions that write them.
+            self._meta: dict[str, str] = dict(self.con.execute("SELECT key, value FROM meta").fetchall())
+            self._offsets: dict[str, int] = {
+                s: int(o) for s, o in self.con.execute("SELECT source, next_offset FROM offsets").fetchall()}
+        except duckdb.Error as exc:
+            self.con.close()
+            raise _damaged(directory, exc) from None
         meta = self.meta()
         if not read_only:
             self.packs.truncate_to(int(meta.get("pack_id", 0)), int(meta.get("pack_end", 0)))

@@ -61,7 +61,8 @@ class CorruptionError(DssyncError):
 class CorruptLogError(CorruptionError):
     """A log batch whose CRC32C, length or offsets do not check out."""
 
-    default_hint = "run 'dssync verify HOME'; reopening the log for writing truncates a torn tail"
+    default_hint = ("cut the log at the damage with 'dssync recover HOME' (what follows it is lost), "
+                    "then follow its report")
 
 
 class CorruptStoreError(CorruptionError):

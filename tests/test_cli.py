@@ -211,7 +211,7 @@ def test_a_corrupt_log_is_reported_with_a_hint(runner: CliRunner, make_home: Mak
         f.write(b"\x00\x01\x02")
     code, out = _invoke(runner, "inspect", "log", home, "--records", "10000")
     err, hint = _error(out)
-    assert code == 4 and "CRC32C" in err and "verify" in hint
+    assert code == 4 and "CRC32C" in err and "dssync recover" in hint
     code, out = _invoke(runner, "verify", home)
     assert code == 9 and "log:" in out
 

@@ -16,12 +16,13 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 import click
+import duckdb
 
 from dssync import __version__
 from dssync.appliance import Appliance
 from dssync.appliance import replay as replay_home
 from dssync.config import KafkaConfig
-from dssync.errors import DssyncError, NotFoundError, UsageError, from_os_error
+from dssync.errors import CorruptStoreError, DssyncError, NotFoundError, UsageError, from_os_error
 from dssync.producers.chunker import ChunkerSpec
 from dssync.producers.optimizer import IngestStats
 from dssync.tools import bench, inspect_cmd, verify
@@ -45,6 +46,9 @@ class DssyncGroup(click.Group):
             _fail(exc)
         except OSError as exc:
             _fail(from_os_error(exc, "running the command"))
+        except duckdb.Error as exc:  # damage DuckDB finds only when a query reads the block
+            _fail(CorruptStoreError(f"the store could not be read: {str(exc).splitlines()[0]}",
+                                    hint="rebuild the store from the log with 'dssync replay HOME'"))
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)

@@ -295,4 +295,5 @@ def verify_cmd(home: str, peer_home: str | None, as_json: bool) -> None:
             click.echo(f"  {r}")
         click.echo("verify: OK" if rep.ok else "verify: FAILED")
     if not rep.ok:
-        raise MismatchError(f"verify found {len(rep.problems)} problem(s) in {home}")
+        raise MismatchError(f"verify found {len(rep.problems)} problem(s) in {home}",
+                            hint=f"rebuild the store from the log with 'dssync replay {home}'")
