@@ -26,3 +26,16 @@ for top_level in ("tools", "schemas", "producers", "consumers", "log", "sync", "
     assert spec is None or sys.argv[1] not in str(spec.origin or spec.submodule_search_locations), top_level
 print(f"wheel OK: {len(names)} modules import from {os.path.dirname(dssync.__file__)}")
 PY
+# Child processes (serve, mirror, the benchmarks' runs) start the installed program even from
+# the checkout root, where a plain 'python -m' would find the checkout's dssync/ folder first.
+cd "$top"
+PYTHONPATH="$work/site" python -P - "$work/site" <<'PY'
+import subprocess, sys
+from dssync.process import command
+argv = command("--version")
+argv[argv.index("-m"):] = ["-c", "import dssync.tools.cli as c; print(c.__file__)"]
+where = subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
+assert where.startswith(sys.argv[1]), f"a child process imported {where}, not the wheel"
+subprocess.run(command("--version"), check=True, capture_output=True)
+print("wheel OK: child processes started from the checkout root run the wheel")
+PY

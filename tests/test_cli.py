@@ -248,7 +248,7 @@ def test_a_home_in_use_is_refused_for_writing_and_status_reads_the_snapshot(
         make_home: MakeHome, tmp_path: Path) -> None:
     home = make_home("sh1")
     run_dssync("ingest", home, _sample(tmp_path))
-    holder = subprocess.Popen([sys.executable, "-c",
+    holder = subprocess.Popen([sys.executable, "-P", "-c",
                                "import sys, time; from dssync.appliance import Appliance\n"
                                "a = Appliance(sys.argv[1]); print('ready', flush=True); time.sleep(60)", home],
                               stdout=subprocess.PIPE)

@@ -106,7 +106,7 @@ def test_a_second_writer_in_another_process_is_refused(tmp_path: Path) -> None:
     code = ("import sys; from dssync.log.filelog import FileLog; from dssync.errors import LockedError\n"
             "try:\n FileLog(sys.argv[1], writer=True)\nexcept LockedError:\n sys.exit(42)\n")
     with FileLog(d, writer=True, create=True):
-        proc = subprocess.run([sys.executable, "-c", code, d])
+        proc = subprocess.run([sys.executable, "-P", "-c", code, d])
     assert proc.returncode == 42
 
 
@@ -121,7 +121,7 @@ def test_a_reader_in_another_process_sees_only_whole_batches_while_the_writer_ap
               "        seen += 1\n"
               "print(seen)\n")
     with FileLog(d, writer=True, create=True, segment_bytes=64 * 1024, fsync="never") as log:
-        proc = subprocess.Popen([sys.executable, "-c", reader, d], stdout=subprocess.PIPE)
+        proc = subprocess.Popen([sys.executable, "-P", "-c", reader, d], stdout=subprocess.PIPE)
         for i in range(0, 2000, 10):
             log.append([(b"%08d" % k) * 40 for k in range(i, i + 10)])
         out, _ = proc.communicate(timeout=120)

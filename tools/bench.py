@@ -31,9 +31,16 @@ from typing import Any
 
 import click
 
+from dssync.errors import DssyncError
 from dssync.tools.output import emit_json
 
 MB = 1_000_000
+
+
+class BenchError(DssyncError):
+    """A benchmark's child run failed."""
+
+    default_hint = "run the case on its own with a smaller --size to see its output"
 
 
 def _peak_rss_bytes() -> int:
@@ -196,8 +203,12 @@ def _spawn(case: str, size: int, events: int, fsync: str) -> dict[str, Any]:
     code = ("import json,sys; from dssync.tools.bench import run_case, _peak_rss_bytes; "
             "r = run_case(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]); "
             "r['peak_rss_bytes'] = _peak_rss_bytes(); print(json.dumps(r))")
-    out = subprocess.run([sys.executable, "-c", code, case, str(size), str(events), fsync],
-                         check=True, capture_output=True, text=True)
+    # -P: the installed dssync, never a dssync/ folder in the working directory
+    out = subprocess.run([sys.executable, "-P", "-c", code, case, str(size), str(events), fsync],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BenchError(f"the {case} benchmark run failed ({out.returncode}): {last}")
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
