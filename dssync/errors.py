@@ -13,9 +13,15 @@ retrying may help (``recoverable``)::
     ├── UnknownSchemaError           5  an event written with a schema this build does not know
     ├── LockedError                  6  another process holds the log writer or the store
     ├── ResourceError                7  the machine refused: disk full, permission denied
+    │   └── ChunkerUnavailableError     only the pure-Python FastCDC is installed
     ├── OffsetOutOfRangeError        8  asked for offsets the log no longer (or not yet) holds
+    │   └── GapError                    the peer's retention passed what the mirror needs next
     ├── MismatchError                9  verify found the store and its log disagree
-    └── BackendUnavailableError     10  a broker or peer that does not answer (retry later)
+    ├── BackendUnavailableError     10  a broker or peer that does not answer (retry later)
+    │   └── TransientError              the peer's sync interface, retried with backoff
+    ├── PairingRefusedError         11  the peer's model, version or secret differ
+    ├── ServiceError                 *  the running service's own error, with its code and hint
+    └── ChildRunError                1  a process the demo or a benchmark started failed
 
 The command line prints ``error: <message>`` and ``hint: <hint>`` and exits with the code;
 no traceback reaches a user for any of these.
@@ -24,6 +30,7 @@ no traceback reaches a user for any of these.
 from __future__ import annotations
 
 import errno
+from typing import Any
 
 
 class DssyncError(Exception):
@@ -114,6 +121,44 @@ class BackendUnavailableError(DssyncError):
     exit_code = 10
     recoverable = True
     default_hint = "check that the broker is running and reachable, then retry"
+
+
+
+class ChunkerUnavailableError(ResourceError):
+    """Only the pure-Python FastCDC is importable: far too slow for the optimization path."""
+
+    default_hint = "reinstall pyfastcdc from a wheel for this platform: pip install --force-reinstall pyfastcdc"
+
+
+class GapError(OffsetOutOfRangeError):
+    """The peer's log no longer holds (or never held) the offsets the mirror needs next;
+    ``detail`` says which (the mirror counts what it could not copy)."""
+
+    def __init__(self, message: str, detail: dict[str, Any]) -> None:
+        super().__init__(message, hint="the mirror re-bootstraps from a snapshot of the peer")
+        self.detail = detail
+
+
+class TransientError(BackendUnavailableError):
+    """The peer's sync interface did not answer, or not yet: retried with backoff."""
+
+
+class PairingRefusedError(DssyncError):
+    """The peer is not a valid partner: wrong secret, other model, other software version."""
+
+    exit_code = 11
+    default_hint = "both appliances need the same model, software version and shared secret"
+
+
+class ServiceError(DssyncError):
+    """The running service answered a tool's request with an error; carries the error's own
+    exit code and hint."""
+
+
+class ChildRunError(DssyncError):
+    """A process the demo or a benchmark started failed, or a local pair did not converge."""
+
+    default_hint = "read the logs named above, or rerun the case on its own"
 
 
 def from_os_error(exc: OSError, doing: str) -> DssyncError:

@@ -30,7 +30,7 @@ from dssync.appliance import Appliance, log_dir, open_log, open_peer_log, store_
 from dssync.consumers.consumer import Consumer
 from dssync.consumers.packs import Packs
 from dssync.consumers.store import Row
-from dssync.errors import DssyncError, LockedError, OffsetOutOfRangeError
+from dssync.errors import DssyncError, LockedError, OffsetOutOfRangeError, PairingRefusedError, TransientError
 from dssync.log.filelog import FileLog
 from dssync.monitor.metrics import serve_metrics
 from dssync.monitor.monitor import Monitor
@@ -311,7 +311,7 @@ class Service:
             client = protocol.PeerClient(self.config.sync, self.identity(), timeout_s=5)
             try:
                 self._peer = client.identity()
-            except (protocol.TransientError, protocol.PairingRefusedError) as exc:
+            except (TransientError, PairingRefusedError) as exc:
                 self.note_refusal(self.config.sync.peer, exc.message)
                 self._next_handshake = time.monotonic() + 1.0
                 return 0
@@ -600,7 +600,7 @@ def serve(home: str, wait_for_home_s: float = 60.0) -> None:
                 announced = True
             if stop.wait(0.2):
                 return
-        except protocol.TransientError as exc:  # the master is not there (yet) to pair with
+        except TransientError as exc:  # the master is not there (yet) to pair with
             if exc.message != said:
                 log.warning("pairing waits for the master: %s; retrying (every 5 s at most)", exc.message)
                 said = exc.message

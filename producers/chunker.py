@@ -13,16 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from dssync.errors import DssyncError, UsageError
+from dssync.errors import ChunkerUnavailableError, UsageError
 
 _SPEC = re.compile(r"^fastcdc2020/avg=(\d+)/min=(\d+)/max=(\d+)$")
-
-
-class ChunkerUnavailableError(DssyncError):
-    """Only the pure-Python FastCDC is importable: far too slow for the optimization path."""
-
-    exit_code = 7
-    default_hint = "reinstall pyfastcdc from a wheel for this platform: pip install --force-reinstall pyfastcdc"
 
 
 @dataclass(frozen=True)

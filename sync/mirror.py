@@ -35,7 +35,14 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exp
 
 from dssync import config as cfgmod
 from dssync.appliance import log_dir
-from dssync.errors import CorruptLogError, OffsetOutOfRangeError, UsageError
+from dssync.errors import (
+    CorruptLogError,
+    GapError,
+    OffsetOutOfRangeError,
+    PairingRefusedError,
+    TransientError,
+    UsageError,
+)
 from dssync.log import batch as batchfmt
 from dssync.log.filelog import FileLog
 from dssync.process import StopFlag
@@ -111,16 +118,16 @@ class Mirror:
             exc = rs.outcome.exception() if rs.outcome else None
             self._set("disconnected", str(getattr(exc, "message", exc)))
 
-        retrying = Retrying(retry=retry_if_exception_type(protocol.TransientError),
+        retrying = Retrying(retry=retry_if_exception_type(TransientError),
                             wait=wait_exponential(multiplier=0.05, min=0.05, max=2.0), before_sleep=on_retry,
                             stop=lambda rs: self.stopped, sleep=self._sleep, reraise=True)
         while not self.stopped and (deadline is None or time.monotonic() < deadline):
             try:
                 retrying(self._session, deadline)
-            except protocol.PairingRefusedError as exc:
+            except PairingRefusedError as exc:
                 self._set("refused", exc.message)
                 self._sleep(2.0)
-            except protocol.TransientError:
+            except TransientError:
                 pass  # stopped while retrying
         self.close()
 
@@ -156,7 +163,7 @@ class Mirror:
             while keep_going():
                 try:
                     self._copy_stream(client, keep_going)
-                except protocol.GapError as exc:
+                except GapError as exc:
                     self._record_gap(exc)
                     self._bootstrap(client)
         finally:
@@ -209,10 +216,10 @@ class Mirror:
                         writing = None
                     if status == 416:
                         info = json.loads(body)
-                        raise protocol.GapError(f"peer log holds {info['start']}..{info['end']}, mirror needs {frm}",
+                        raise GapError(f"peer log holds {info['start']}..{info['end']}, mirror needs {frm}",
                                                 {**info, "from": frm})
                     if status != 200:
-                        raise protocol.TransientError(f"log request failed with HTTP {status}")
+                        raise TransientError(f"log request failed with HTTP {status}")
                     view = memoryview(body)  # batches are checked and written in place, never copied
                     spans, frm, complete = _spans(view, frm)
                     if spans:
@@ -221,7 +228,7 @@ class Mirror:
                         if writing is not None:
                             self._count(writing.result())
                             writing = None
-                        raise protocol.TransientError("truncated response from the peer")
+                        raise TransientError("truncated response from the peer")
             finally:
                 if writing is not None:
                     wait([writing])  # never leave a write running behind an error
@@ -235,7 +242,7 @@ class Mirror:
         self.state["copied_bytes"] += nbytes
         self._save_state()
 
-    def _record_gap(self, exc: protocol.GapError) -> None:
+    def _record_gap(self, exc: GapError) -> None:
         d = exc.detail
         frm, start, end = d["from"], d["start"], d["end"]
         if frm < start:
@@ -292,11 +299,11 @@ def _spans(view: memoryview, frm: int) -> tuple[list[tuple[int, int, int]], int,
         try:
             total, base, count, _ts = batchfmt.check_header(view[pos : pos + batchfmt.HEADER_SIZE])
         except CorruptLogError as exc:
-            raise protocol.TransientError(f"batch refused: {exc.message}") from None
+            raise TransientError(f"batch refused: {exc.message}") from None
         if len(view) - pos < total:
             break
         if base != at:
-            raise protocol.TransientError(f"batch refused: it starts at offset {base}, the mirror needs {at}")
+            raise TransientError(f"batch refused: it starts at offset {base}, the mirror needs {at}")
         spans.append((pos, total, count))
         pos += total
         at = base + count
@@ -310,7 +317,7 @@ def _write(out: FileLog, view: memoryview, spans: list[tuple[int, int, int]]) ->
             out.append_raw(view[pos : pos + total], sync=False)
         except (CorruptLogError, OffsetOutOfRangeError) as exc:
             # a damaged or misplaced batch is never written; ask again from our end offset
-            raise protocol.TransientError(f"batch refused: {exc.message}") from None
+            raise TransientError(f"batch refused: {exc.message}") from None
     out.commit()  # one fsync per transfer, before its batches count as copied
     return len(spans), sum(c for _p, _t, c in spans), sum(t for _p, t, _c in spans)
 

@@ -25,29 +25,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from dssync.config import SyncConfig
-from dssync.errors import BackendUnavailableError, DssyncError
+from dssync.errors import PairingRefusedError, TransientError
 
 MAX_SKEW_S = 300
 H_TIME = "X-Dssync-Time"
 H_AUTH = "X-Dssync-Auth"
 H_IDENTITY = "X-Dssync-Identity"
-
-
-class PairingRefusedError(DssyncError):
-    """The peer is not a valid partner: wrong secret, other model, other software version."""
-
-    exit_code = 11
-    default_hint = "both appliances need the same model, software version and shared secret"
-
-
-class GapError(DssyncError):
-    """The peer's log no longer holds (or never held) the offsets the mirror needs next."""
-
-    exit_code = 8
-
-    def __init__(self, message: str, detail: dict[str, Any]) -> None:
-        super().__init__(message, hint="the mirror re-bootstraps from a snapshot of the peer")
-        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -122,10 +105,6 @@ def ssl_context(cfg: SyncConfig, server: bool) -> ssl.SSLContext | None:
     if cfg.tls_cert:
         ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key or None)
     return ctx
-
-
-class TransientError(BackendUnavailableError):
-    """A connection problem worth retrying with backoff."""
 
 
 class PeerClient:

@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from urllib.parse import parse_qs, urlparse
 
-from dssync.errors import DssyncError, OffsetOutOfRangeError
+from dssync.errors import DssyncError, OffsetOutOfRangeError, PairingRefusedError
 from dssync.sync import protocol, snapshot
 
 if TYPE_CHECKING:
@@ -64,8 +64,8 @@ class SyncHandler(_Handler):
             reason = protocol.incompatibility(svc.identity(), caller)
             if reason:
                 svc.note_refusal(caller.name, reason)
-                raise protocol.PairingRefusedError(f"refusing to pair with {caller.name}: {reason}")
-        except protocol.PairingRefusedError as exc:
+                raise PairingRefusedError(f"refusing to pair with {caller.name}: {reason}")
+        except PairingRefusedError as exc:
             svc.note_refusal(self.client_address[0], exc.message)
             status = 401 if "secret" in exc.message else 409
             self._error(status, exc.message)

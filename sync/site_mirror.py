@@ -20,6 +20,7 @@ from typing import Any
 
 from dssync import config as cfgmod
 from dssync.appliance import kafka_settings, peer_kafka_settings
+from dssync.errors import PairingRefusedError
 from dssync.log.kafka import FOLLOW_WAIT_MS, KafkaLog
 from dssync.process import StopFlag
 from dssync.service import mirror_root
@@ -91,7 +92,7 @@ class SiteMirror:
         while not stopped():
             try:
                 keep_running(lambda: self._session(stopped), stopped, self._set, self._sleep)
-            except protocol.PairingRefusedError as exc:
+            except PairingRefusedError as exc:
                 self._set("refused", exc.message)
                 self._sleep(2.0)
         self.close()

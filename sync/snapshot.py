@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from dssync.consumers.packs import Packs
 from dssync.consumers.store import Row
-from dssync.errors import CorruptStoreError
+from dssync.errors import CorruptStoreError, TransientError
 from dssync.log import batch as batchfmt
 from dssync.log.filelog import FileLog
 from dssync.schemas import encode, encode_segment_stored, origin_field
@@ -72,7 +72,7 @@ def download(client: PeerClient, directory: str) -> tuple[int, int, str]:
         resp = conn.getresponse()
         if resp.status != 200:
             body = resp.read().decode(errors="replace")
-            raise protocol.TransientError(f"snapshot request failed with HTTP {resp.status}: {body}")
+            raise TransientError(f"snapshot request failed with HTTP {resp.status}: {body}")
         covers_to = int(resp.getheader("X-Dssync-Covers-To") or 0)
         store_id = resp.getheader("X-Dssync-Store-Id") or ""
         snap = FileLog(directory, writer=True, create=True, fsync="never")
@@ -92,9 +92,9 @@ def download(client: PeerClient, directory: str) -> tuple[int, int, str]:
             snap.close()
     except OSError as exc:
         client.close()
-        raise protocol.TransientError(f"snapshot transfer broke: {exc}") from None
+        raise TransientError(f"snapshot transfer broke: {exc}") from None
     if buf:
-        raise protocol.TransientError("the snapshot transfer ended inside a batch")
+        raise TransientError("the snapshot transfer ended inside a batch")
     return covers_to, events, store_id
 
 

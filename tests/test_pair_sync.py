@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from dssync.errors import ChildRunError
 from dssync.log.filelog import FileLog
 from dssync.process import command
-from dssync.tools.localpair import PairRunError
 from tests.pair import SECRET, dss, make_pair, release, wait_alarm, wait_converged
 
 
@@ -118,7 +118,7 @@ def test_a_mismatched_peer_is_refused_with_its_reason(tmp_path: Path, what: str)
     try:
         a.start("serve")
         a.start("mirror")
-        with pytest.raises(PairRunError, match="exited"):
+        with pytest.raises(ChildRunError, match="exited"):
             b.start("serve")  # the backup cannot complete pairing with a refusing master
         expected = {"model": "model differs", "version": "software version differs",
                     "secret": "wrong shared secret"}[what]

@@ -31,16 +31,10 @@ from typing import Any
 
 import click
 
-from dssync.errors import DssyncError
+from dssync.errors import ChildRunError
 from dssync.tools.output import emit_json
 
 MB = 1_000_000
-
-
-class BenchError(DssyncError):
-    """A benchmark's child run failed."""
-
-    default_hint = "run the case on its own with a smaller --size to see its output"
 
 
 def _peak_rss_bytes() -> int:
@@ -208,7 +202,7 @@ def _spawn(case: str, size: int, events: int, fsync: str) -> dict[str, Any]:
                          capture_output=True, text=True)
     if out.returncode != 0:
         last = (out.stderr.strip().splitlines() or ["no output"])[-1]
-        raise BenchError(f"the {case} benchmark run failed ({out.returncode}): {last}")
+        raise ChildRunError(f"the {case} benchmark run failed ({out.returncode}): {last}")
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 

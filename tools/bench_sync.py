@@ -28,8 +28,9 @@ from typing import Any
 
 import click
 
+from dssync.errors import ChildRunError
 from dssync.log.filelog import FileLog
-from dssync.tools.localpair import Node, PairRunError, make_pair, wait_converged
+from dssync.tools.localpair import Node, make_pair, wait_converged
 from dssync.tools.output import emit_json
 
 MB = 1_000_000
@@ -133,7 +134,7 @@ def mirror_throughput(directory: str, log_mb: int, fsync: str) -> dict[str, Any]
         deadline = time.time() + 60
         while not os.path.exists(os.path.join(mirror_dir, "start.json")):  # bootstrapped from the master
             if time.time() > deadline:
-                raise PairRunError("the backup did not bootstrap from the master in time")
+                raise ChildRunError("the backup did not bootstrap from the master in time")
             time.sleep(0.05)
         b.kill("mirror")
         a.kill("serve", 15)

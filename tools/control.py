@@ -11,12 +11,8 @@ import json
 import os
 from typing import Any, BinaryIO
 
-from dssync.errors import BackendUnavailableError, DssyncError
+from dssync.errors import BackendUnavailableError, ServiceError
 from dssync.service import service_file
-
-
-class ServiceError(DssyncError):
-    """The running service answered with an error."""
 
 
 class ControlClient:

@@ -14,16 +14,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from dssync.errors import DssyncError
+from dssync.errors import ChildRunError
 from dssync.process import command
 
 SECRET = "pair-secret-0123456789"
-
-
-class PairRunError(DssyncError):
-    """A process of the local pair failed or the pair did not converge in time."""
-
-    default_hint = "read the serve and mirror logs named above"
 
 
 def free_port() -> int:
@@ -37,7 +31,7 @@ def dss(*args: str, check: bool = True, timeout: float = 600) -> subprocess.Comp
     p = subprocess.run(command(*args), capture_output=True, text=True,
                        timeout=timeout)
     if check and p.returncode != 0:
-        raise PairRunError(f"dssync {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()}")
+        raise ChildRunError(f"dssync {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()}")
     return p
 
 
@@ -68,7 +62,7 @@ class Node:
         p = self.procs["serve"]
         while time.time() < deadline:
             if p.poll() is not None:
-                raise PairRunError(f"serve {self.name} exited with {p.returncode}: {self.log('serve')[-2000:]}")
+                raise ChildRunError(f"serve {self.name} exited with {p.returncode}: {self.log('serve')[-2000:]}")
             try:
                 with open(run) as f:
                     if json.load(f)["pid"] == p.pid:
@@ -76,7 +70,7 @@ class Node:
             except (FileNotFoundError, ValueError):
                 pass
             time.sleep(0.05)
-        raise PairRunError(f"serve {self.name} did not start: {self.log('serve')[-2000:]}")
+        raise ChildRunError(f"serve {self.name} did not start: {self.log('serve')[-2000:]}")
 
     def kill(self, what: str, sig: int = signal.SIGKILL) -> None:
         p = self.procs.pop(what, None)
@@ -146,5 +140,5 @@ def wait_converged(a: Node, b: Node, timeout: float = 60) -> dict[str, Any]:
         if doc is not None:
             return doc
         time.sleep(0.2)
-    raise PairRunError(f"the pair did not converge in {timeout}s\n{a.log('serve')[-1500:]}\n"
+    raise ChildRunError(f"the pair did not converge in {timeout}s\n{a.log('serve')[-1500:]}\n"
                        f"{b.log('serve')[-1500:]}\n{a.log('mirror')[-1500:]}\n{b.log('mirror')[-1500:]}")
