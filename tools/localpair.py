@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dssync.errors import ChildRunError
+from dssync.layout import source_name
 from dssync.process import command
 
 SECRET = "pair-secret-0123456789"
@@ -124,9 +125,13 @@ def converged(a: Node, b: Node) -> dict[str, Any] | None:
     p = dss("verify", a.home, b.home, "--json", check=False)
     if p.returncode != 0:
         return None
-    sa, sb = a.status(), b.status()
-    b_has_a = sb["store"]["offsets"].get(f"log:{a.name}", 0) >= sa["log_end_offset"]
-    a_has_b = sa["store"]["offsets"].get(f"log:{b.name}", 0) >= sb["log_end_offset"]
+    # Each side's position is read after the other's log end: with heartbeats a log never stops
+    # growing, so "caught up" means holding everything the other had written when asked.
+    a_end = a.status()["log_end_offset"]
+    sb = b.status()
+    sa = a.status()
+    b_has_a = sb["store"]["offsets"].get(source_name(a.name), 0) >= a_end
+    a_has_b = sa["store"]["offsets"].get(source_name(b.name), 0) >= sb["log_end_offset"]
     if not (b_has_a and a_has_b):
         return None
     doc: dict[str, Any] = json.loads(p.stdout)
