@@ -17,7 +17,6 @@ the same events give the same rows (the digest ignores pack locations, which are
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -32,6 +31,7 @@ import pyarrow.compute as pc
 from dssync.consumers import merge
 from dssync.consumers.packs import Packs
 from dssync.errors import CorruptStoreError, LockedError, NotFoundError, ResourceError
+from dssync.layout import write_json
 from dssync.log.base import LogRecord
 from dssync.log.columns import RecordColumns
 from dssync.schemas.columnar import EventColumns, decode_columns
@@ -485,10 +485,7 @@ class Store:
     def publish_status(self, extra: dict[str, Any]) -> None:
         """Write ``status.json`` atomically: what tools show while another process owns the store."""
         doc = {"written_at_ms": time.time_ns() // 1_000_000, **self.stats(), **extra}
-        tmp = os.path.join(self.directory, "status.json.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f)
-        os.replace(tmp, os.path.join(self.directory, "status.json"))
+        write_json(os.path.join(self.directory, "status.json"), doc)
 
     def close(self) -> None:
         self.packs.close()

@@ -23,23 +23,11 @@ from dssync.consumers.consumer import replay as replay_log
 from dssync.consumers.store import Store
 from dssync.errors import CorruptLogError, DssyncError, UsageError, from_os_error
 from dssync.hlc import HybridLogicalClock
+from dssync.layout import log_dir, source_name, store_dir
 from dssync.log.filelog import FileLog
 from dssync.producers.chunker import Chunker, ChunkerSpec
 from dssync.producers.optimizer import IngestStats, Optimizer
 from dssync.schemas import decode, encode
-
-
-def log_dir(home: str) -> str:
-    return os.path.join(home, "log")
-
-
-def store_dir(home: str) -> str:
-    return os.path.join(home, "store")
-
-
-def source_name(appliance: str) -> str:
-    """The name under which a store records its offset in ``appliance``'s own log."""
-    return f"log:{appliance}"
 
 
 def kafka_settings(cfg: cfgmod.Config) -> Any:

@@ -26,11 +26,13 @@ import time
 from typing import Any, BinaryIO
 
 from dssync import config as cfgmod
-from dssync.appliance import Appliance, log_dir, open_log, open_peer_log, store_dir
+from dssync import layout
+from dssync.appliance import Appliance, open_log, open_peer_log
 from dssync.consumers.consumer import Consumer
 from dssync.consumers.packs import Packs
 from dssync.consumers.store import Row
 from dssync.errors import DssyncError, LockedError, OffsetOutOfRangeError, PairingRefusedError, TransientError
+from dssync.layout import log_dir, mirror_root, mirror_states, run_dir, service_file, source_name, store_dir
 from dssync.log.filelog import FileLog
 from dssync.monitor.metrics import serve_metrics
 from dssync.monitor.monitor import Monitor
@@ -42,19 +44,6 @@ from dssync.sync import protocol, server, snapshot
 
 log = logging.getLogger("dssync.service")
 APPLY_INTERVAL_S = 0.005
-START_FILE = "start.json"  # in a mirror log: the first offset of the peer's log it holds
-
-
-def run_dir(home: str) -> str:
-    return os.path.join(home, "run")
-
-
-def mirror_root(home: str) -> str:
-    return os.path.join(home, "mirror")
-
-
-def service_file(home: str) -> str:
-    return os.path.join(run_dir(home), "serve.json")
 
 
 class _LockedSink:
@@ -159,10 +148,10 @@ class Service:
             covers_to, events, _store_id = snapshot.download(client, directory)
         finally:
             client.close()
-        source = f"snapshot:{master.name}"
+        source = layout.snapshot_source(master.name, "pairing")
         Consumer(FileLog(directory), app.store, source).catch_up()
         app.store.forget(source)
-        app.store.advance(f"log:{master.name}", covers_to)
+        app.store.advance(source_name(master.name), covers_to)
         self._keep_snapshot(master.name, directory, "pairing")
         log.info("loaded snapshot of %s (%d events); reading its topic from offset %d", master.name, events, covers_to)
 
@@ -170,13 +159,7 @@ class Service:
         """Keep a loaded snapshot of ``peer``'s store (the newest only) where the file mirror
         keeps its own (``_apply_snapshot``): ``dssync verify`` rebuilds the store's projection
         from it and the peer's log after it."""
-        root = mirror_root(self.home)
-        os.makedirs(root, exist_ok=True)
-        prefix = f"{peer}.snapshot.applied-"
-        for old in os.listdir(root):
-            if old.startswith(prefix):
-                shutil.rmtree(os.path.join(root, old), ignore_errors=True)
-        kept = os.path.join(root, prefix + label)
+        kept = layout.replace_applied_snapshot(self.home, peer, label)
         os.makedirs(kept)
         os.rename(directory, os.path.join(kept, "log"))
 
@@ -287,15 +270,10 @@ class Service:
         if self.config.sync.transport != "http":
             return self._apply_peer_topic()
         total = 0
-        root = mirror_root(self.home)
-        if not os.path.isdir(root):
-            return 0
-        for name in sorted(os.listdir(root)):
-            path = os.path.join(root, name)
-            if name.endswith(".snapshot"):
-                total += self._apply_snapshot(name, path)
-            elif os.path.isdir(path) and ".snapshot.applied-" not in name:
-                total += self._apply_log(f"log:{name}", path)
+        for peer in layout.pending_snapshots(self.home):
+            total += self._apply_snapshot(layout.snapshot_dir(self.home, peer))
+        for peer in layout.mirrored_peers(self.home):
+            total += self._apply_log(source_name(peer), layout.mirror_dir(self.home, peer))
         return total
 
     def _open_peer_log(self, peer: str) -> Any:
@@ -317,7 +295,7 @@ class Service:
                 return 0
             finally:
                 client.close()
-            source = f"log:{self._peer.name}"
+            source = source_name(self._peer.name)
             self._consumers[source] = (Consumer(self._open_peer_log(self._peer.name), self.app.store, source,
                                                 batch_records=5_000), self._reader)
             with self.lock:
@@ -325,7 +303,7 @@ class Service:
             log.info("reading %s's topic from offset %d", self._peer.name, self.app.store.committed(source))
         if self.config.sync.transport == "kafka-sites":
             self._repair_gaps(self._peer)
-        consumer = self._consumers[f"log:{self._peer.name}"][0]
+        consumer = self._consumers[source_name(self._peer.name)][0]
         applied = 0
         while not self.stopping.is_set():
             with self.lock:
@@ -348,7 +326,7 @@ class Service:
         self._next_gap_check = now + 1.0
         gaps = len(mirror_states(self.home).get(peer.name, {}).get("gaps", []))
         path = os.path.join(run_dir(self.home), "gaps-repaired.json")
-        done = _read_json(path)
+        done = layout.read_json(path)
         if gaps <= int(done.get(peer.name, 0)):
             return
         log.warning("the mirror of %s counted %d retention gap(s): repairing from a snapshot", peer.name, gaps)
@@ -359,17 +337,14 @@ class Service:
             covers_to, events, _store_id = snapshot.download(client, directory)  # no lock: traffic goes on
         finally:
             client.close()
-        source = f"snapshot:{peer.name}:repair"
+        source = layout.snapshot_source(peer.name, "repair")
         with self.lock:
             Consumer(FileLog(directory), self.app.store, source).catch_up()
             self.app.store.forget(source)
-            self.app.store.advance(f"log:{peer.name}", covers_to)
+            self.app.store.advance(source_name(peer.name), covers_to)
         self._keep_snapshot(peer.name, directory, f"repair-{gaps}")
         done[peer.name] = gaps
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(done, f)
-        os.replace(tmp, path)
+        layout.write_json(path, done)
         log.info("repaired: loaded a snapshot of %s (%d events), reading its log on from offset %d",
                  peer.name, events, covers_to)
 
@@ -383,11 +358,11 @@ class Service:
         return entry[0]
 
     def _apply_log(self, source: str, path: str) -> int:
-        if os.path.exists(os.path.join(os.path.dirname(path), os.path.basename(path) + ".snapshot")):
+        if os.path.exists(path + layout.SNAPSHOT_SUFFIX):
             return 0  # a snapshot of this peer is loading: its log continues where it ends
         consumer = self._consumer(source, path)
         if source not in self._started:
-            start = _read_json(os.path.join(path, START_FILE)).get("advance_to")
+            start = layout.read_json(os.path.join(path, layout.START_FILE)).get("advance_to")
             if start is None:
                 return 0  # the mirror has not finished creating this log yet
             with self.lock:
@@ -405,13 +380,13 @@ class Service:
             applied += r.applied
         return applied
 
-    def _apply_snapshot(self, name: str, path: str) -> int:
+    def _apply_snapshot(self, path: str) -> int:
         meta_path = os.path.join(path, "snapshot.json")
         if not os.path.exists(meta_path):
             return 0  # still arriving
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
-        source = f"snapshot:{meta['peer']}:{meta['epoch']}"
+        source = layout.snapshot_source(meta["peer"], meta["epoch"])
         consumer = self._consumer(source, os.path.join(path, "log"))
         applied = 0
         while True:
@@ -421,17 +396,12 @@ class Service:
                 break
             applied += r.applied
         with self.lock:
-            self.app.store.advance(f"log:{meta['peer']}", int(meta["covers_to"]))
+            self.app.store.advance(source_name(meta["peer"]), int(meta["covers_to"]))
             self.app.store.forget(source)
-        self._started.discard(f"log:{meta['peer']}")
+        self._started.discard(source_name(meta["peer"]))
         self._consumers.pop(source, None)
         # Kept (the newest per peer) so that 'dssync verify' can rebuild the store's projection.
-        applied_prefix = f"{meta['peer']}.snapshot.applied-"
-        root = os.path.dirname(path)
-        for old in os.listdir(root):
-            if old.startswith(applied_prefix):
-                shutil.rmtree(os.path.join(root, old), ignore_errors=True)
-        os.rename(path, os.path.join(root, f"{applied_prefix}{meta['epoch']}"))
+        os.rename(path, layout.replace_applied_snapshot(self.home, meta["peer"], meta["epoch"]))
         log.info("loaded snapshot of %s (%d events), continuing its log at offset %s",
                  meta["peer"], applied, meta["covers_to"])
         return applied
@@ -457,11 +427,7 @@ class Service:
         os.makedirs(run_dir(self.home), exist_ok=True)
         doc = {"pid": os.getpid(), "control": f"127.0.0.1:{ctl_srv.server_address[1]}", "token": self.token,
                "sync": self.config.sync.listen if sync_srv else "", "metrics": metrics}
-        tmp = service_file(self.home) + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f)
-        os.replace(tmp, service_file(self.home))
+        layout.write_json(service_file(self.home), doc, mode=0o600)
         log.info("serving %s (control %s%s%s)", self.config.name, doc["control"],
                  f", sync {doc['sync']}" if doc["sync"] else "",
                  f", metrics http://{metrics}/metrics" if metrics else "")
@@ -546,33 +512,9 @@ class _Heartbeat:
         self.end = end
 
 
-def _read_json(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc: dict[str, Any] = json.load(f)
-            return doc
-    except (FileNotFoundError, ValueError):
-        return {}
-
-
 def _identity(cfg: cfgmod.Config, log_start: int) -> protocol.Identity:
     return protocol.Identity(cfg.name, cfg.model, cfg.software_version, cfg.store_id, cfg.sync.role,
                              cfg.sync.state, log_start, cfg.chunker)
-
-
-def mirror_states(home: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    root = mirror_root(home)
-    if os.path.isdir(root):
-        for name in sorted(os.listdir(root)):
-            p = os.path.join(root, name, "state.json")
-            if os.path.exists(p):
-                try:
-                    with open(p, encoding="utf-8") as f:
-                        out[name] = json.load(f)
-                except (OSError, ValueError):
-                    pass
-    return out
 
 
 def serve(home: str, wait_for_home_s: float = 60.0) -> None:

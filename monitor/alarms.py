@@ -19,6 +19,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from dssync.layout import write_json
+
 
 @dataclass(frozen=True)
 class AlarmSpec:
@@ -137,7 +139,4 @@ class AlarmBook:
         if not self.path:
             return
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({k: asdict(v) for k, v in self.states.items()}, f)
-        os.replace(tmp, self.path)
+        write_json(self.path, {k: asdict(v) for k, v in self.states.items()})

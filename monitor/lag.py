@@ -22,7 +22,6 @@ Error contract: a path that cannot be measured (peer or broker down) gives a ``S
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
@@ -72,17 +71,6 @@ def measure_remote(client: Any, position: int, now: float, alive: bool | None) -
     lag = max(0, end - position)
     return Sample(now, end, position, lag, int(doc.get("bytes_from") or 0) if lag else 0,
                   doc.get("ts_at") if lag else None, alive)
-
-
-def mirror_state(home: str, peer: str) -> dict[str, Any]:
-    from dssync.service import mirror_root
-
-    try:
-        with open(os.path.join(mirror_root(home), peer, "state.json"), encoding="utf-8") as f:
-            doc: dict[str, Any] = json.load(f)
-            return doc
-    except (OSError, ValueError):
-        return {}
 
 
 def mirror_alive(state: dict[str, Any], now: float | None = None) -> bool:

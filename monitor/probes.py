@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from typing import TYPE_CHECKING, Any
 
+from dssync import layout
 from dssync.appliance import open_log, peer_kafka_settings
 from dssync.errors import DssyncError
+from dssync.layout import mirror_state
 from dssync.log.filelog import FileLog
 from dssync.monitor.evaluate import Sample
-from dssync.monitor.lag import measure_log, measure_remote, mirror_alive, mirror_state
+from dssync.monitor.lag import measure_log, measure_remote, mirror_alive
 from dssync.monitor.monitor import Conditions
 from dssync.sync import protocol
 
@@ -44,11 +45,7 @@ class ServiceProbes:
         svc = self.svc
         if svc.config.sync.transport != "http":
             return [svc._peer.name] if svc._peer is not None else []
-        from dssync.service import mirror_root
-
-        root = mirror_root(svc.home)
-        names = os.listdir(root) if os.path.isdir(root) else []
-        return sorted(n for n in names if ".snapshot" not in n and os.path.isdir(os.path.join(root, n)))
+        return layout.mirrored_peers(svc.home)
 
     def client(self) -> protocol.PeerClient:
         if self._client is None:
@@ -59,9 +56,7 @@ class ServiceProbes:
         """The log this appliance's store consumes for ``peer`` (own reader, this thread only)."""
         svc = self.svc
         if svc.config.sync.transport == "http":
-            from dssync.service import mirror_root
-
-            return FileLog(os.path.join(mirror_root(svc.home), peer))
+            return FileLog(layout.mirror_dir(svc.home, peer))
         if peer not in self._logs:
             self._logs[peer] = svc._open_peer_log(peer)
         return self._logs[peer]
@@ -103,7 +98,7 @@ class ServiceProbes:
             log = self._peer_log(peer)
         except (DssyncError, OSError) as exc:
             return Sample(now, 0, 0, 0, 0, None, True, error=str(getattr(exc, "message", exc)))
-        s = measure_log(log, offsets.get(f"log:{peer}", 0), now, True)
+        s = measure_log(log, offsets.get(layout.source_name(peer), 0), now, True)
         if s.error:
             self._reset(peer)
         return s
@@ -171,8 +166,8 @@ class ServiceProbes:
             theirs = json.loads(body)
         except DssyncError as exc:
             return None, exc.message
-        if {k: v for k, v in theirs["offsets"].items() if k.startswith("log:")} != \
-                {k: v for k, v in my_offsets.items() if k.startswith("log:")}:
+        if {k: v for k, v in theirs["offsets"].items() if layout.source_appliance(k)} != \
+                {k: v for k, v in my_offsets.items() if layout.source_appliance(k)}:
             self._digest_value = (None, "the peer is at other offsets: not compared")
             return self._digest_value
         same = theirs["md5"] == mine.md5

@@ -34,7 +34,7 @@ from typing import Any
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
 from dssync import config as cfgmod
-from dssync.appliance import log_dir
+from dssync import layout
 from dssync.errors import (
     CorruptLogError,
     GapError,
@@ -43,10 +43,10 @@ from dssync.errors import (
     TransientError,
     UsageError,
 )
+from dssync.layout import START_FILE, log_dir
 from dssync.log import batch as batchfmt
 from dssync.log.filelog import FileLog
 from dssync.process import StopFlag
-from dssync.service import START_FILE, mirror_root
 from dssync.sync import protocol, snapshot
 
 log = logging.getLogger("dssync.mirror")
@@ -83,10 +83,9 @@ class Mirror:
 
     def _resume_counters(self) -> None:
         """Carry the totals of earlier runs forward: status reports a pair's whole history."""
-        try:
-            with open(os.path.join(self._dir(), "state.json"), encoding="utf-8") as f:
-                old = json.load(f)
-        except (OSError, ValueError):
+        assert self.peer is not None
+        old = layout.mirror_state(self.home, self.peer.name)
+        if not old:
             return
         for k in ("copied_batches", "copied_records", "copied_bytes", "not_copied_events", "not_copied_bytes",
                   "bootstraps"):
@@ -100,14 +99,9 @@ class Mirror:
         self._last_write = now
         if self.peer is None:
             return
-        d = os.path.join(mirror_root(self.home), self.peer.name)
-        os.makedirs(d, exist_ok=True)
-        doc = {**self.state, "peer": self.peer.name, "updated_ms": int(time.time() * 1000),
-               "mirror_end_offset": self.out.end_offset() if self.out else None}
-        tmp = os.path.join(d, "state.json.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f)
-        os.replace(tmp, os.path.join(d, "state.json"))
+        layout.write_mirror_state(self.home, self.peer.name, {
+            **self.state, "peer": self.peer.name, "updated_ms": int(time.time() * 1000),
+            "mirror_end_offset": self.out.end_offset() if self.out else None})
 
     # ------------------------------------------------------------------ main loop
 
@@ -175,7 +169,7 @@ class Mirror:
 
     def _dir(self) -> str:
         assert self.peer is not None
-        return os.path.join(mirror_root(self.home), self.peer.name)
+        return layout.mirror_dir(self.home, self.peer.name)
 
     def _open_out(self, base: int | None = None) -> None:
         if self.out is not None:
@@ -194,7 +188,8 @@ class Mirror:
         else:
             shutil.rmtree(self._dir(), ignore_errors=True)
             self._open_out(self.peer.log_start_offset)
-            _write_json(os.path.join(self._dir(), START_FILE), {"advance_to": self.peer.log_start_offset})
+            layout.write_json(os.path.join(self._dir(), START_FILE), {"advance_to": self.peer.log_start_offset},
+                              durable=True)
 
     # ------------------------------------------------------------------ copying
 
@@ -264,7 +259,7 @@ class Mirror:
     def _bootstrap(self, client: protocol.PeerClient) -> None:
         """Load a snapshot of the peer's store, then restart the mirror log where it ends."""
         assert self.peer is not None
-        snap_dir = self._dir() + ".snapshot"
+        snap_dir = layout.snapshot_dir(self.home, self.peer.name)
         shutil.rmtree(snap_dir, ignore_errors=True)
         os.makedirs(snap_dir)  # from now on the service pauses the old mirror log
         self._set("bootstrapping", f"loading a snapshot of {self.peer.name}")
@@ -274,12 +269,12 @@ class Mirror:
             self.out = None
         shutil.rmtree(self._dir(), ignore_errors=True)
         self._open_out(covers_to)
-        _write_json(os.path.join(self._dir(), START_FILE), {"advance_to": covers_to})
+        layout.write_json(os.path.join(self._dir(), START_FILE), {"advance_to": covers_to}, durable=True)
         self.state["bootstraps"] += 1
         # written last: the service loads the snapshot only once it is complete
-        _write_json(os.path.join(snap_dir, "snapshot.json"),
-                    {"peer": self.peer.name, "epoch": int(time.time() * 1000), "covers_to": covers_to,
-                     "events": events, "store_id": store_id})
+        layout.write_json(os.path.join(snap_dir, "snapshot.json"),
+                          {"peer": self.peer.name, "epoch": int(time.time() * 1000), "covers_to": covers_to,
+                           "events": events, "store_id": store_id}, durable=True)
         self._set("connected", f"snapshot of {events} events loaded; mirroring from offset {covers_to}")
 
     def close(self) -> None:
@@ -322,10 +317,3 @@ def _write(out: FileLog, view: memoryview, spans: list[tuple[int, int, int]]) ->
     return len(spans), sum(c for _p, _t, c in spans), sum(t for _p, t, _c in spans)
 
 
-def _write_json(path: str, doc: dict[str, Any]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -12,18 +12,16 @@ mirror's state. Its state (connected, disconnected, refused, counters, gaps) is 
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from typing import Any
 
 from dssync import config as cfgmod
+from dssync import layout
 from dssync.appliance import kafka_settings, peer_kafka_settings
 from dssync.errors import PairingRefusedError
 from dssync.log.kafka import FOLLOW_WAIT_MS, KafkaLog
 from dssync.process import StopFlag
-from dssync.service import mirror_root
 from dssync.sync import protocol
 from dssync.sync.kafka_mirror import TopicCopier, keep_running, mirror_topic
 
@@ -67,13 +65,8 @@ class SiteMirror:
             self.state["not_copied_events"] = self._base.get("not_copied_events", 0) + c.stats["not_copied_offsets"]
             if c.next is not None:  # None once closed
                 self.state["next_source_offset"] = c.next
-        d = os.path.join(mirror_root(self.home), self.peer)
-        os.makedirs(d, exist_ok=True)
-        tmp = os.path.join(d, "state.json.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({**self.state, "peer": self.peer, "transport": "kafka-sites",
-                       "updated_ms": int(time.time() * 1000)}, f)
-        os.replace(tmp, os.path.join(d, "state.json"))
+        layout.write_mirror_state(self.home, self.peer, {**self.state, "peer": self.peer, "transport": "kafka-sites",
+                                                         "updated_ms": int(time.time() * 1000)})
 
     @property
     def stopped(self) -> bool:
@@ -141,11 +134,7 @@ class SiteMirror:
     def _load_counters(self) -> None:
         """Totals of earlier runs carry forward: status reports the pair's whole history."""
         assert self.peer is not None
-        try:
-            with open(os.path.join(mirror_root(self.home), self.peer, "state.json"), encoding="utf-8") as f:
-                old = json.load(f)
-        except (OSError, ValueError):
-            old = {}
+        old = layout.mirror_state(self.home, self.peer)
         self._base = {k: old.get(k, 0) for k in ("copied_records", "copied_bytes", "not_copied_events")}
         self._base["gaps"] = list(old.get("gaps", []))
 

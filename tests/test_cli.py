@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from dssync.appliance import log_dir, store_dir
 from dssync.consumers.store import Store
+from dssync.layout import log_dir, store_dir
 from dssync.log import segment as seg
 from dssync.log.filelog import FileLog
 from dssync.tools.cli import cli

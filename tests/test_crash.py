@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from dssync.appliance import log_dir
+from dssync.layout import log_dir
 from dssync.log.filelog import FileLog
 from dssync.process import command
 from dssync.schemas import decode

@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from dssync.appliance import log_dir, store_dir
+from dssync.layout import log_dir, store_dir
 from dssync.log import segment as seg
 from dssync.process import command
 from dssync.tools.control import ControlClient

@@ -10,8 +10,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dssync.appliance import Appliance, log_dir, replay, store_dir
+from dssync.appliance import Appliance, replay
 from dssync.consumers.store import Store
+from dssync.layout import log_dir, store_dir
 from dssync.producers.hierarchy import segment_ref
 from dssync.tools.verify import verify_home
 

@@ -32,6 +32,7 @@ from typing import Any
 import click
 
 from dssync.errors import ChildRunError
+from dssync.layout import source_name
 from dssync.tools.output import emit_json
 
 MB = 1_000_000
@@ -164,7 +165,7 @@ def _replay_case(baseline: bool, events: int, directory: str) -> dict[str, Any]:
         # The same index rows, prepared before the clock starts and sorted by reference (the
         # order DuckDB's index takes fastest): the limit is read + insert.
         store = Store(os.path.join(directory, "probe"), create=True, fsync=False)
-        store.apply("log:bench", log.read(0, events + 1))
+        store.apply(source_name("bench"), log.read(0, events + 1))
         rows = store.con.sql("SELECT * FROM refs ORDER BY ref").to_arrow_table().cast(ROW_SCHEMA)
         store.close()
         assert isinstance(rows, pa.Table)
@@ -186,7 +187,7 @@ def _replay_case(baseline: bool, events: int, directory: str) -> dict[str, Any]:
     # what 'dssync replay' runs: segments of batches stored as is are read in place from the log
     store = Store(os.path.join(directory, "store"), create=True, fsync=True, resident=[logdir])
     t0 = time.perf_counter()
-    replay(log, store, "log:bench", 0)
+    replay(log, store, source_name("bench"), 0)
     secs = time.perf_counter() - t0
     digest = store.digest()
     store.close()

@@ -31,6 +31,7 @@ import click
 from dssync.consumers.consumer import replay
 from dssync.consumers.store import Store
 from dssync.errors import BackendUnavailableError
+from dssync.layout import source_name
 from dssync.log.filelog import FileLog
 from dssync.log.kafka import KafkaLog, KafkaSettings
 from dssync.tools.localpair import free_port
@@ -70,7 +71,7 @@ def _replay(log: Any, directory: str) -> float:
     store = Store(directory, create=True, fsync=True)
     try:
         t0 = time.perf_counter()
-        replay(log, store, "log:bench", log.start_offset())  # what 'dssync replay' runs, on either log
+        replay(log, store, source_name("bench"), log.start_offset())  # what 'dssync replay' runs, on either log
         return time.perf_counter() - t0
     finally:
         store.close()

@@ -29,6 +29,7 @@ from typing import Any
 import click
 
 from dssync.errors import ChildRunError
+from dssync.layout import STATE_FILE, source_name
 from dssync.log.filelog import FileLog
 from dssync.tools.localpair import Node, make_pair, wait_converged
 from dssync.tools.output import emit_json
@@ -144,7 +145,7 @@ def mirror_throughput(directory: str, log_mb: int, fsync: str) -> dict[str, Any]
         a.start("serve")
         mirror = FileLog(mirror_dir)
         first = mirror.end_offset()
-        state = os.path.join(mirror_dir, "state.json")
+        state = os.path.join(mirror_dir, STATE_FILE)
         with contextlib.suppress(FileNotFoundError):  # a mirror killed in its first 0.5 s wrote none
             os.unlink(state)
         b.start("mirror")
@@ -229,7 +230,7 @@ def latency_and_catchup(directory: str, seconds: float, interruption: float, fsy
         loader.start()
         t_end = time.time() + seconds
         while time.time() < t_end:
-            seen.append((ctl_b.offsets().get("log:sha", 0), time.time()))
+            seen.append((ctl_b.offsets().get(source_name("sha"), 0), time.time()))
             time.sleep(0.002)
         stop.set()
         loader.join()
@@ -261,7 +262,7 @@ def latency_and_catchup(directory: str, seconds: float, interruption: float, fsy
         b.start("mirror")
         t0 = time.time()
         target = log_a.end_offset()
-        done = _wait_applied(b, "log:sha", target)
+        done = _wait_applied(b, source_name("sha"), target)
         stop.set()
         loader.join()
         catch = done - t0

@@ -12,7 +12,7 @@ import os
 from typing import Any, BinaryIO
 
 from dssync.errors import BackendUnavailableError, ServiceError
-from dssync.service import service_file
+from dssync.layout import service_file
 
 
 class ControlClient:

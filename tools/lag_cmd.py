@@ -9,7 +9,6 @@ alarm), 2 critical (stalled, stopped, rewound, a major or critical alarm).
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import Any
@@ -23,12 +22,12 @@ from dssync.tools.output import emit_json
 
 def offline_report(home: str) -> dict[str, Any]:
     from dssync import config as cfgmod
-    from dssync.appliance import open_log, source_name, store_dir
+    from dssync.appliance import open_log
     from dssync.consumers.store import Store
+    from dssync.layout import mirror_dir, mirrored_peers, source_name, store_dir
     from dssync.log.filelog import FileLog
     from dssync.monitor.lag import measure_log
     from dssync.monitor.monitor import Monitor
-    from dssync.service import mirror_root
 
     cfg = cfgmod.load(home)
     store = Store(store_dir(home), read_only=True)  # measured as it is: nothing is applied here
@@ -39,12 +38,10 @@ def offline_report(home: str) -> dict[str, Any]:
     now = time.time()
     with open_log(home, cfg, writer=False) as own:
         samples = {f"store:{cfg.name}": measure_log(own, offsets.get(source_name(cfg.name), 0), now, False)}
-    root = mirror_root(home)
-    if cfg.sync.transport == "http" and os.path.isdir(root):
-        for peer in sorted(os.listdir(root)):
-            if ".snapshot" not in peer and os.path.isdir(os.path.join(root, peer)):
-                with FileLog(os.path.join(root, peer)) as mlog:
-                    samples[f"store:{peer}"] = measure_log(mlog, offsets.get(f"log:{peer}", 0), now, False)
+    if cfg.sync.transport == "http":
+        for peer in mirrored_peers(home):
+            with FileLog(mirror_dir(home, peer)) as mlog:
+                samples[f"store:{peer}"] = measure_log(mlog, offsets.get(source_name(peer), 0), now, False)
     report = Monitor(cfg.monitor, cfg.name, lambda _now: samples).evaluate()
     report["service_running"] = False
     report["note"] = "no service runs: store paths measured once from the files; mirror paths need the service"

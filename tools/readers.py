@@ -12,9 +12,10 @@ import os
 from typing import Any
 
 from dssync import config as cfgmod
-from dssync.appliance import log_dir, open_log, store_dir
+from dssync.appliance import open_log
 from dssync.consumers.store import Store
 from dssync.errors import LockedError, NotFoundError
+from dssync.layout import log_dir, store_dir
 from dssync.log.filelog import FileLog
 
 

@@ -8,9 +8,8 @@ from typing import Any
 
 import click
 
-from dssync.appliance import source_name
 from dssync.errors import DssyncError
-from dssync.service import mirror_states
+from dssync.layout import mirror_states, source_name
 from dssync.tools.control import ControlClient
 from dssync.tools.output import emit_json, human_bytes, table
 from dssync.tools.readers import open_config, open_log_reader, open_store_reader, snapshot

@@ -25,14 +25,15 @@ from typing import Any
 
 import click
 
-from dssync.appliance import open_peer_log, source_name
+from dssync import layout
+from dssync.appliance import open_peer_log
 from dssync.consumers.store import Store
 from dssync.errors import DssyncError, LockedError, MismatchError
+from dssync.layout import source_name
 from dssync.log.base import LogRecord
 from dssync.log.filelog import FileLog
 from dssync.producers.hierarchy import segment_ref
 from dssync.schemas import decode
-from dssync.service import mirror_root
 from dssync.tools.control import ControlClient
 from dssync.tools.output import emit_json
 from dssync.tools.readers import open_config, open_log_reader, open_store_reader
@@ -135,22 +136,16 @@ def _sources(home: str, cfg: Any, own: str, log: Any, store: Store, rep: Report)
     peer log that cannot be opened is a problem of the report)."""
     out: list[tuple[str, Any]] = [(own, log)]
     kafka = cfg.sync.transport in ("kafka-shared", "kafka-sites")
-    root = mirror_root(home)
-    if os.path.isdir(root):
-        for name in sorted(os.listdir(root)):
-            path = os.path.join(root, name)
-            if not os.path.isdir(path) or name.endswith(".snapshot"):
-                continue  # a snapshot still loading is not part of the store yet
-            if ".snapshot.applied-" in name:
-                peer, _, epoch = name.partition(".snapshot.applied-")
-                out.append((f"snapshot:{peer}:{epoch}", FileLog(os.path.join(path, "log"))))
-            elif not kafka:  # (with kafka-sites, the site mirror's state lives there)
-                out.append((f"log:{name}", FileLog(path)))
+    for peer, epoch, path in layout.applied_snapshots(home):  # (one still loading is not in the store yet)
+        out.append((layout.snapshot_source(peer, epoch), FileLog(os.path.join(path, "log"))))
+    if not kafka:  # (with kafka-sites, the site mirror's state lives in HOME/mirror/ too, but no log)
+        out.extend((source_name(peer), FileLog(layout.mirror_dir(home, peer))) for peer in layout.mirrored_peers(home))
     if kafka:
         for source in sorted(store.offsets()):
-            if source.startswith("log:") and source != own:
+            appliance = layout.source_appliance(source)
+            if appliance is not None and source != own:
                 try:
-                    out.append((source, open_peer_log(home, cfg, source.removeprefix("log:"))))
+                    out.append((source, open_peer_log(home, cfg, appliance)))
                 except DssyncError as exc:
                     rep.problems.append(f"{source}: {exc.message}")
     return out
