@@ -7,6 +7,6 @@ tree=$(mktemp -d)
 trap 'rm -rf "$tree"' EXIT
 mkdir -p "$tree/dssync"
 for f in "$top"/dssync/*.py; do ln -s "$f" "$tree/dssync/"; done
-for sub in log producers consumers schemas sync monitor tools; do ln -s "$top/$sub" "$tree/dssync/$sub"; done
+for sub in log producers consumers schemas sync monitor tools bench; do ln -s "$top/$sub" "$tree/dssync/$sub"; done
 cd "$tree"
 "${PYTHON:-python}" -m mypy --config-file "$top/pyproject.toml" -p dssync

@@ -1,4 +1,4 @@
-"""A pair of real appliances for the tests (see dssync.tools.localpair)."""
+"""A pair of real appliances for the tests (see dssync.bench.localpair)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dssync.tools import workload
-from dssync.tools.localpair import SECRET, Node, dss, wait_converged
-from dssync.tools.localpair import make_pair as _make_pair
+from dssync.bench import workload
+from dssync.bench.localpair import SECRET, Node, dss, wait_converged
+from dssync.bench.localpair import make_pair as _make_pair
 
 __all__ = ["SECRET", "Node", "dss", "make_pair", "release", "wait_alarm", "wait_converged"]
 

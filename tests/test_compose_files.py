@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from dssync.bench.localpair import SECRET, Node, free_port, wait_converged
 from dssync.tools.cli import cli
-from dssync.tools.localpair import SECRET, Node, free_port, wait_converged
 from tests.pair import release
 
 TOP = Path(__file__).resolve().parent.parent

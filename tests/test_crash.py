@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from dssync.bench import workload
 from dssync.layout import log_dir
 from dssync.log.filelog import FileLog
 from dssync.process import command
 from dssync.schemas import decode
-from dssync.tools import workload
 from tests.conftest import run_dssync
 
 MakeHome = Callable[..., str]

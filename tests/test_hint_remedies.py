@@ -17,11 +17,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from dssync.bench.localpair import free_port
 from dssync.layout import log_dir, store_dir
 from dssync.log import segment as seg
 from dssync.process import command
 from dssync.tools.control import ControlClient
-from dssync.tools.localpair import free_port
 from tests.conftest import run_dssync
 
 

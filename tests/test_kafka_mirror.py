@@ -16,6 +16,7 @@ import pytest
 from kafka import KafkaProducer
 from kafka.errors import KafkaTimeoutError
 
+from dssync.bench.localpair import SECRET, Node, dss, free_port, wait_converged
 from dssync.errors import BackendUnavailableError, LockedError, UsageError
 from dssync.log.filelog import FileLog
 from dssync.log.kafka import KafkaLog, KafkaSettings
@@ -23,7 +24,6 @@ from dssync.log.mirrored import MirroredTopic, TopicReader, source_position
 from dssync.process import command
 from dssync.sync import kafka_mirror
 from dssync.sync.kafka_mirror import TopicCopier
-from dssync.tools.localpair import SECRET, Node, dss, free_port, wait_converged
 from tests.pair import release, wait_alarm
 
 pytestmark = pytest.mark.kafka

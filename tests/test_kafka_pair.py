@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from dssync.tools.localpair import SECRET, Node, dss, free_port, wait_converged
+from dssync.bench.localpair import SECRET, Node, dss, free_port, wait_converged
 from tests.pair import release
 
 pytestmark = pytest.mark.kafka

@@ -8,10 +8,10 @@ import random
 from pathlib import Path
 
 from dssync.appliance import Appliance
+from dssync.bench import workload
 from dssync.producers.hierarchy import build_groups, segment_ref
 from dssync.producers.optimizer import MIN_STORED, WIRE_LITERAL, WIRE_REF
 from dssync.schemas import decode
-from dssync.tools import workload
 
 
 def _app(tmp_path: Path, **opts: object) -> Appliance:

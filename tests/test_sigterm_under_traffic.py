@@ -17,10 +17,10 @@ import threading
 import time
 from pathlib import Path
 
+from dssync.bench import workload
+from dssync.bench.localpair import Node
 from dssync.errors import DssyncError
-from dssync.tools import workload
 from dssync.tools.control import ControlClient
-from dssync.tools.localpair import Node
 from tests.pair import dss, make_pair, wait_converged
 
 STOP_LIMIT_S = 5.0

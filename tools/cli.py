@@ -21,13 +21,14 @@ import duckdb
 from dssync import __version__
 from dssync.appliance import Appliance
 from dssync.appliance import replay as replay_home
+from dssync.bench.demo import demo
 from dssync.config import KafkaConfig
 from dssync.errors import CorruptStoreError, DssyncError, NotFoundError, UsageError, from_os_error
 from dssync.producers.chunker import ChunkerSpec
 from dssync.producers.optimizer import IngestStats
-from dssync.tools import bench, inspect_cmd, verify
+from dssync.tools import inspect_cmd, verify
+from dssync.tools.bench_cmd import bench
 from dssync.tools.control import ControlClient
-from dssync.tools.demo import demo
 from dssync.tools.lag_cmd import lag_cmd
 from dssync.tools.output import LazyProgress, emit_json, human_bytes, progress, table
 from dssync.tools.status import status_cmd
@@ -239,7 +240,7 @@ cli.add_command(inspect_cmd.inspect)
 cli.add_command(verify.verify_cmd)
 cli.add_command(status_cmd)
 cli.add_command(lag_cmd)
-cli.add_command(bench.bench)
+cli.add_command(bench)
 cli.add_command(demo)
 cli.add_command(serve_cmd)
 cli.add_command(mirror_cmd)

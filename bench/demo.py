@@ -23,8 +23,8 @@ from typing import Any
 import click
 
 from dssync.appliance import Appliance, replay
+from dssync.bench import workload
 from dssync.errors import MismatchError
-from dssync.tools import workload
 from dssync.tools.output import emit_json, human_bytes
 from dssync.tools.verify import verify_home
 
@@ -60,7 +60,7 @@ def run_single(directory: str, size: int, versions: int, say: Any) -> dict[str, 
 
 
 def run_pair(directory: str, size: int, versions: int, say: Any) -> dict[str, Any]:
-    from dssync.tools.localpair import dss, make_pair, wait_converged
+    from dssync.bench.localpair import dss, make_pair, wait_converged
 
     os.makedirs(directory, exist_ok=True)
     n = max(versions, 4)

@@ -9,7 +9,7 @@
   modes), on the same two brokers: throughput of the bulk copy (first to last arrival at the
   destination), end-to-end latency (source append time to arrival at a destination consumer)
   of records appended at a steady rate, and how many records of an aborted source transaction
-  each copied (``dssync.tools.bench_mirror``).
+  each copied (``dssync.bench.mirrormaker``).
 
 The brokers are started from compose/kafka.py (a checkout is needed) unless ``--bootstrap``
 (and ``--bootstrap-b`` for the mirror) name running ones.
@@ -28,13 +28,13 @@ from typing import Any
 
 import click
 
+from dssync.bench.localpair import free_port
 from dssync.consumers.consumer import replay
 from dssync.consumers.store import Store
 from dssync.errors import BackendUnavailableError
 from dssync.layout import source_name
 from dssync.log.filelog import FileLog
 from dssync.log.kafka import KafkaLog, KafkaSettings
-from dssync.tools.localpair import free_port
 from dssync.tools.output import emit_json
 
 MB = 1_000_000
@@ -112,7 +112,7 @@ def kafka_report(events: int, bootstrap: str | None, bootstrap_b: str | None = N
             k_replay = _replay(klog, os.path.join(directory, "store-kafka"))
         f_replay = _replay(FileLog(os.path.join(directory, "log")), os.path.join(directory, "store-file"))
         if mirror:
-            from dssync.tools.bench_mirror import mirror_report
+            from dssync.bench.mirrormaker import mirror_report
 
             assert bootstrap_b is not None
             mirrored = mirror_report(bootstrap, bootstrap_b, topic, COMPOSE_KAFKA, steady_s=steady_s)

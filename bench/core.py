@@ -90,7 +90,7 @@ def _system_ingest(streams: list[bytes], directory: str, fsync: str) -> tuple[fl
 
 def run_case(case: str, size: int, events: int, fsync: str) -> dict[str, Any]:
     """Run one side of one case in this process; return its figures."""
-    from dssync.tools import workload
+    from dssync.bench import workload
 
     directory = tempfile.mkdtemp(prefix="dssync-bench-")
     try:
@@ -195,7 +195,7 @@ def _replay_case(baseline: bool, events: int, directory: str) -> dict[str, Any]:
 
 
 def _spawn(case: str, size: int, events: int, fsync: str) -> dict[str, Any]:
-    code = ("import json,sys; from dssync.tools.bench import run_case, _peak_rss_bytes; "
+    code = ("import json,sys; from dssync.bench.core import run_case, _peak_rss_bytes; "
             "r = run_case(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]); "
             "r['peak_rss_bytes'] = _peak_rss_bytes(); print(json.dumps(r))")
     # -P: the installed dssync, never a dssync/ folder in the working directory
@@ -244,20 +244,7 @@ def core_report(size: int, events: int, fsync: str, repeat: int = 3, progress: b
     return report
 
 
-@click.group("bench")
-def bench() -> None:
-    """Benchmarks: the system and its baseline side by side, in one run."""
-
-
-def _register_sync() -> None:
-    from dssync.tools.bench_kafka import bench_kafka
-    from dssync.tools.bench_sync import bench_sync
-
-    bench.add_command(bench_sync)
-    bench.add_command(bench_kafka)
-
-
-@bench.command("core")
+@click.command("core")
 @click.option("--size", type=int, default=256 * MB, show_default=True, help="Bytes of input per ingest case.")
 @click.option("--events", type=int, default=1_000_000, show_default=True, help="Events in the replay case.")
 @click.option("--fsync", type=click.Choice(["always", "interval", "never"]), default="always", show_default=True)
@@ -284,5 +271,3 @@ def bench_core(size: int, events: int, fsync: str, repeat: int, as_json: bool) -
             line += f"  savings {c['savings'] * 100:.1f}%"
         click.echo(line)
 
-
-_register_sync()

@@ -158,7 +158,7 @@ class _Appender:
     returns once it appended ``appends`` times ``per`` records at ``APPENDS_PER_S``."""
 
     def __init__(self, bootstrap: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-P", "-m", "dssync.tools.bench_mirror", bootstrap],
+        self.proc = subprocess.Popen([sys.executable, "-P", "-m", "dssync.bench.mirrormaker", bootstrap],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def append(self, topic: str, appends: int, per: int) -> None:

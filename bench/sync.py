@@ -28,10 +28,10 @@ from typing import Any
 
 import click
 
+from dssync.bench.localpair import Node, make_pair, wait_converged
 from dssync.errors import ChildRunError
 from dssync.layout import STATE_FILE, source_name
 from dssync.log.filelog import FileLog
-from dssync.tools.localpair import Node, make_pair, wait_converged
 from dssync.tools.output import emit_json
 
 MB = 1_000_000
@@ -279,7 +279,7 @@ def latency_and_catchup(directory: str, seconds: float, interruption: float, fsy
 
 
 def savings_retained(directory: str, size: int) -> dict[str, Any]:
-    from dssync.tools.demo import run_pair
+    from dssync.bench.demo import run_pair
 
     report = run_pair(os.path.join(directory, "failover"), size, 4, lambda _msg: None)
     s = report["savings"]
