@@ -16,12 +16,12 @@ assert dssync.__file__.startswith(sys.argv[1]), dssync.__file__
 names = [m.name for m in pkgutil.walk_packages(dssync.__path__, "dssync.")]
 for name in names:
     importlib.import_module(name)
-for sub in ("log", "producers", "consumers", "schemas", "sync", "monitor", "tools", "bench"):
+for sub in ("log", "producers", "consumers", "schemas", "sync", "monitor", "appliance", "tools", "bench"):
     assert f"dssync.{sub}" in names, f"dssync.{sub} missing from the wheel"
 from dssync.schemas import codec
 assert len(codec.registry.by_fingerprint) >= 5, "schema files missing from the wheel"
 import importlib.util
-for top_level in ("tools", "schemas", "producers", "consumers", "log", "sync", "monitor", "bench"):
+for top_level in ("tools", "schemas", "producers", "consumers", "log", "sync", "monitor", "appliance", "bench"):
     spec = importlib.util.find_spec(top_level)
     assert spec is None or sys.argv[1] not in str(spec.origin or spec.submodule_search_locations), top_level
 print(f"wheel OK: {len(names)} modules import from {os.path.dirname(dssync.__file__)}")

@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from dssync.consumers.store import ApplyResult, Staged, Store
 from dssync.errors import OffsetOutOfRangeError
-from dssync.log.base import Log
+from dssync.log.base import LogReader
 from dssync.log.columns import RecordColumns
 from dssync.schemas.columnar import EventColumns, decode_columns
 
@@ -21,7 +21,7 @@ from dssync.schemas.columnar import EventColumns, decode_columns
 class Consumer:
     """Applies ``log`` to ``store`` under the source name ``source``."""
 
-    def __init__(self, log: Log, store: Store, source: str, batch_records: int = 20_000) -> None:
+    def __init__(self, log: LogReader, store: Store, source: str, batch_records: int = 20_000) -> None:
         self.log = log
         self.store = store
         self.source = source
@@ -69,7 +69,7 @@ reading, merging and committing overlap (150 k measured best of 100 k to 350 k h
 bound keeps memory flat when segments are large."""
 
 
-def replay(log: Log, store: Store, source: str, start: int, progress: Callable[[int], None] | None = None) -> int:
+def replay(log: LogReader, store: Store, source: str, start: int, progress: Callable[[int], None] | None = None) -> int:
     """Apply ``log`` from ``start`` to its end as it was when called, in big transactions;
     return the records applied. The store's committed offset for ``source`` moves with them.
 

@@ -221,10 +221,8 @@ class KafkaLog:
         self.tp = TopicPartition(topic, 0)
         self.origin = origin
         self.group_id = group_id
-        self.retain_from: int | None = None  # retention is the broker's (topic config)
         self.read_through: int | None = None
         """After a ``read`` that returned nothing: the end it read through (markers only)."""
-        self.recovery = None  # the broker recovers its own log
         self._follow_next = -1
         self._producer: KafkaProducer | None = None
         self._consumer: KafkaConsumer | None = None
@@ -418,16 +416,6 @@ class KafkaLog:
             self._consumer.commit({self.tp: OffsetAndMetadata(next_offset, "", -1)})
         except KafkaError as exc:
             log.warning("could not commit the group offset of %s: %s", self.topic, exc)
-
-    def size_bytes(self) -> int:
-        """Unknown from a client without extra admin calls; reported as 0."""
-        return 0
-
-    def segments(self) -> list[int]:
-        return []
-
-    def retired(self) -> list[dict[str, int]]:
-        return []
 
     def flush(self) -> None:
         if self._producer is not None:

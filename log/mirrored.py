@@ -32,13 +32,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError
 
-from dssync.errors import BackendUnavailableError, CorruptLogError, LockedError, UsageError
+from dssync.errors import BackendUnavailableError, CorruptLogError, UsageError
 from dssync.log.base import LogRecord
 from dssync.log.columns import RecordColumns, read_in_steps
 from dssync.log.kafka import KafkaSettings, probe
@@ -50,6 +49,14 @@ H_ORIGIN = "origin"
 H_THROUGH = "dssync-through"
 """On a record with an empty value: the source had nothing but transaction markers up to
 here (its source offset + 1), so a consumer may advance past them, as on the source."""
+
+
+MIRROR_INFIX = "mirror."
+
+
+def mirror_topic(prefix: str, name: str) -> str:
+    """The topic holding appliance ``name``'s log at the other site."""
+    return f"{prefix}{MIRROR_INFIX}{name}"
 
 
 def source_position(record: Any) -> tuple[int, int]:
@@ -133,14 +140,12 @@ class TopicReader:
 
 
 class MirroredTopic:
-    """Read-only ``Log`` over a mirror topic, in source offsets (module docstring)."""
+    """``LogReader`` over a mirror topic, in source offsets (module docstring)."""
 
     def __init__(self, settings: KafkaSettings, topic: str) -> None:
         self.topic = topic
         self.reader = TopicReader(settings, topic, isolation="read_uncommitted")
         self.read_through: int | None = None
-        self.recovery = None
-        self.retain_from: int | None = None
         self._cursor: tuple[int, int] | None = None  # (next source offset, its destination offset)
 
     def _seek(self, src: int, begin: int, end: int) -> int:
@@ -206,12 +211,6 @@ class MirroredTopic:
 
     def offset_for_time(self, timestamp_ms: int) -> int:
         raise UsageError("a mirror topic is not indexed by time", hint="read the source topic instead")
-
-    def append(self, values: Sequence[bytes]) -> int:
-        raise LockedError(f"{self.topic} is written by its mirror only")
-
-    def flush(self) -> None:
-        pass
 
     def close(self) -> None:
         self.reader.close()

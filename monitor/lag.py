@@ -26,13 +26,14 @@ import time
 from typing import Any
 
 from dssync.errors import DssyncError, OffsetOutOfRangeError
+from dssync.log.base import LogReader, SegmentedLog
 from dssync.monitor.evaluate import Sample
 
 MIRROR_STALE_S = 10.0
 """A mirror whose state file is older than this is not running."""
 
 
-def measure_log(log: Any, position: int, now: float, alive: bool | None) -> Sample:
+def measure_log(log: LogReader, position: int, now: float, alive: bool | None) -> Sample:
     """Sample a path whose source log is readable here (file log, Kafka topic, mirror topic)."""
     try:
         end = log.end_offset()
@@ -48,7 +49,7 @@ def measure_log(log: Any, position: int, now: float, alive: bool | None) -> Samp
                 lag = 0  # only transaction markers are left: nothing to consume
             else:
                 oldest = recs[0].timestamp_ms
-                if hasattr(log, "bytes_from"):
+                if isinstance(log, SegmentedLog):
                     nbytes = int(log.bytes_from(position))
                 else:
                     nbytes = int(lag * sum(len(r.value) for r in recs) / len(recs))

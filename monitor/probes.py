@@ -1,39 +1,76 @@
 """The paths of a running appliance service, measured for the monitor.
 
 Runs on the monitor's thread with its own log readers and its own peer client (Kafka
-consumers and HTTP connections are not shared between threads); the store is read under the
-service's lock, briefly.
+consumers and HTTP connections are not shared between threads). It sees the service through
+``ProbedService``: its identity, the store's offsets (read under the service's lock, briefly),
+the peer's log as the service reads it, and the refusals it noted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from dssync import config as cfgmod
 from dssync import layout
-from dssync.appliance import open_log, peer_kafka_settings
+from dssync.consumers.store import Digest
 from dssync.errors import DssyncError
 from dssync.layout import mirror_state
+from dssync.log.base import LogReader
+from dssync.log.factory import open_log_reader, open_peer_source
 from dssync.log.filelog import FileLog
 from dssync.monitor.evaluate import Sample
 from dssync.monitor.lag import measure_log, measure_remote, mirror_alive
 from dssync.monitor.monitor import Conditions
 from dssync.sync import protocol
 
-if TYPE_CHECKING:
-    from dssync.service import Service
-
 DIGEST_EVERY_S = 60.0
 """Digests are compared at most this often, and only when the pair is caught up: computing
 one reads the whole index, and the service's traffic must not wait for it often."""
 
 
+class ProbedService(Protocol):
+    """What the monitor needs of the running service."""
+
+    home: str
+    config: cfgmod.Config
+    refusal_times: dict[str, tuple[str, float]]
+    """Peer (or address) -> (reason, time) of the latest refusal, either way."""
+
+    def identity(self) -> protocol.Identity:
+        """This appliance's identity on the sync interface."""
+        ...
+
+    def kafka_peer(self) -> str | None:
+        """On a Kafka transport, the peer once it has answered; else None."""
+        ...
+
+    def open_peer_log(self, peer: str) -> LogReader:
+        """A new reader of ``peer``'s log as the service reads it (Kafka transports)."""
+        ...
+
+    def store_offsets(self) -> dict[str, int]:
+        """The store's committed offset per source."""
+        ...
+
+    def own_source(self) -> str:
+        """The source name of the appliance's own log in its store."""
+        ...
+
+    def digest_snapshot(self) -> tuple[Digest, dict[str, int]]:
+        """The store's digest and the offsets it covers, without blocking traffic."""
+        ...
+
+
 class ServiceProbes:
-    def __init__(self, svc: Service) -> None:
+    """Measures every path of ``svc`` (``measure``) and the alarm conditions that are not lag
+    (``conditions``), for the service's ``Monitor``."""
+
+    def __init__(self, svc: ProbedService) -> None:
         self.svc = svc
-        self._own: Any = None
-        self._logs: dict[str, Any] = {}
+        self._own: LogReader | None = None
+        self._logs: dict[str, LogReader] = {}
         self._client: protocol.PeerClient | None = None
         self._digest_at = 0.0
         self._digest_offsets: dict[str, int] | None = None
@@ -44,7 +81,8 @@ class ServiceProbes:
     def peers(self) -> list[str]:
         svc = self.svc
         if svc.config.sync.transport != "http":
-            return [svc._peer.name] if svc._peer is not None else []
+            peer = svc.kafka_peer()
+            return [peer] if peer is not None else []
         return layout.mirrored_peers(svc.home)
 
     def client(self) -> protocol.PeerClient:
@@ -52,23 +90,20 @@ class ServiceProbes:
             self._client = protocol.PeerClient(self.svc.config.sync, self.svc.identity(), timeout_s=5)
         return self._client
 
-    def _peer_log(self, peer: str) -> Any:
+    def _peer_log(self, peer: str) -> LogReader:
         """The log this appliance's store consumes for ``peer`` (own reader, this thread only)."""
         svc = self.svc
         if svc.config.sync.transport == "http":
             return FileLog(layout.mirror_dir(svc.home, peer))
         if peer not in self._logs:
-            self._logs[peer] = svc._open_peer_log(peer)
+            self._logs[peer] = svc.open_peer_log(peer)
         return self._logs[peer]
 
-    def _source_log(self, peer: str) -> Any:
+    def _source_log(self, peer: str) -> LogReader:
         """kafka-sites: the peer's own topic on the peer site's cluster."""
         key = f"source:{peer}"
         if key not in self._logs:
-            from dssync.log.kafka import KafkaLog
-
-            settings = peer_kafka_settings(self.svc.config)
-            self._logs[key] = KafkaLog(settings, self.svc.config.kafka.topic_prefix + peer)
+            self._logs[key] = open_peer_source(self.svc.config, peer)
         return self._logs[key]
 
     def _reset(self, key: str) -> None:
@@ -82,11 +117,10 @@ class ServiceProbes:
     def measure(self, now: float) -> dict[str, Sample]:
         svc = self.svc
         me = svc.config.name
-        with svc.lock:
-            offsets = svc.app.store.offsets()
+        offsets = svc.store_offsets()
         if self._own is None:
-            self._own = open_log(svc.home, svc.config, writer=False)
-        out = {f"store:{me}": measure_log(self._own, offsets.get(svc.app.source, 0), now, True)}
+            self._own = open_log_reader(svc.home, svc.config)
+        out = {f"store:{me}": measure_log(self._own, offsets.get(svc.own_source(), 0), now, True)}
         for peer in self.peers():
             out[f"store:{peer}"] = self._measure_store(peer, offsets, now)
             if svc.config.sync.transport != "kafka-shared":
@@ -158,7 +192,7 @@ class ServiceProbes:
         if now - self._digest_at < (DIGEST_EVERY_S if self._digest_value[0] is not None else DIGEST_EVERY_S / 6):
             return self._digest_value
         self._digest_at = now
-        mine, my_offsets = self.svc.app.store.digest_snapshot()  # no lock: traffic never waits for it
+        mine, my_offsets = self.svc.digest_snapshot()
         try:
             status, _, body = self.client().get("/v1/digest")
             if status != 200:

@@ -65,20 +65,15 @@ from dssync.log.mirrored import (
     H_SRC_TOPIC,
     H_SRC_TS,
     H_THROUGH,
+    MIRROR_INFIX,
     TopicReader,
     source_position,
 )
 
 log = logging.getLogger("dssync.mirror")
-MIRROR_INFIX = "mirror."
 THROUGH_AFTER_S = 0.2
 ARMED_IDLE_S = 5.0
 COMMIT_INTERVAL_S = 1.0
-
-
-def mirror_topic(prefix: str, name: str) -> str:
-    """The topic holding appliance ``name``'s log at the other site."""
-    return f"{prefix}{MIRROR_INFIX}{name}"
 
 
 class OneWakeup:

@@ -1,9 +1,9 @@
-"""The HTTP endpoints of ``dssync serve``: the sync interface (for the peer) and control (local).
+"""The sync interface of ``dssync serve``: the HTTP endpoints the peer calls.
 
-Sync endpoints are authenticated with the pair's secret (``protocol.check_request``) and
-refuse an incompatible peer. Control endpoints listen on loopback only and require the token
-written (mode 0600) to ``HOME/run/serve.json``; the tools use them to ingest, read status and
-compare digests while the service owns the store.
+Every request is authenticated with the pair's secret (``protocol.check_request``) and an
+incompatible peer is refused. The handler sees the service through ``PeerFacing``, the few
+things the peer may ask of it. ``Handler``, ``start`` and the server class are shared with the
+local control endpoints (``dssync.appliance.control``).
 """
 
 from __future__ import annotations
@@ -13,22 +13,57 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, BinaryIO, cast
+from typing import Any, Protocol, cast
 from urllib.parse import parse_qs, urlparse
 
-from dssync.errors import DssyncError, OffsetOutOfRangeError, PairingRefusedError
+from dssync import config as cfgmod
+from dssync.consumers.packs import Packs
+from dssync.consumers.store import Row
+from dssync.errors import OffsetOutOfRangeError, PairingRefusedError
+from dssync.log.filelog import FileLog
+from dssync.process import StopFlag
 from dssync.sync import protocol, snapshot
 
-if TYPE_CHECKING:
-    from dssync.service import Service
-
-H_TOKEN = "X-Dssync-Token"
 log = logging.getLogger("dssync.service")
 
 
-class _Handler(BaseHTTPRequestHandler):
+class PeerFacing(Protocol):
+    """What the sync interface needs of the running service."""
+
+    config: cfgmod.Config
+    stopping: StopFlag
+
+    def identity(self) -> protocol.Identity:
+        """This appliance's identity, as the peer checks it."""
+        ...
+
+    def note_refusal(self, peer: str, reason: str) -> None:
+        """Record (and log once per reason) a peer refused, or that refused us."""
+        ...
+
+    def log_reader(self) -> FileLog:
+        """A new reader of the appliance's own log (the caller closes it)."""
+        ...
+
+    def snapshot_rows(self) -> tuple[list[Row], int, str]:
+        """Every row of the store, the own-log offset they cover, and the store id."""
+        ...
+
+    def pack_reader(self) -> Packs:
+        """A reader of the store's segment bytes for this thread (the caller closes it)."""
+        ...
+
+    def log_position(self, at: int) -> dict[str, Any]:
+        """Where the own log stands seen from ``at`` (start, end, time at ``at``, bytes)."""
+        ...
+
+    def digest(self) -> dict[str, Any]:
+        """The store's digest and offsets."""
+        ...
+
+
+class Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
 
@@ -55,9 +90,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, message.encode(), "text/plain")
 
 
-class SyncHandler(_Handler):
+class SyncHandler(Handler):
     def do_GET(self) -> None:
-        svc = self.server.service
+        svc = cast(PeerFacing, self.server.service)
         url = urlparse(self.path)
         try:
             caller = protocol.check_request(svc.config.sync.secret, "GET", self.path, self.headers)
@@ -87,7 +122,7 @@ class SyncHandler(_Handler):
         else:
             self._error(404, "unknown endpoint")
 
-    def _log(self, svc: Service, frm: int, max_bytes: int, wait_ms: int) -> None:
+    def _log(self, svc: PeerFacing, frm: int, max_bytes: int, wait_ms: int) -> None:
         log = svc.log_reader()
         deadline = time.monotonic() + wait_ms / 1000
         while True:
@@ -112,7 +147,7 @@ class SyncHandler(_Handler):
         self._send(200, out, "application/octet-stream",
                    {"X-Dssync-Log-Start": str(start), "X-Dssync-Log-End": str(end)})
 
-    def _snapshot(self, svc: Service) -> None:
+    def _snapshot(self, svc: PeerFacing) -> None:
         rows, covers_to, store_id = svc.snapshot_rows()
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
@@ -130,79 +165,11 @@ class SyncHandler(_Handler):
             packs.close()
 
 
-class ControlHandler(_Handler):
-    _after_reply: Callable[[], None] | None = None
-
-    def _authorized(self) -> bool:
-        if self.headers.get(H_TOKEN) != self.server.service.token:
-            self._error(403, "bad control token")
-            return False
-        return True
-
-    def do_GET(self) -> None:
-        svc = self.server.service
-        self._dispatch({
-            "/v1/status": svc.status, "/v1/verify": svc.verify, "/v1/offsets": svc.offsets,
-            "/v1/digest": svc.digest, "/v1/rows": svc.rows, "/v1/lag": svc.lag,
-        })
-
-    def do_POST(self) -> None:
-        svc = self.server.service
-
-        def ingest() -> Any:
-            length = int(self.headers.get("Content-Length", 0))
-            return svc.ingest(cast(BinaryIO, _Limited(self.rfile, length)))
-
-        def stop(restart: bool) -> Any:
-            self._after_reply = lambda: svc.request_stop(restart=restart)  # answer first, then stop
-            return {"ok": True}
-
-        self._dispatch({"/v1/ingest": ingest, "/v1/restart": lambda: stop(True), "/v1/stop": lambda: stop(False)})
-
-    def _dispatch(self, routes: dict[str, Callable[[], Any]]) -> None:
-        """Authorize, route, answer JSON; a DssyncError travels back with its hint and exit code."""
-        if not self._authorized():
-            return
-        handler = routes.get(urlparse(self.path).path)
-        if handler is None:
-            self._error(404, "unknown endpoint")
-            return
-        self._after_reply = None
-        try:
-            self._json(200, handler())
-        except DssyncError as exc:
-            self._json(500, {"error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code})
-        if self._after_reply is not None:
-            self._after_reply()
-
-
-class _Limited:
-    """A file-like view of exactly ``n`` bytes of a request body."""
-
-    def __init__(self, f: Any, n: int) -> None:
-        self.f, self.left = f, n
-
-    def readinto(self, b: Any) -> int:
-        if self.left <= 0:
-            return 0
-        view = memoryview(b)[: self.left]
-        n: int = self.f.readinto(view)
-        self.left -= n
-        return n
-
-    def read(self, n: int = -1) -> bytes:
-        if self.left <= 0:
-            return b""
-        n = self.left if n < 0 else min(n, self.left)
-        data: bytes = self.f.read(n)
-        self.left -= len(data)
-        return data
-
-
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-    service: Service
+    service: Any
+    """The object the handlers serve (each handler class says what it needs of it)."""
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A peer or tool that hangs up mid-answer (a killed mirror) is routine: one quiet line,
@@ -214,8 +181,9 @@ class _Server(ThreadingHTTPServer):
             log.warning("request from %s failed: %s", client_address[0], exc)
 
 
-def start(address: tuple[str, int], handler: type[_Handler], service: Service,
+def start(address: tuple[str, int], handler: type[Handler], service: object,
           ssl_ctx: Any = None) -> tuple[_Server, threading.Thread]:
+    """Serve ``handler`` requests for ``service`` on a daemon thread (TLS when ``ssl_ctx``)."""
     srv = _Server(address, handler)
     srv.service = service
     if ssl_ctx is not None:

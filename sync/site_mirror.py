@@ -18,12 +18,13 @@ from typing import Any
 
 from dssync import config as cfgmod
 from dssync import layout
-from dssync.appliance import kafka_settings, peer_kafka_settings
 from dssync.errors import PairingRefusedError
+from dssync.log.factory import kafka_settings, peer_kafka_settings
 from dssync.log.kafka import FOLLOW_WAIT_MS, KafkaLog
+from dssync.log.mirrored import mirror_topic
 from dssync.process import StopFlag
 from dssync.sync import protocol
-from dssync.sync.kafka_mirror import TopicCopier, keep_running, mirror_topic
+from dssync.sync.kafka_mirror import TopicCopier, keep_running
 
 log = logging.getLogger("dssync.mirror")
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from dssync import config as cfgmod
-from dssync.appliance import peer_kafka_settings
 from dssync.errors import UsageError
+from dssync.log.factory import peer_kafka_settings
 
 
 def _home(tmp_path: Path) -> str:

@@ -74,7 +74,7 @@ def test_mirror_topic_reads_a_scram_source_with_the_password_from_the_environmen
 def test_a_peer_site_cluster_is_reached_with_its_own_scram_settings(
         kafka_broker: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, leaky_client: None) -> None:
     from dssync import config as cfgmod
-    from dssync.appliance import peer_kafka_settings
+    from dssync.log.factory import peer_kafka_settings
 
     home = str(tmp_path)
     cfg = cfgmod.Config(name="sh1", model="SH", software_version="1", store_id="s")

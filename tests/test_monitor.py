@@ -262,7 +262,6 @@ class _FakePeer:
 def _probes_over(tmp_path: Path, rows: int) -> Any:
     """ServiceProbes over a real store holding ``rows`` events of log:sha (no service process)."""
     import os
-    import threading
     import types
 
     from dssync.consumers.store import Store
@@ -276,7 +275,7 @@ def _probes_over(tmp_path: Path, rows: int) -> Any:
     data = [os.urandom(64) for _ in range(rows)]
     store.apply("log:sha", [LogRecord(i, 0, encode_segment_stored(of, (1 << 40) + i, segment_ref(d), d))
                             for i, d in enumerate(data)])
-    svc = types.SimpleNamespace(app=types.SimpleNamespace(store=store), lock=threading.RLock())
+    svc = types.SimpleNamespace(digest_snapshot=store.digest_snapshot)  # the one thing _digests asks
     return ServiceProbes(svc), store  # type: ignore[arg-type]
 
 

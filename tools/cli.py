@@ -225,14 +225,15 @@ def recover(home: str, as_json: bool) -> None:
       dssync recover /var/lib/dssync/sh1
     """
     with Appliance(home) as app:
-        rec = app.log.recovery
-        assert rec is not None
-        doc = {"log_bytes_cut": rec.bytes_cut, "log_problem": rec.problem, "segments_deleted": rec.segments_deleted,
+        rec = app.recovery  # None on Kafka: the broker recovers its own log
+        doc = {"log_bytes_cut": rec.bytes_cut if rec else 0, "log_problem": rec.problem if rec else None,
+               "segments_deleted": rec.segments_deleted if rec else 0,
                "records_applied": app.caught_up, "log_end_offset": app.log.end_offset()}
     if as_json:
         emit_json(doc)
     else:
-        cut = f"cut {rec.bytes_cut} bytes ({rec.problem})" if rec.bytes_cut else "log intact"
+        cut = (f"cut {rec.bytes_cut} bytes ({rec.problem})" if rec and rec.bytes_cut
+               else "log intact" if rec else "the broker recovers its own log")
         click.echo(f"{cut}; applied {app.caught_up} records the store had not yet applied")
 
 

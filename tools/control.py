@@ -11,6 +11,7 @@ import json
 import os
 from typing import Any, BinaryIO
 
+from dssync.appliance.control import H_TOKEN
 from dssync.errors import BackendUnavailableError, ServiceError
 from dssync.layout import service_file
 
@@ -33,7 +34,7 @@ class ControlClient:
     def _request(self, method: str, path: str, body: BinaryIO | None = None, length: int = 0,
                  timeout: float = 600) -> Any:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-        headers = {"X-Dssync-Token": self.token}
+        headers = {H_TOKEN: self.token}
         if body is not None:
             headers["Content-Length"] = str(length)
         try:

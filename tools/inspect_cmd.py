@@ -8,10 +8,12 @@ from typing import Any
 import click
 
 from dssync.log import segment as seg
+from dssync.log.factory import open_log_reader
+from dssync.log.filelog import FileLog
 from dssync.schemas import decode
 from dssync.tools.control import ControlClient
 from dssync.tools.output import emit_json, human_bytes, table
-from dssync.tools.readers import open_config, open_log_reader, open_store_reader, snapshot
+from dssync.tools.readers import open_config, open_store_reader, snapshot
 
 HOME = click.argument("home", type=click.Path(file_okay=False, path_type=str))
 
@@ -48,10 +50,11 @@ def inspect_log(home: str, records: int, from_offset: int | None, as_json: bool)
     Example:
       dssync inspect log /var/lib/dssync/sh1 --records 20 --from-offset 100
     """
-    open_config(home)
-    log = open_log_reader(home)
+    log = open_log_reader(home, open_config(home))
     segments: list[dict[str, Any]] = []
-    for base in log.segments():  # none for a Kafka log
+    bases = log.segments() if isinstance(log, FileLog) else []  # a broker keeps its segments to itself
+    for base in bases:
+        assert isinstance(log, FileLog)
         entries = seg.read_index(log.directory, base)
         path = seg.segment_path(log.directory, base)
         segments.append({
@@ -63,7 +66,7 @@ def inspect_log(home: str, records: int, from_offset: int | None, as_json: bool)
     doc: dict[str, Any] = {
         "directory": getattr(log, "directory", None) or f"kafka topic {getattr(log, 'topic', '')}",
         "start_offset": log.start_offset(), "end_offset": log.end_offset(),
-        "bytes": log.size_bytes(), "segments": segments,
+        "bytes": log.size_bytes() if isinstance(log, FileLog) else None, "segments": segments,
     }
     if records:
         start = log.start_offset() if from_offset is None else from_offset
@@ -72,7 +75,8 @@ def inspect_log(home: str, records: int, from_offset: int | None, as_json: bool)
         emit_json(doc)
         return
     table([("log", doc["directory"]), ("offsets", f"{doc['start_offset']}..{doc['end_offset']}"),
-           ("size", human_bytes(doc["bytes"])), ("segments", len(segments))])
+           ("size", human_bytes(doc["bytes"]) if doc["bytes"] is not None else "kept by the broker"),
+           ("segments", len(segments))])
     for s in segments:
         click.echo(f"  segment {s['base_offset']:>12}  {human_bytes(s['bytes']):>10}  {s['batches']} batches")
     for ev in doc.get("events", []):

@@ -22,9 +22,9 @@ from dssync.tools.output import emit_json
 
 def offline_report(home: str) -> dict[str, Any]:
     from dssync import config as cfgmod
-    from dssync.appliance import open_log
     from dssync.consumers.store import Store
     from dssync.layout import mirror_dir, mirrored_peers, source_name, store_dir
+    from dssync.log.factory import open_log_reader
     from dssync.log.filelog import FileLog
     from dssync.monitor.lag import measure_log
     from dssync.monitor.monitor import Monitor
@@ -36,7 +36,7 @@ def offline_report(home: str) -> dict[str, Any]:
     finally:
         store.close()
     now = time.time()
-    with open_log(home, cfg, writer=False) as own:
+    with open_log_reader(home, cfg) as own:
         samples = {f"store:{cfg.name}": measure_log(own, offsets.get(source_name(cfg.name), 0), now, False)}
     if cfg.sync.transport == "http":
         for peer in mirrored_peers(home):

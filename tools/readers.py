@@ -12,23 +12,13 @@ import os
 from typing import Any
 
 from dssync import config as cfgmod
-from dssync.appliance import open_log
 from dssync.consumers.store import Store
 from dssync.errors import LockedError, NotFoundError
-from dssync.layout import log_dir, store_dir
-from dssync.log.filelog import FileLog
+from dssync.layout import store_dir
 
 
 def open_config(home: str) -> cfgmod.Config:
     return cfgmod.load(home)
-
-
-def open_log_reader(home: str) -> Any:
-    """A reader of the appliance's own log, whichever backend holds it."""
-    cfg = open_config(home)
-    if cfg.log.backend == "kafka":
-        return open_log(home, cfg, writer=False)
-    return FileLog(log_dir(home))
 
 
 def open_store_reader(home: str) -> Store | None:

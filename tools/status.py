@@ -8,11 +8,13 @@ from typing import Any
 
 import click
 
+from dssync.appliance.home import log_size
 from dssync.errors import DssyncError
 from dssync.layout import mirror_states, source_name
+from dssync.log.factory import open_log_reader
 from dssync.tools.control import ControlClient
 from dssync.tools.output import emit_json, human_bytes, table
-from dssync.tools.readers import open_config, open_log_reader, open_store_reader, snapshot
+from dssync.tools.readers import open_config, open_store_reader, snapshot
 
 
 def collect(home: str) -> dict[str, Any]:
@@ -27,12 +29,12 @@ def collect(home: str) -> dict[str, Any]:
         live.update(configured_store_id=cfg.store_id, chunker=cfg.chunker, fsync=cfg.log.fsync,
                     capacity_bytes=cfg.store.capacity_bytes)
         return live
-    log = open_log_reader(home)
+    log = open_log_reader(home, cfg)
     doc: dict[str, Any] = {
         "name": cfg.name, "model": cfg.model, "software_version": cfg.software_version,
         "configured_store_id": cfg.store_id, "chunker": cfg.chunker,
         "log_start_offset": log.start_offset(), "log_end_offset": log.end_offset(),
-        "log_bytes": log.size_bytes(), "log_segments": len(log.segments()),
+        **log_size(log),
         "fsync": cfg.log.fsync, "capacity_bytes": cfg.store.capacity_bytes,
     }
     store = open_store_reader(home)
@@ -87,7 +89,9 @@ def status_cmd(home: str, as_json: bool) -> None:
         ("store id", s.get("store_id", "")),
         ("chunker", doc["chunker"]),
         ("log", f"offsets {doc['log_start_offset']}..{doc['log_end_offset']}, "
-                f"{human_bytes(doc['log_bytes'])} in {doc['log_segments']} segment(s), fsync {doc['fsync']}"),
+                + (f"{human_bytes(doc['log_bytes'])} in {doc['log_segments']} segment(s)"
+                   if doc.get("log_bytes") is not None else "kept by the broker")
+                + f", fsync {doc['fsync']}"),
         ("store", f"{s.get('live_segments', 0)} segments ({human_bytes(s.get('live_segment_bytes', 0))}), "
                   f"{s.get('live_higher_refs', 0)} higher refs, {s.get('packs', 0)} pack(s) "
                   f"of {human_bytes(s.get('pack_bytes', 0))} / capacity {human_bytes(doc['capacity_bytes'])}"),

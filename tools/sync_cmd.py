@@ -38,7 +38,7 @@ def serve_cmd(home: str, verbose: bool) -> None:
     Example:
       dssync serve /var/lib/dssync/sh1 &
     """
-    from dssync.service import serve
+    from dssync.appliance.service import serve
 
     _logging(verbose)
     if ControlClient.for_home(home) is not None:

@@ -19,86 +19,16 @@ from typing import Any, BinaryIO
 
 from dssync import config as cfgmod
 from dssync.consumers.consumer import Consumer
-from dssync.consumers.consumer import replay as replay_log
 from dssync.consumers.store import Store
 from dssync.errors import CorruptLogError, DssyncError, UsageError, from_os_error
 from dssync.hlc import HybridLogicalClock
-from dssync.layout import log_dir, source_name, store_dir
-from dssync.log.filelog import FileLog
+from dssync.layout import source_name, store_dir
+from dssync.log.base import GroupCommitted, PreparedWrites, RetentionPinned, SegmentedLog
+from dssync.log.factory import open_log
+from dssync.log.filelog import FileLog, RecoveryReport
 from dssync.producers.chunker import Chunker, ChunkerSpec
 from dssync.producers.optimizer import IngestStats, Optimizer
 from dssync.schemas import decode, encode
-
-
-def kafka_settings(cfg: cfgmod.Config) -> Any:
-    from dssync.log.kafka import KafkaSettings
-
-    k = cfg.kafka
-    return KafkaSettings(
-        k.bootstrap_servers, security_protocol=k.security_protocol, sasl_mechanism=k.sasl_mechanism or None,
-        sasl_plain_username=k.sasl_username or None, sasl_plain_password=k.sasl_password or None,
-        ssl_cafile=k.ssl_cafile or None, timeout_ms=k.timeout_ms,
-    )
-
-
-def peer_kafka_settings(cfg: cfgmod.Config) -> Any:
-    """kafka-sites: how to reach the peer site's cluster: its own security settings when
-    ``[sync] peer_kafka_security`` is set, else this site's. Raises ``UsageError`` for a SASL
-    spec without a password (DSSYNC_PEER_KAFKA_PASSWORD)."""
-    from dssync.log.kafka import settings_from_spec
-
-    own = kafka_settings(cfg)
-    s = cfg.sync
-    if not s.peer_kafka_security:
-        return own.__class__(**{**own.__dict__, "bootstrap_servers": s.peer_kafka})
-    return settings_from_spec(s.peer_kafka, s.peer_kafka_security, s.peer_kafka_cafile, s.peer_kafka_password,
-                              "DSSYNC_PEER_KAFKA_PASSWORD", timeout_ms=own.timeout_ms)
-
-
-def open_log(home: str, cfg: cfgmod.Config, writer: bool, create: bool = False) -> Any:
-    """The appliance's own log: segment files in the home, or a Kafka topic."""
-    lc = cfg.log
-    if lc.backend == "kafka":
-        from dssync.log.kafka import KafkaLog
-
-        return KafkaLog(
-            kafka_settings(cfg), cfg.kafka.topic_prefix + cfg.name, writer=writer, create=create,
-            retention_bytes=lc.retention_bytes or -1, retention_ms=lc.retention_ms or -1, origin=cfg.name,
-            segment_bytes=lc.segment_bytes,
-            group_id=f"dssync-store-{cfg.name}",
-        )
-    return FileLog(
-        log_dir(home), writer=writer, create=create, fsync=lc.fsync, fsync_interval_ms=lc.fsync_interval_ms,
-        segment_bytes=lc.segment_bytes, retention_bytes=lc.retention_bytes, retention_ms=lc.retention_ms,
-    )
-
-
-def open_peer_log(home: str, cfg: cfgmod.Config, peer: str, create: bool = False) -> Any:
-    """The peer's log as an appliance with a Kafka transport reads it (read-only): with
-    ``kafka-shared``, the peer's own topic on the shared cluster; with ``kafka-sites``, the
-    mirror topic on this site's cluster, in the peer's offsets. ``create`` creates the mirror
-    topic when missing (the service does; ``verify`` only reads). Raises ``UsageError`` for a
-    transport without a Kafka peer log, a missing topic, ``BackendUnavailableError`` when
-    the cluster does not answer."""
-    transport = cfg.sync.transport
-    if transport == "kafka-shared":
-        peer_cfg = cfgmod.load(home)
-        peer_cfg.name = peer  # the peer's topic follows the shared naming
-        return open_log(home, peer_cfg, writer=False)
-    if transport != "kafka-sites":
-        raise UsageError(f"transport {transport!r} has no Kafka peer log", hint="the peer's log is in HOME/mirror/")
-    from dssync.log.kafka import create_topic, topic_exists
-    from dssync.log.mirrored import MirroredTopic
-    from dssync.sync.kafka_mirror import mirror_topic
-
-    settings = kafka_settings(cfg)
-    topic = mirror_topic(cfg.kafka.topic_prefix, peer)
-    if create:
-        create_topic(settings, topic, cfg.log.retention_bytes or -1, cfg.log.retention_ms or -1)
-    elif not topic_exists(settings, topic):
-        raise UsageError(f"no Kafka topic {topic!r} at {settings.bootstrap_servers} (the mirror of {peer}'s log)",
-                         hint="start the mirror ('dssync mirror HOME'); it creates the topic")
-    return MirroredTopic(settings, topic)
 
 
 def open_store(directory: str, cfg: cfgmod.Config, create: bool = False) -> Store:
@@ -122,8 +52,8 @@ class Appliance:
         the log than the log holds is refused (``CorruptLogError``: the remedy is ``replay``)."""
         self.home = home
         self.config = cfgmod.load(home)
-        _finish_interrupted_replay(home)
-        self.log = open_log(home, self.config, writer=True)
+        finish_interrupted_replay(home)
+        self.log = open_log(home, self.config)
         store: Store | None = None
         try:
             self.store = store = open_store(store_dir(home), self.config, create=True)
@@ -174,7 +104,7 @@ class Appliance:
         try:
             os.makedirs(home, exist_ok=True)
             cfgmod.save(home, cfg)
-            open_log(home, cfgmod.load(home), writer=True, create=True).close()
+            open_log(home, cfgmod.load(home), create=True).close()
         except OSError as exc:
             raise from_os_error(exc, f"creating {home}") from exc
         except DssyncError:
@@ -194,7 +124,7 @@ class Appliance:
         would skip them, or read other bytes where its segments were."""
         applied, end = self.store.committed(self.source), self.log.end_offset()
         if applied > end:
-            cut = getattr(self.log.recovery, "bytes_cut", 0)
+            cut = self.recovery.bytes_cut if self.recovery else 0
             raise CorruptLogError(
                 f"the log of {self.home} ends at offset {end} but its store applied it up to {applied}"
                 + (f" (opening the log cut {cut} damaged bytes)" if cut else ""),
@@ -207,6 +137,11 @@ class Appliance:
             for rec in self.log.read(max(self.log.start_offset(), end - 1)):
                 last = max(last, int(decode(rec.value)["hlc"]))
         return last
+
+    @property
+    def recovery(self) -> RecoveryReport | None:
+        """What opening the log for writing found and cut (None: a broker recovers its own log)."""
+        return self.log.recovery if isinstance(self.log, FileLog) else None
 
     # ---------------------------------------------------------------- the sink the optimizer writes to
 
@@ -222,7 +157,7 @@ class Appliance:
         its commit waits until the log has them (``before_commit``), so the store never holds
         an event the log could lose. Otherwise the events are applied from the log by ``applied``.
         """
-        if not isinstance(self.log, FileLog) or self.store.committed(self.source) != self.log.end_offset():
+        if not isinstance(self.log, PreparedWrites) or self.store.committed(self.source) != self.log.end_offset():
             return int(self.log.append_batches(batches))
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="dssync-log-append")
@@ -241,6 +176,8 @@ class Appliance:
     def pin_retention(self) -> None:
         """Keep the log's retention behind what the store still needs from it: records not
         applied yet, and segment files the store reads segments from in place."""
+        if not isinstance(self.log, RetentionPinned):
+            return  # a broker's retention is the topic's configuration
         keep = self.store.committed(self.source)
         if isinstance(self.log, FileLog):
             resident = self.store.resident_from(self.log.directory)
@@ -252,7 +189,7 @@ class Appliance:
         """Bring the store up to the log, then wrap it if it outgrew its capacity."""
         self.consumer.catch_up()
         self.pin_retention()
-        if hasattr(self.log, "commit_group"):  # let Kafka's own tools see the store's position
+        if isinstance(self.log, GroupCommitted):  # let Kafka's own tools see the store's position
             self.log.commit_group(self.store.committed(self.source))
         if self._wrapping:
             return
@@ -279,7 +216,7 @@ class Appliance:
             "name": self.config.name, "model": self.config.model,
             "software_version": self.config.software_version,
             "log_start_offset": self.log.start_offset(), "log_end_offset": self.log.end_offset(),
-            "log_bytes": self.log.size_bytes(), "log_segments": len(self.log.segments()),
+            **log_size(self.log),
             "log_backend": self.config.log.backend,
         }
 
@@ -305,50 +242,16 @@ class Appliance:
         self.close()
 
 
-def replay(home: str, from_offset: int | None = None,
-           progress: Callable[[int], None] | None = None, total: Callable[[int], None] | None = None) -> int:
-    """Rebuild the store of ``home`` from its log into a new directory, then swap it in.
-
-    The old store is never opened: whatever state it is in (a pack cut short, a DuckDB file
-    that does not open, rows the log no longer holds), replay is the remedy the errors name.
-    The log's writer lock keeps every other process out of the home meanwhile. ``total`` is
-    told the number of records to replay before the first one; returns the records applied.
-    Raises ``UsageError`` for a ``from_offset`` outside the log.
-    """
-    cfg = cfgmod.load(home)
-    _finish_interrupted_replay(home)
-    log = open_log(home, cfg, writer=True)
-    try:
-        first, end = log.start_offset(), log.end_offset()
-        # a backup's Kafka topic keeps the records it wrote before pairing: not its store's
-        start = max(first, cfg.sync.own_log_from) if from_offset is None else from_offset
-        if not first <= start <= end:
-            raise UsageError(f"--from-offset {start} is outside the log ({first}..{end})",
-                             hint=f"see the range with 'dssync inspect log {home}'")
-        if total is not None:
-            total(end - start)
-        target = store_dir(home) + ".replay"
-        shutil.rmtree(target, ignore_errors=True)
-        fresh = open_store(target, cfg, create=True)
-        try:
-            applied = replay_log(log, fresh, source_name(cfg.name), start, progress)
-        except BaseException:
-            fresh.close()
-            shutil.rmtree(target, ignore_errors=True)
-            raise
-        fresh.close()
-        old = store_dir(home) + ".old"
-        if os.path.exists(store_dir(home)):
-            os.rename(store_dir(home), old)
-        os.rename(target, store_dir(home))
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        log.close()
-    return applied
+def log_size(log: object) -> dict[str, int | None]:
+    """``log_bytes`` and ``log_segments`` for status: known for segment files, not for a
+    broker's topic (None: a client sees no segment sizes without admin calls)."""
+    if isinstance(log, SegmentedLog):
+        return {"log_bytes": log.size_bytes(), "log_segments": len(log.segments())}
+    return {"log_bytes": None, "log_segments": None}
 
 
-def _finish_interrupted_replay(home: str) -> None:
-    """Undo or complete a replay that was killed between its two renames."""
+def finish_interrupted_replay(home: str) -> None:
+    """Undo or complete a replay (``dssync.appliance.replay``) killed between its two renames."""
     store, old = store_dir(home), store_dir(home) + ".old"
     if not os.path.exists(store) and os.path.exists(old):
         os.rename(old, store)

@@ -1,0 +1,108 @@
+"""Loading a snapshot of the peer's store: the one place that does it.
+
+A snapshot is the peer's store written as the events that produced it (``dssync.sync.snapshot``),
+in a file log. Loading it is an ordinary, order-independent replay under a source of its own
+(``snapshot:<peer>@<label>``), followed by moving the peer's log source to the offset the
+snapshot covers, so the peer's log is read on from there. Three moments load one: a backup's
+pairing on a Kafka transport (fetched here), a retention gap on ``kafka-sites`` (fetched here),
+and any snapshot the file mirror downloaded into ``HOME/mirror/<peer>.snapshot/``.
+
+Every loaded snapshot is kept (the newest per peer, ``layout.replace_applied_snapshot``):
+``dssync verify`` rebuilds the store's projection from it and the peer's log after it. A load
+killed half-way is repeated from the start: applying a snapshot twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Callable
+
+from dssync import config as cfgmod
+from dssync import layout
+from dssync.consumers.consumer import Consumer
+from dssync.consumers.store import Store
+from dssync.log.filelog import FileLog
+from dssync.sync import protocol, snapshot
+
+log = logging.getLogger("dssync.service")
+
+
+def load(store: Store, lock: threading.RLock | None, directory: str, peer: str, label: str, covers_to: int,
+         stopped: Callable[[], bool] = lambda: False) -> int | None:
+    """Apply the snapshot log at ``directory`` to ``store``, a transaction at a time under
+    ``lock`` (traffic interleaves), then read ``peer``'s log on from ``covers_to``; keep the
+    snapshot. Returns the records applied, or None when stopped before the end (nothing moved:
+    the next load starts again)."""
+    guard = lock if lock is not None else contextlib.nullcontext()
+    source = layout.snapshot_source(peer, label)
+    reader = FileLog(directory)
+    try:
+        consumer = Consumer(reader, store, source, batch_records=5_000)
+        applied = 0
+        while True:
+            if stopped():
+                return None
+            with guard:
+                r = consumer.step()
+            if not r.applied:
+                break
+            applied += r.applied
+    finally:
+        reader.close()
+    with guard:
+        store.advance(layout.source_name(peer), covers_to)
+        store.forget(source)
+    return applied
+
+
+def keep(home: str, peer: str, directory: str, label: str, log_inside: bool) -> None:
+    """Keep a loaded snapshot of ``peer`` (the newest only): ``directory`` is the snapshot's
+    log itself, or (``log_inside``) a folder holding it as ``log/`` beside its metadata."""
+    kept = layout.replace_applied_snapshot(home, peer, label)
+    if log_inside:
+        os.rename(directory, kept)
+        return
+    os.makedirs(kept)
+    os.rename(directory, os.path.join(kept, "log"))
+
+
+def fetch_and_load(home: str, store: Store, lock: threading.RLock | None, sync_cfg: cfgmod.SyncConfig,
+                   me: protocol.Identity, peer: str, label: str) -> int:
+    """Download ``peer``'s snapshot over the sync interface (no lock held: traffic goes on),
+    load it and keep it; return the events loaded."""
+    directory = os.path.join(layout.run_dir(home), f"snapshot-{peer}")
+    shutil.rmtree(directory, ignore_errors=True)
+    client = protocol.PeerClient(sync_cfg, me)
+    try:
+        covers_to, events, _store_id = snapshot.download(client, directory)
+    finally:
+        client.close()
+    load(store, lock, directory, peer, label, covers_to)
+    keep(home, peer, directory, label, log_inside=False)
+    log.info("loaded snapshot of %s (%d events); reading its log on from offset %d", peer, events, covers_to)
+    return events
+
+
+def load_mirrored(home: str, store: Store, lock: threading.RLock, peer: str,
+                  stopped: Callable[[], bool]) -> int:
+    """Load the snapshot the file mirror downloaded for ``peer``, once it has fully arrived
+    (its ``snapshot.json`` is written last); return the records applied (0 if not there yet)."""
+    path = layout.snapshot_dir(home, peer)
+    meta_path = os.path.join(path, "snapshot.json")
+    if not os.path.exists(meta_path):
+        return 0  # still arriving
+    with open(meta_path, encoding="utf-8") as f:
+        meta = json.load(f)
+    applied = load(store, lock, os.path.join(path, "log"), meta["peer"], str(meta["epoch"]),
+                   int(meta["covers_to"]), stopped)
+    if applied is None:
+        return 0
+    keep(home, meta["peer"], path, str(meta["epoch"]), log_inside=True)
+    log.info("loaded snapshot of %s (%d events), continuing its log at offset %s",
+             meta["peer"], applied, meta["covers_to"])
+    return applied
