@@ -45,7 +45,9 @@ class LogReader(Protocol):
         ...
 
     def read_columns(self, from_offset: int, max_records: int = 10_000, max_bytes: int = 64 << 20) -> RecordColumns:
-        """``read`` as ``RecordColumns``, bounded by records and by payload bytes (at least one record)."""
+        """``read`` as ``RecordColumns``: at most ``max_records`` records and at least one (when
+        any is there); no further read unit (a file log's batch, a broker fetch) is read once
+        ``max_bytes`` of payload are in, so the last unit may pass that bound."""
         ...
 
     def start_offset(self) -> int:

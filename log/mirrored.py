@@ -37,7 +37,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError
 
-from dssync.errors import BackendUnavailableError, CorruptLogError, UsageError
+from dssync.errors import BackendUnavailableError, CorruptLogError, OffsetOutOfRangeError, UsageError
 from dssync.log.base import LogRecord
 from dssync.log.columns import RecordColumns, read_in_steps
 from dssync.log.kafka import KafkaSettings, probe
@@ -168,7 +168,14 @@ class MirroredTopic:
 
     def read(self, from_offset: int, max_records: int = 10_000) -> list[LogRecord]:
         begin, end = self.reader.bounds()
+        sequential = self._cursor is not None and self._cursor[0] == from_offset
         at = self._seek(from_offset, begin, end)
+        if not sequential and at == begin and begin > 0:
+            first = self.reader.fetch(begin, end, 1)
+            if first and source_position(first[0])[0] > from_offset:
+                raise OffsetOutOfRangeError(
+                    f"offset {from_offset} is below the start {source_position(first[0])[0]} of mirror topic "
+                    f"{self.topic} (retention)")
         out: list[LogRecord] = []
         self.read_through = None
         want = from_offset  # the next source offset to deliver: anything below is a copy already read

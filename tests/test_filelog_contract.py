@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dssync.log.base import Log
+from dssync.log.base import Log, LogReader
 from dssync.log.filelog import FileLog
 from tests.contract.log_contract import LogContract
 
@@ -22,3 +22,9 @@ class TestFileLogContract(LogContract):
     def reopen(self, log: Log) -> Log:
         log.close()
         return FileLog(self.dir, writer=True)
+
+    def make_trimmed_reader(self, batches: list[list[bytes]]) -> LogReader:
+        log = FileLog(self.dir, writer=True, create=True, segment_bytes=64 * 1024, retention_bytes=1 << 20)
+        for batch in batches:
+            log.append(batch)  # each roll of a segment applies retention
+        return log
