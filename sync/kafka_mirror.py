@@ -54,7 +54,6 @@ from typing import Any
 
 from kafka import KafkaProducer, TopicPartition
 from kafka.errors import InvalidProducerEpochError, KafkaError, KafkaTimeoutError, ProducerFencedError
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
 from dssync.errors import BackendUnavailableError, LockedError, OffsetOutOfRangeError, UsageError
 from dssync.log.base import Log
@@ -345,28 +344,3 @@ class TopicCopier:
                 with contextlib.suppress(KafkaError):
                     end_transaction(p, False, 2.0)
             close_producer(p)
-
-
-def void(_: object) -> None:
-    """Drop a value (tenacity's sleep must return None; a stop flag's wait returns a bool)."""
-
-
-def keep_running(session: Callable[[], None], stopped: Callable[[], bool],
-                 on_state: Callable[[str, str], None], sleep: Callable[[float], object]) -> None:
-    """Run ``session`` until ``stopped()``, restarting it after every transient failure.
-
-    Transient means ``BackendUnavailableError`` (a cluster or the peer does not answer): the
-    wait grows exponentially to 5 s and ``on_state("disconnected", why)`` says what it waits
-    for, once per state change (the caller dedups). Anything else propagates.
-    """
-    def before_sleep(rs: RetryCallState) -> None:
-        exc = rs.outcome.exception() if rs.outcome else None
-        wait = rs.next_action.sleep if rs.next_action else 0.0
-        on_state("disconnected", f"{getattr(exc, 'message', exc)}; retrying (next in {wait:.1f} s)")
-
-    retrying = Retrying(retry=retry_if_exception_type(BackendUnavailableError),
-                        wait=wait_exponential(multiplier=0.1, min=0.1, max=5.0), before_sleep=before_sleep,
-                        stop=lambda rs: stopped(), sleep=lambda s: void(sleep(s)), reraise=True)
-    while not stopped():
-        with contextlib.suppress(BackendUnavailableError):  # raised only once stopped
-            retrying(session)

@@ -16,14 +16,13 @@ Where the mirror must start:
   recreated, the gap is counted exactly (events, and bytes from the peer's retirement
   ledger), recorded in ``state.json``, and repaired the same way, with a snapshot.
 
-Transient failures are retried with exponential backoff (tenacity); one log line is written
-per state change (connected, disconnected, refused), never one per retry.
+Transient failures are retried with exponential backoff and one log line is written per state
+change (connected, disconnected, refused, gap), never one per retry (``sync.mirror_base``).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import time
@@ -31,132 +30,56 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
-
-from dssync import config as cfgmod
 from dssync import layout
 from dssync.errors import (
     CorruptLogError,
     GapError,
     OffsetOutOfRangeError,
-    PairingRefusedError,
     TransientError,
     UsageError,
 )
 from dssync.layout import START_FILE, log_dir
 from dssync.log import batch as batchfmt
 from dssync.log.filelog import FileLog
-from dssync.process import StopFlag
 from dssync.sync import protocol, snapshot
+from dssync.sync.mirror_base import MirrorService
 
-log = logging.getLogger("dssync.mirror")
 
+class Mirror(MirrorService):
+    """The file mirror of one appliance home (module docstring)."""
 
-class Mirror:
-    """The mirror service of one appliance home."""
+    COUNTERS = ("copied_batches", "copied_records", "copied_bytes", "not_copied_events", "not_copied_bytes",
+                "bootstraps")
+    WARN = ("disconnected", "refused", "gap")
+    FIRST_WAIT_S, MAX_WAIT_S = 0.05, 2.0
 
     def __init__(self, home: str, wait_ms: int = 500, max_bytes: int = 16 << 20) -> None:
-        self.home = home
+        super().__init__(home)
         self.wait_ms = wait_ms
         self.max_bytes = max_bytes
-        self.cfg = cfgmod.load(home)
         if not self.cfg.sync.role:
             raise UsageError(f"{self.cfg.name} is not paired", hint="configure it with 'dssync sync configure'")
-        self.state: dict[str, Any] = {"state": "starting", "copied_batches": 0, "copied_records": 0,
-                                      "copied_bytes": 0, "gaps": [], "not_copied_events": 0,
-                                      "not_copied_bytes": 0, "bootstraps": 0}
-        self.status = "starting"
         self.peer: protocol.Identity | None = None
         self.out: FileLog | None = None
-        self.stop = StopFlag()  # SIGTERM routed here by 'dssync mirror' (stop.install())
-        self._last_write = 0.0
 
-    # ------------------------------------------------------------------ state and logging
+    def _state_doc(self) -> dict[str, Any]:
+        return {**self.state, "mirror_end_offset": self.out.end_offset() if self.out else None}
 
-    def _set(self, status: str, detail: str = "") -> None:
-        if status != self.status:
-            level = logging.WARNING if status in ("disconnected", "refused", "gap") else logging.INFO
-            log.log(level, "mirror %s%s", status, f": {detail}" if detail else "")
-            self.status = status
-        self.state.update(state=status, detail=detail)
-        self._save_state(force=True)
-
-    def _resume_counters(self) -> None:
-        """Carry the totals of earlier runs forward: status reports a pair's whole history."""
-        assert self.peer is not None
-        old = layout.mirror_state(self.home, self.peer.name)
-        if not old:
-            return
-        for k in ("copied_batches", "copied_records", "copied_bytes", "not_copied_events", "not_copied_bytes",
-                  "bootstraps"):
-            self.state[k] = int(old.get(k, 0))
-        self.state["gaps"] = list(old.get("gaps", []))
-
-    def _save_state(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_write < 0.5:
-            return
-        self._last_write = now
-        if self.peer is None:
-            return
-        layout.write_mirror_state(self.home, self.peer.name, {
-            **self.state, "peer": self.peer.name, "updated_ms": int(time.time() * 1000),
-            "mirror_end_offset": self.out.end_offset() if self.out else None})
-
-    # ------------------------------------------------------------------ main loop
-
-    def run(self, stop_after_s: float | None = None) -> None:
-        deadline = None if stop_after_s is None else time.monotonic() + stop_after_s
-
-        def on_retry(rs: RetryCallState) -> None:
-            exc = rs.outcome.exception() if rs.outcome else None
-            self._set("disconnected", str(getattr(exc, "message", exc)))
-
-        retrying = Retrying(retry=retry_if_exception_type(TransientError),
-                            wait=wait_exponential(multiplier=0.05, min=0.05, max=2.0), before_sleep=on_retry,
-                            stop=lambda rs: self.stopped, sleep=self._sleep, reraise=True)
-        while not self.stopped and (deadline is None or time.monotonic() < deadline):
-            try:
-                retrying(self._session, deadline)
-            except PairingRefusedError as exc:
-                self._set("refused", exc.message)
-                self._sleep(2.0)
-            except TransientError:
-                pass  # stopped while retrying
-        self.close()
-
-    @property
-    def stopped(self) -> bool:
-        return self.stop.is_set()
-
-    def _sleep(self, seconds: float) -> None:
-        """Sleep, but wake up at once when asked to stop."""
-        self.stop.wait(seconds)
-
-    def _session(self, deadline: float | None) -> None:
-        self.cfg = cfgmod.load(self.home)
-        if self.cfg.sync.state != "active":
-            self._set("waiting", f"this appliance is {self.cfg.sync.state}")
-            self._sleep(0.5)
+    def _session(self, stopped: Callable[[], bool]) -> None:
+        if self._waiting():
             return
         me = protocol.Identity(self.cfg.name, self.cfg.model, self.cfg.software_version, self.cfg.store_id,
                                self.cfg.sync.role, self.cfg.sync.state, FileLog(log_dir(self.home)).start_offset(),
                                self.cfg.chunker)
         client = protocol.PeerClient(self.cfg.sync, me, timeout_s=max(10.0, self.wait_ms / 1000 + 5))
         try:
-            peer = client.identity()
-            if self.peer is None or self.peer.name != peer.name:
-                self.peer = peer
-                self._resume_counters()
-            self.peer = peer
+            self.peer = client.identity()
+            self._met_peer(self.peer.name)
             self._ensure_log(client)
             self._set("connected", f"mirroring {self.peer.name} from offset {self._out().end_offset()}")
-            def keep_going() -> bool:
-                return not self.stopped and (deadline is None or time.monotonic() < deadline)
-
-            while keep_going():
+            while not stopped():
                 try:
-                    self._copy_stream(client, keep_going)
+                    self._copy_stream(client, lambda: not stopped())
                 except GapError as exc:
                     self._record_gap(exc)
                     self._bootstrap(client)
@@ -235,7 +158,7 @@ class Mirror:
         self.state["copied_batches"] += batches
         self.state["copied_records"] += records
         self.state["copied_bytes"] += nbytes
-        self._save_state()
+        self._save()
 
     def _record_gap(self, exc: GapError) -> None:
         d = exc.detail
@@ -278,7 +201,7 @@ class Mirror:
         self._set("connected", f"snapshot of {events} events loaded; mirroring from offset {covers_to}")
 
     def close(self) -> None:
-        self._set("stopped")  # the lag monitor tells a stopped mirror from a running one by this
+        super().close()
         if self.out is not None:
             self.out.close()
             self.out = None

@@ -107,7 +107,8 @@ def mirror_topic_cmd(from_kafka: str | None, from_topic: str | None, from_log: s
     """
     from dssync.log.filelog import FileLog
     from dssync.log.kafka import FOLLOW_WAIT_MS, KafkaLog
-    from dssync.sync.kafka_mirror import TopicCopier, keep_running
+    from dssync.sync.kafka_mirror import TopicCopier
+    from dssync.sync.mirror_base import keep_running
 
     _logging(verbose)
     if (from_log is None) == (from_kafka is None or from_topic is None):
