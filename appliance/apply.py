@@ -148,10 +148,12 @@ class PeerApplier:
         if gaps <= int(done.get(peer.name, 0)):
             return
         log.warning("the mirror of %s counted %d retention gap(s): repairing from a snapshot", peer.name, gaps)
-        snapshots.fetch_and_load(self.home, self.app.store, self.lock, self.config.sync, self.identity(),
-                                 peer.name, f"repair-{gaps}")
+        events, covers_to = snapshots.fetch_and_load(self.home, self.app.store, self.lock, self.config.sync,
+                                                     self.identity(), peer.name, f"repair-{gaps}")
         done[peer.name] = gaps
         layout.write_json(path, done)
+        log.info("repaired: loaded a snapshot of %s (%d events), reading its log on from offset %d",
+                 peer.name, events, covers_to)
 
     # ------------------------------------------------------------------ the file mirror's logs
 

@@ -68,5 +68,7 @@ def activate(home: str, cfg: cfgmod.Config) -> None:
         })])
         app.applied()
         if cfg.sync.transport != "http":
-            snapshots.fetch_and_load(home, app.store, None, cfg.sync, me, master.name, "pairing")
+            events, covers_to = snapshots.fetch_and_load(home, app.store, None, cfg.sync, me, master.name, "pairing")
+            log.info("loaded snapshot of %s (%d events); reading its topic from offset %d",
+                     master.name, events, covers_to)
     log.info("paired as backup of %s: store discarded, taking store %s", master.name, master.store_id)

@@ -72,9 +72,9 @@ def keep(home: str, peer: str, directory: str, label: str, log_inside: bool) -> 
 
 
 def fetch_and_load(home: str, store: Store, lock: threading.RLock | None, sync_cfg: cfgmod.SyncConfig,
-                   me: protocol.Identity, peer: str, label: str) -> int:
+                   me: protocol.Identity, peer: str, label: str) -> tuple[int, int]:
     """Download ``peer``'s snapshot over the sync interface (no lock held: traffic goes on),
-    load it and keep it; return the events loaded."""
+    load it and keep it; return (events loaded, the offset of ``peer``'s log read on from)."""
     directory = os.path.join(layout.run_dir(home), f"snapshot-{peer}")
     shutil.rmtree(directory, ignore_errors=True)
     client = protocol.PeerClient(sync_cfg, me)
@@ -84,8 +84,7 @@ def fetch_and_load(home: str, store: Store, lock: threading.RLock | None, sync_c
         client.close()
     load(store, lock, directory, peer, label, covers_to)
     keep(home, peer, directory, label, log_inside=False)
-    log.info("loaded snapshot of %s (%d events); reading its log on from offset %d", peer, events, covers_to)
-    return events
+    return events, covers_to
 
 
 def load_mirrored(home: str, store: Store, lock: threading.RLock, peer: str,

@@ -268,7 +268,7 @@ def latency_and_catchup(directory: str, seconds: float, interruption: float, fsy
         catch = done - t0
         backlog_mb = log_a.bytes_from(behind_from) / MB
         out["catch_up"] = {"interruption_s": interruption, "seconds": round(catch, 3),
-                           "backlog_MB": round(backlog_mb, 1),
+                           "backlog_MB": round(backlog_mb, 3),
                            "rate_MB_per_s": round(backlog_mb / catch, 1) if catch > 0 else None,
                            "ratio_to_ingest_rate": round(backlog_mb / catch / rate, 2) if catch > 0 else None}
         wait_converged(a, b, timeout=300)

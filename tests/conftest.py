@@ -1,4 +1,5 @@
-"""Shared fixtures: appliance homes, a CLI runner, and a helper to run dssync in a real process."""
+"""Shared fixtures: appliance homes, a CLI runner, a helper to run dssync in a real process,
+running appliances stopped after each test, and real Kafka brokers."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from dssync.bench.localpair import Node
 from dssync.process import command
 from dssync.tools.cli import cli
 
@@ -38,6 +40,16 @@ def make_home(tmp_path: Path) -> Callable[..., str]:
         return home
 
     return make
+
+
+@pytest.fixture
+def running() -> Iterator[list[Node]]:
+    """Appliances a test adds here have their service and mirror stopped when it ends, whether
+    it passed or failed, so no process outlives its test."""
+    nodes: list[Node] = []
+    yield nodes
+    for node in nodes:
+        node.stop_all()
 
 
 def run_dssync(*args: str, check: bool = True, env: dict[str, str] | None = None,

@@ -346,45 +346,42 @@ def _verified(home: str) -> None:
 
 
 def test_a_pair_on_two_sites_converges_through_kafka_mirrors_and_fails_over(
-        tmp_path: Path, kafka_broker: Any, kafka_broker_b: Any) -> None:
+        tmp_path: Path, running: list[Node], kafka_broker: Any, kafka_broker_b: Any) -> None:
     a, b = _two_site_pair(tmp_path, kafka_broker, kafka_broker_b, "sites")
     r = release(tmp_path, 43, 2_000_000, 4)
     a.ingest(r[0])
-    try:
-        a.start_all()
-        b.start_all()
-        wait_converged(a, b, timeout=120)
-        a.ingest(r[1])
-        b.ingest(r[2])
-        b.kill("mirror")  # a mirror killed mid-stream resumes from its destination topic
-        b.start("mirror")
-        wait_converged(a, b, timeout=120)
-        status = b.status()
-        assert status["mirrors"]["sha"]["state"] == "connected"
-        # every path measured on Kafka too: the mirror topic at shb's site, both stores
-        deadline = time.time() + 30
-        while True:
-            lag = dss("lag", b.home, "--json", check=False)
-            paths = json.loads(lag.stdout)["paths"]
-            ready = lag.returncode == 0 and set(paths) == {"store:shb", "store:sha", "mirror:sha"}
-            if ready or time.time() > deadline:
-                break
-            time.sleep(0.5)
-        assert lag.returncode == 0, paths
-        assert set(paths) == {"store:shb", "store:sha", "mirror:sha"}
-        assert all(p["status"] in ("ok", "idle") and p["lag_seconds"] < 30 for p in paths.values()), paths
-        for n in (a, b):  # each store is the projection of its own topic and its peer's mirror topic
-            _verified(n.home)
-        a.stop_all()
-        _verified(a.home)  # the same, read offline
-        assert b.ingest(r[1])["savings"] > 0.999
-    finally:
-        a.stop_all()
-        b.stop_all()
+    running.extend((a, b))
+    a.start_all()
+    b.start_all()
+    wait_converged(a, b, timeout=120)
+    a.ingest(r[1])
+    b.ingest(r[2])
+    b.kill("mirror")  # a mirror killed mid-stream resumes from its destination topic
+    b.start("mirror")
+    wait_converged(a, b, timeout=120)
+    status = b.status()
+    assert status["mirrors"]["sha"]["state"] == "connected"
+    # every path measured on Kafka too: the mirror topic at shb's site, both stores
+    deadline = time.time() + 30
+    while True:
+        lag = dss("lag", b.home, "--json", check=False)
+        paths = json.loads(lag.stdout)["paths"]
+        ready = lag.returncode == 0 and set(paths) == {"store:shb", "store:sha", "mirror:sha"}
+        if ready or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert lag.returncode == 0, paths
+    assert set(paths) == {"store:shb", "store:sha", "mirror:sha"}
+    assert all(p["status"] in ("ok", "idle") and p["lag_seconds"] < 30 for p in paths.values()), paths
+    for n in (a, b):  # each store is the projection of its own topic and its peer's mirror topic
+        _verified(n.home)
+    a.stop_all()
+    _verified(a.home)  # the same, read offline
+    assert b.ingest(r[1])["savings"] > 0.999
 
 
 def test_a_retention_gap_between_sites_is_counted_alarmed_and_repaired_from_a_snapshot(
-        tmp_path: Path, kafka_broker: Any, kafka_broker_b: Any) -> None:
+        tmp_path: Path, running: list[Node], kafka_broker: Any, kafka_broker_b: Any) -> None:
     import random
 
     small = ("--segment-bytes", str(1 << 20), "--retention-bytes", str(2 << 20))  # sha's topic keeps ~2-3 MiB
@@ -396,33 +393,30 @@ def test_a_retention_gap_between_sites_is_counted_alarmed_and_repaired_from_a_sn
         p.write_bytes(random.Random(i).randbytes(1_500_000))
         files.append(str(p))
     settings = KafkaSettings(kafka_broker.bootstrap)
-    try:
-        a.start_all()
-        b.start_all()
-        a.ingest(files[0])
-        wait_converged(a, b, timeout=120)
-        b.kill("mirror")
-        with MirroredTopic(KafkaSettings(kafka_broker_b.bootstrap), f"{prefix}mirror.sha") as mirrored:
-            copied_to = mirrored.end_offset()
-        for f in files[1:]:
-            a.ingest(f)
-        with KafkaLog(settings, prefix + "sha") as topic:
-            deadline = time.time() + 90
-            while topic.start_offset() <= copied_to and time.time() < deadline:
-                time.sleep(1)  # the broker deletes old segments every few seconds
-            assert topic.start_offset() > copied_to, "retention did not remove what the mirror had not copied"
-        b.start("mirror")
-        wait_converged(a, b, timeout=180)
-        state = b.status()["mirrors"]["sha"]
-        assert state["gaps"] and state["not_copied_events"] > 0
-        assert json.loads((Path(b.home) / "run" / "gaps-repaired.json").read_text()) == {"sha": len(state["gaps"])}
-        assert "repaired: loaded a snapshot of sha" in b.log("serve")
-        gap = wait_alarm(b.home, "retention_gap")
-        assert gap["path"] == "mirror:sha" and f"{state['not_copied_events']} events" in gap["evidence"]
-        _verified(b.home)  # the repair's snapshot is kept: the store is still a projection
-    finally:
-        a.stop_all()
-        b.stop_all()
+    running.extend((a, b))
+    a.start_all()
+    b.start_all()
+    a.ingest(files[0])
+    wait_converged(a, b, timeout=120)
+    b.kill("mirror")
+    with MirroredTopic(KafkaSettings(kafka_broker_b.bootstrap), f"{prefix}mirror.sha") as mirrored:
+        copied_to = mirrored.end_offset()
+    for f in files[1:]:
+        a.ingest(f)
+    with KafkaLog(settings, prefix + "sha") as topic:
+        deadline = time.time() + 90
+        while topic.start_offset() <= copied_to and time.time() < deadline:
+            time.sleep(1)  # the broker deletes old segments every few seconds
+        assert topic.start_offset() > copied_to, "retention did not remove what the mirror had not copied"
+    b.start("mirror")
+    wait_converged(a, b, timeout=180)
+    state = b.status()["mirrors"]["sha"]
+    assert state["gaps"] and state["not_copied_events"] > 0
+    assert json.loads((Path(b.home) / "run" / "gaps-repaired.json").read_text()) == {"sha": len(state["gaps"])}
+    assert "repaired: loaded a snapshot of sha" in b.log("serve")
+    gap = wait_alarm(b.home, "retention_gap")
+    assert gap["path"] == "mirror:sha" and f"{state['not_copied_events']} events" in gap["evidence"]
+    _verified(b.home)  # the repair's snapshot is kept: the store is still a projection
 
 
 def _prefix(home: str) -> str:

@@ -35,24 +35,22 @@ def _verified(home: str) -> None:
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr
 
 
-def test_a_pair_on_one_shared_cluster_converges_both_ways_and_fails_over(tmp_path: Path, kafka_broker: Any) -> None:
+def test_a_pair_on_one_shared_cluster_converges_both_ways_and_fails_over(
+        tmp_path: Path, running: list[Node], kafka_broker: Any) -> None:
     a, b = _kafka_pair(tmp_path, kafka_broker)
     r = release(tmp_path, 41, 2_000_000, 4)
     a.ingest(r[0])
     b.ingest(r[3])  # the backup's pre-pairing traffic is discarded at pairing
-    try:
-        a.start("serve")
-        b.start("serve")  # completes pairing: loads the master's snapshot, reads its topic after it
-        wait_converged(a, b, timeout=120)
-        assert b.status()["store"]["live_segment_bytes"] == a.status()["store"]["live_segment_bytes"]
-        a.ingest(r[1])
-        b.ingest(r[2])
-        wait_converged(a, b, timeout=120)
-        for n in (a, b):  # each store is the projection of its own topic and its peer's (service's view)
-            _verified(n.home)
-        a.stop_all()  # the master fails; the backup's warm store saves what the master would have
-        _verified(a.home)  # the same, read offline
-        assert b.ingest(r[1])["savings"] > 0.999
-    finally:
-        a.stop_all()
-        b.stop_all()
+    running.extend((a, b))
+    a.start("serve")
+    b.start("serve")  # completes pairing: loads the master's snapshot, reads its topic after it
+    wait_converged(a, b, timeout=120)
+    assert b.status()["store"]["live_segment_bytes"] == a.status()["store"]["live_segment_bytes"]
+    a.ingest(r[1])
+    b.ingest(r[2])
+    wait_converged(a, b, timeout=120)
+    for n in (a, b):  # each store is the projection of its own topic and its peer's (service's view)
+        _verified(n.home)
+    a.stop_all()  # the master fails; the backup's warm store saves what the master would have
+    _verified(a.home)  # the same, read offline
+    assert b.ingest(r[1])["savings"] > 0.999

@@ -45,41 +45,39 @@ def _segment_events(home: str) -> list[bytes]:
             if decode(r.value)["type"] == "SegmentStored"]
 
 
-def test_services_and_mirrors_killed_at_random_during_sustained_ingest_converge(tmp_path: Path) -> None:
+def test_services_and_mirrors_killed_at_random_during_sustained_ingest_converge(
+        tmp_path: Path, running: list[Node]) -> None:
     rng = random.Random(42)
     a, b = make_pair(tmp_path)
     traffic_a = release(tmp_path, 1, 2_500_000, 4)
     traffic_b = release(tmp_path, 2, 2_500_000, 4) + traffic_a[:2]  # overlapping content
-    try:
-        for n in (a, b):
-            n.start_all()
-        stop = threading.Event()
-        errors: list[str] = []
-        threads = [threading.Thread(target=_ingest_loop, args=(n, t, stop, errors))
-                   for n, t in ((a, traffic_a), (b, traffic_b))]
-        for t in threads:
-            t.start()
-        kills = 0
-        deadline = time.time() + 25
-        while time.time() < deadline:
-            time.sleep(rng.uniform(0.2, 1.5))
-            victim = rng.choice((a, b))
-            what = rng.choice(("serve", "mirror", "mirror"))
-            victim.kill(what)
-            kills += 1
-            time.sleep(rng.uniform(0.0, 0.5))
-            victim.start(what)
-        stop.set()
-        for t in threads:
-            t.join(timeout=240)
-        assert not errors, errors
-        for n in (a, b):
-            n.start_all()
-        wait_converged(a, b, timeout=120)
-        assert kills >= 10
-    finally:
-        a.stop_all()
-        b.stop_all()
+    running.extend((a, b))
+    for n in (a, b):
+        n.start_all()
+    stop = threading.Event()
+    errors: list[str] = []
+    threads = [threading.Thread(target=_ingest_loop, args=(n, t, stop, errors))
+               for n, t in ((a, traffic_a), (b, traffic_b))]
+    for t in threads:
+        t.start()
+    kills = 0
+    deadline = time.time() + 25
+    while time.time() < deadline:
+        time.sleep(rng.uniform(0.2, 1.5))
+        victim = rng.choice((a, b))
+        what = rng.choice(("serve", "mirror", "mirror"))
+        victim.kill(what)
+        kills += 1
+        time.sleep(rng.uniform(0.0, 0.5))
+        victim.start(what)
+    stop.set()
+    for t in threads:
+        t.join(timeout=240)
+    assert not errors, errors
+    for n in (a, b):
+        n.start_all()
+    wait_converged(a, b, timeout=120)
+    assert kills >= 10
     # no gap and no duplicate: each mirror is a byte-identical copy of its source log
     _assert_mirror_is_exact_copy(a.home, os.path.join(b.home, "mirror", "sha"))
     _assert_mirror_is_exact_copy(b.home, os.path.join(a.home, "mirror", "shb"))
@@ -89,55 +87,49 @@ def test_services_and_mirrors_killed_at_random_during_sustained_ingest_converge(
         assert len(refs) == len(set(refs))  # no segment stored twice by its own appliance
 
 
-def test_link_cuts_of_varying_length_then_both_stores_converge(tmp_path: Path) -> None:
+def test_link_cuts_of_varying_length_then_both_stores_converge(tmp_path: Path, running: list[Node]) -> None:
     a, b = make_pair(tmp_path)
     r = release(tmp_path, 5, 2_000_000, 6)
-    try:
-        for n in (a, b):
-            n.start_all()
+    running.extend((a, b))
+    for n in (a, b):
+        n.start_all()
+    wait_converged(a, b)
+    for cut_s, (pa, pb) in zip((0.2, 1.0, 3.0), ((r[0], r[1]), (r[2], r[3]), (r[4], r[5])), strict=True):
+        a.kill("mirror", signal.SIGKILL)
+        b.kill("mirror", signal.SIGKILL)
+        a.ingest(pa)  # both keep optimizing while the link is down
+        b.ingest(pb)
+        time.sleep(cut_s)
+        a.start("mirror")
+        b.start("mirror")
         wait_converged(a, b)
-        for cut_s, (pa, pb) in zip((0.2, 1.0, 3.0), ((r[0], r[1]), (r[2], r[3]), (r[4], r[5])), strict=True):
-            a.kill("mirror", signal.SIGKILL)
-            b.kill("mirror", signal.SIGKILL)
-            a.ingest(pa)  # both keep optimizing while the link is down
-            b.ingest(pb)
-            time.sleep(cut_s)
-            a.start("mirror")
-            b.start("mirror")
-            wait_converged(a, b)
-    finally:
-        a.stop_all()
-        b.stop_all()
 
 
-def test_a_retention_gap_is_detected_counted_and_repaired(tmp_path: Path) -> None:
+def test_a_retention_gap_is_detected_counted_and_repaired(tmp_path: Path, running: list[Node]) -> None:
     a, b = make_pair(tmp_path, extra_a=("--segment-bytes", "262144", "--retention-bytes", "600000"))
     r = release(tmp_path, 8, 1_500_000, 1)
     for i in range(4):  # new data, none of it repeated, so the log must grow past its retention
         (tmp_path / f"new{i}.bin").write_bytes(random.Random(i).randbytes(700_000))
         r.append(str(tmp_path / f"new{i}.bin"))
-    try:
-        for n in (a, b):
-            n.start_all()
-        a.ingest(r[0])
-        wait_converged(a, b)
-        b.kill("mirror")
-        mirrored_to = FileLog(os.path.join(b.home, "mirror", "sha")).end_offset()
-        for p in r[1:]:
-            a.ingest(p)
-        src = FileLog(os.path.join(a.home, "log"))
-        assert src.start_offset() > mirrored_to  # retention removed what the mirror had not copied
-        expected_events = src.start_offset() - mirrored_to
-        b.start("mirror")
-        wait_converged(a, b, timeout=90)
-        m = b.status()["mirrors"]["sha"]
-        assert m["not_copied_events"] == expected_events
-        assert m["gaps"][0]["kind"] == "retention" and m["not_copied_bytes"] > 0
-        assert m["bootstraps"] >= 1
-        doc = dss("status", b.home).stdout
-        assert f"{expected_events} not copied" in doc
-        gap = wait_alarm(b.home, "retention_gap")
-        assert f"{expected_events} events" in gap["evidence"] and gap["path"] == "mirror:sha"
-    finally:
-        a.stop_all()
-        b.stop_all()
+    running.extend((a, b))
+    for n in (a, b):
+        n.start_all()
+    a.ingest(r[0])
+    wait_converged(a, b)
+    b.kill("mirror")
+    mirrored_to = FileLog(os.path.join(b.home, "mirror", "sha")).end_offset()
+    for p in r[1:]:
+        a.ingest(p)
+    src = FileLog(os.path.join(a.home, "log"))
+    assert src.start_offset() > mirrored_to  # retention removed what the mirror had not copied
+    expected_events = src.start_offset() - mirrored_to
+    b.start("mirror")
+    wait_converged(a, b, timeout=90)
+    m = b.status()["mirrors"]["sha"]
+    assert m["not_copied_events"] == expected_events
+    assert m["gaps"][0]["kind"] == "retention" and m["not_copied_bytes"] > 0
+    assert m["bootstraps"] >= 1
+    doc = dss("status", b.home).stdout
+    assert f"{expected_events} not copied" in doc
+    gap = wait_alarm(b.home, "retention_gap")
+    assert f"{expected_events} events" in gap["evidence"] and gap["path"] == "mirror:sha"
