@@ -2,7 +2,7 @@
 # One appliance for docker-compose.yml: create its home on first start (Kafka log on its own
 # site's cluster), pair it (transport kafka-sites), then run the service and the mirror.
 # Optional: DSSYNC_ROOT (where homes live), PEER_ADDRESS and LISTEN (host:port of the pair
-# link), KAFKA_TOPIC_PREFIX (two pairs on the same clusters); tests/test_compose_files.py runs
+# link), KAFKA_TOPIC_PREFIX (two pairs on the same clusters); tests/kafka/test_compose_files.py runs
 # this script as it is, without Docker, against two local brokers.
 set -euo pipefail
 : "${NAME:?}" "${ROLE:?}" "${PEER:?}" "${KAFKA:?}" "${PEER_KAFKA:?}" "${DSSYNC_SYNC_SECRET:?}"

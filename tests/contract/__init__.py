@@ -1,0 +1,1 @@
+"""The contract suites: one per interface, subclassed once per backend."""

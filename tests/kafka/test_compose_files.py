@@ -22,7 +22,7 @@ from dssync.bench.localpair import SECRET, Node, free_port, wait_converged
 from dssync.tools.cli import cli
 from tests.pair import release
 
-TOP = Path(__file__).resolve().parent.parent
+TOP = Path(__file__).resolve().parents[2]
 DOCKER = TOP / "compose" / "docker"
 
 

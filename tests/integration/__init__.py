@@ -1,0 +1,1 @@
+"""Integration tests: real dssync processes, really killed, on real DuckDB files and logs."""

@@ -1,0 +1,1 @@
+"""Unit tests: one module or concept at a time, in this process (mocks allowed)."""
