@@ -189,7 +189,7 @@ def end_transaction(producer: KafkaProducer, commit: bool, timeout_s: float) -> 
     kafka-python's ``commit_transaction`` and ``abort_transaction`` wait without bound for a
     broker that is down; a caller that must notice an outage (and back off, and say so) uses
     this instead. Raises ``KafkaTimeoutError`` when the time is up: the transaction is then
-    left open, and the next session's fencing (``init_transactions``) aborts it.
+    left open, and the next cycle's fencing (``init_transactions``) aborts it.
     """
     manager = getattr(producer, "_transaction_manager", None)
     sender = getattr(producer, "_sender", None)

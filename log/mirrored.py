@@ -11,14 +11,14 @@ It reads records as soon as they are written, without waiting for the mirror's c
 (``read_uncommitted``), because every record a mirror writes, committed or not, is a
 byte-for-byte copy of a record the *source* had committed (the mirror reads the source
 ``read_committed``). A transaction the mirror did not commit (it was killed, or fenced) is
-copied again by the next session, from the destination's last committed record on, so a
+copied again by the next cycle, from the destination's last committed record on, so a
 reader can meet a source offset twice, never a wrong value: it keeps the first copy and
 skips any record whose source offset it has passed. So a mirrored record is readable one
 commit round trip and one commit marker earlier, and still exactly once. The mirror itself
 resumes from the last *committed* record (``TopicReader`` in its default ``read_committed``).
 
 Seeking to a source offset uses the headers: source offsets increase with destination
-offsets within a session, and each session starts again at or below the offsets already
+offsets within a cycle, and each cycle starts again at or below the offsets already
 written, so a binary search over destination offsets finds a record at or after the source
 offset from which every later source offset follows; sequential reads then continue from
 where the previous read stopped, without searching.

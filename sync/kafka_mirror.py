@@ -12,10 +12,10 @@ Exactly once, by the same principle as the file mirror: the destination says whe
   not wait for its writes to be acknowledged before it reads on (the producer pipelines
   them), and the commit round trips are few and off the copy path. Commits only move the
   resume point on, and what ``read_committed`` readers (Kafka's own tools) see.
-* A session starts by initialising the transactional producer, which aborts (or completes)
+* A cycle starts by initialising the transactional producer, which aborts (or completes)
   whatever transaction a killed predecessor left open, and only then reads the last
   committed record of the destination: its source offset + 1 is the resume point. A crash
-  at any instant therefore leaves either a whole transaction or none, and the next session
+  at any instant therefore leaves either a whole transaction or none, and the next cycle
   continues right after the last whole one: no gap, no committed duplicate (the copies of
   the lost transaction are written again; readers keep one copy of each).
 * The next transaction is opened, and the destination partition registered in it
@@ -24,9 +24,9 @@ Exactly once, by the same principle as the file mirror: the destination says whe
   one left idle ``ARMED_IDLE_S`` is aborted. Armed idle time and the commit interval are each
   at most a quarter of the transaction timeout: a transaction must never reach it, which
   would fence the mirror. A transaction older than the timeout when fenced (a
-  paused process) ends the session like an outage; a younger one means another mirror took
+  paused process) ends the cycle like an outage; a younger one means another mirror took
   over, and this one stops (``LockedError``).
-* Any failure of either cluster ends the session; the next one starts from the destination
+* Any failure of either cluster ends the cycle; the next one starts from the destination
   again, after an exponential backoff (tenacity) with one log line per state change.
 
 Loop prevention is structural: the source is always an appliance's *own* log (a file log
@@ -159,10 +159,10 @@ class TopicCopier:
         self._dest_tp = TopicPartition(dest_topic, 0)
         self._headers = [(H_ORIGIN, origin.encode()), (H_SRC_TOPIC, source_name.encode())]
 
-    # ------------------------------------------------------------------ session
+    # ------------------------------------------------------------------ cycle
 
     def open(self) -> int:
-        """Start a session: fence any predecessor, then derive the resume point; return it."""
+        """Start a cycle: fence any predecessor, then derive the resume point; return it."""
         self.close()
         probe(self.dest)
         create_topic(self.dest, self.dest_topic, *self.retention)
@@ -276,18 +276,18 @@ class TopicCopier:
             self.stats["transactions"] += 1
         self._uncommitted = {"records": 0, "bytes": 0}
         if arm:
-            with self._writing():  # counted first: a failure here ends the session, not the copies
+            with self._writing():  # counted first: a failure here ends the cycle, not the copies
                 self._arm(p)
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
-        """Kafka's errors while writing, as dssync's: any of them ends the session."""
+        """Kafka's errors while writing, as dssync's: any of them ends the cycle."""
         try:
             yield
         except (KafkaTimeoutError, KafkaError) as exc:
             fenced = self._fenced(exc)
             self._drop_transaction()
-            self.close()  # an open transaction is aborted by the next session's fencing
+            self.close()  # an open transaction is aborted by the next cycle's fencing
             if not fenced:
                 raise BackendUnavailableError(f"writing to {self.dest_topic} failed: {type(exc).__name__}") from None
             age = time.monotonic() - self._txn_since
@@ -295,7 +295,7 @@ class TopicCopier:
                 # Kafka fences a producer whose transaction outlived its timeout exactly as it
                 # fences one replaced by another mirror: this one stayed open longer than the
                 # timeout (the process was paused?), so it is taken for that, and the next
-                # session fences in turn. A real second mirror is then fenced with a young
+                # cycle fences in turn. A real second mirror is then fenced with a young
                 # transaction and stops, so two mirrors never take turns for long.
                 raise BackendUnavailableError(f"the transaction on {self.dest_topic} stayed open {age:.0f} s, past "
                                               f"its timeout, and was aborted by the broker") from None
@@ -313,7 +313,7 @@ class TopicCopier:
 
     def _drop_transaction(self) -> None:
         """Forget the open transaction after a failure: it is never committed; its copies are
-        copied again by the next session (readers keep one copy of each)."""
+        copied again by the next cycle (readers keep one copy of each)."""
         self._armed_at = self._copied_since = None
         self._uncommitted = {"records": 0, "bytes": 0}
 
@@ -330,8 +330,8 @@ class TopicCopier:
             sender.wakeup()
 
     def close(self) -> None:
-        """End the session: commit the copies of the open transaction (a failure to commit
-        leaves them to the next session), abort an armed one, close the producer."""
+        """End the cycle: commit the copies of the open transaction (a failure to commit
+        leaves them to the next cycle), abort an armed one, close the producer."""
         with contextlib.suppress(BackendUnavailableError, LockedError):
             self.commit(arm=False, timeout_s=min(5.0, self.dest.timeout_ms / 1000))
         p, self._producer = self._producer, None
@@ -340,7 +340,7 @@ class TopicCopier:
         armed, self._armed_at = self._armed_at, None
         self._drop_transaction()
         if p is not None:
-            if armed is not None:  # nothing in it: end it now rather than at the next session
+            if armed is not None:  # nothing in it: end it now rather than at the next cycle
                 with contextlib.suppress(KafkaError):
                     end_transaction(p, False, 2.0)
             close_producer(p)

@@ -65,7 +65,7 @@ class Mirror(MirrorService):
     def _state_doc(self) -> dict[str, Any]:
         return {**self.state, "mirror_end_offset": self.out.end_offset() if self.out else None}
 
-    def _session(self, stopped: Callable[[], bool]) -> None:
+    def _cycle(self, stopped: Callable[[], bool]) -> None:
         if self._waiting():
             return
         me = protocol.Identity(self.cfg.name, self.cfg.model, self.cfg.software_version, self.cfg.store_id,
@@ -120,7 +120,7 @@ class Mirror(MirrorService):
         """Copy transfers while ``keep_going()``. Transfer N is checked, written and fsynced on a
         helper thread while transfer N+1 is fetched from where N's batches end, so the network
         and the disk work at the same time; every batch is still checked (CRC, offset) before it
-        is written, and a refused one stops the stream (the next session resumes from our end)."""
+        is written, and a refused one stops the stream (the next cycle resumes from our end)."""
         out = self._out()
         frm = out.end_offset()
         writing: Future[tuple[int, int, int]] | None = None

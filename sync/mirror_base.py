@@ -8,6 +8,10 @@ mirror-topic`` runs a bare copier. All of them run their connect-and-copy cycle 
 mirrors of a home write their state (connected, disconnected, refused, gap, counters) to
 ``HOME/mirror/<peer>/state.json`` through ``MirrorService``, where ``dssync status`` and the
 lag monitor read it. One log line is written per state change, never one per retry.
+
+A *cycle* is one connect-and-copy run of a mirror: it connects (proves the pair, and on Kafka
+fences any predecessor), copies until it is stopped or something fails, and ends; the next
+cycle resumes from what the destination holds. Every mirror module uses the word this way.
 """
 
 from __future__ import annotations
@@ -36,10 +40,10 @@ def _void(_: object) -> None:
     """Drop a value (tenacity's sleep must return None; a stop flag's wait returns a bool)."""
 
 
-def keep_running(session: Callable[[], None], stopped: Callable[[], bool],
+def keep_running(cycle: Callable[[], None], stopped: Callable[[], bool],
                  on_state: Callable[[str, str], None], sleep: Callable[[float], object],
                  first_wait_s: float = 0.1, max_wait_s: float = 5.0) -> None:
-    """Run ``session`` until ``stopped()``, restarting it after every transient failure.
+    """Run ``cycle`` until ``stopped()``, restarting it after every transient failure.
 
     Transient means ``BackendUnavailableError`` (a cluster or the peer does not answer,
     ``TransientError`` included): the wait grows exponentially from ``first_wait_s`` to
@@ -57,11 +61,11 @@ def keep_running(session: Callable[[], None], stopped: Callable[[], bool],
                         reraise=True)
     while not stopped():
         with contextlib.suppress(BackendUnavailableError):  # raised only once stopped
-            retrying(session)
+            retrying(cycle)
 
 
 class MirrorService:
-    """The mirror process of one appliance home: subclasses provide ``_session`` (one
+    """The mirror process of one appliance home: subclasses provide ``_cycle`` (one
     connect-and-copy cycle, until ``stopped()``) and may add to the state file."""
 
     COUNTERS: tuple[str, ...] = ()
@@ -125,7 +129,7 @@ class MirrorService:
         """Sleep, but wake up at once when asked to stop."""
         self.stop.wait(seconds)
 
-    def _session(self, stopped: Callable[[], bool]) -> None:
+    def _cycle(self, stopped: Callable[[], bool]) -> None:
         raise NotImplementedError
 
     def run(self, stop_after_s: float | None = None) -> None:
@@ -138,7 +142,7 @@ class MirrorService:
 
         while not stopped():
             try:
-                keep_running(lambda: self._session(stopped), stopped, self._set, self._sleep,
+                keep_running(lambda: self._cycle(stopped), stopped, self._set, self._sleep,
                              self.FIRST_WAIT_S, self.MAX_WAIT_S)
             except PairingRefusedError as exc:
                 self._set("refused", exc.message)

@@ -58,7 +58,7 @@ class SiteMirror(MirrorService):
         finally:
             client.close()
 
-    def _session(self, stopped: Callable[[], bool]) -> None:
+    def _cycle(self, stopped: Callable[[], bool]) -> None:
         if self._waiting():
             return
         peer = self._handshake()
@@ -86,7 +86,7 @@ class SiteMirror(MirrorService):
             source.close()
 
     def _fold_counters(self) -> None:
-        """A session ends: its counters join the base, the next session counts from zero."""
+        """A cycle ends: its counters join the base, the next cycle counts from zero."""
         self._save(force=True)
         self._base = {k: self.state[k] for k in ("copied_records", "copied_bytes", "not_copied_events", "gaps")}
         self.copier = None

@@ -126,7 +126,7 @@ def mirror_topic_cmd(from_kafka: str | None, from_topic: str | None, from_log: s
             log.log(logging.WARNING if state == "disconnected" else logging.INFO, "mirror %s: %s", state, detail)
             status["now"] = state
 
-    def session() -> None:
+    def cycle() -> None:
         if from_log is not None:
             source: Any = FileLog(from_log)
             name = os.path.abspath(from_log)
@@ -148,7 +148,7 @@ def mirror_topic_cmd(from_kafka: str | None, from_topic: str | None, from_log: s
             copier.close()
             source.close()
 
-    keep_running(session, stop.is_set, on_state, stop.wait)
+    keep_running(cycle, stop.is_set, on_state, stop.wait)
 
 
 def _settings(bootstrap: str, security: str, cafile: str, password_env: str) -> Any:

@@ -214,7 +214,7 @@ def test_an_armed_transaction_holds_back_no_reader_and_never_outlives_its_timeou
 def test_a_mirror_paused_past_its_transaction_timeout_resumes_instead_of_stopping(
         kafka_broker: Any, kafka_broker_b: Any) -> None:
     """Kafka fences a transaction that outlives its timeout as it fences a replaced mirror;
-    a mirror whose own transaction was that old (a paused process) starts a new session."""
+    a mirror whose own transaction was that old (a paused process) starts a new cycle."""
     run = _Copying(kafka_broker, kafka_broker_b)
     try:
         copier = run.copier(transaction_timeout_ms=2_000)
@@ -225,7 +225,7 @@ def test_a_mirror_paused_past_its_transaction_timeout_resumes_instead_of_stoppin
         run.source.append([b"two"])
         with pytest.raises(BackendUnavailableError, match="past its timeout"):
             _copy_until(copier, 2)
-        _copy_until(copier, 2)  # the next session resumes from the destination
+        _copy_until(copier, 2)  # the next cycle resumes from the destination
     finally:
         run.close()
     assert run.visible(2) == [b"one", b"two"]
@@ -252,7 +252,7 @@ def test_a_second_mirror_on_the_same_topic_stops_the_first(kafka_broker: Any, ka
 def test_a_reader_meets_an_uncommitted_copy_and_its_recopy_and_reads_each_source_record_once(
         kafka_broker: Any, kafka_broker_b: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Mirror readers do not wait for the mirror's commit: the copies of a transaction it never
-    committed (killed, fenced) are copied again by the next session, and a reader keeps one of
+    committed (killed, fenced) are copied again by the next cycle, and a reader keeps one of
     each, in source order, wherever it starts."""
     run = _Copying(kafka_broker, kafka_broker_b)
     try:
