@@ -15,19 +15,19 @@ from typing import Any
 
 import click
 
+from dssync import config as cfgmod
+from dssync.consumers.store import Store
+from dssync.layout import mirror_dir, mirrored_peers, source_name, store_dir
+from dssync.log.factory import open_log_reader
+from dssync.log.filelog import FileLog
 from dssync.monitor.evaluate import SEVERITY
+from dssync.monitor.lag import measure_log
+from dssync.monitor.monitor import Monitor
 from dssync.tools.control import ControlClient
 from dssync.tools.output import emit_json
 
 
 def offline_report(home: str) -> dict[str, Any]:
-    from dssync import config as cfgmod
-    from dssync.consumers.store import Store
-    from dssync.layout import mirror_dir, mirrored_peers, source_name, store_dir
-    from dssync.log.factory import open_log_reader
-    from dssync.log.filelog import FileLog
-    from dssync.monitor.lag import measure_log
-    from dssync.monitor.monitor import Monitor
 
     cfg = cfgmod.load(home)
     store = Store(store_dir(home), read_only=True)  # measured as it is: nothing is applied here
@@ -90,7 +90,6 @@ def lag_cmd(home: str, as_json: bool, watch: bool) -> None:
       dssync lag /srv/sh1 --json | jq '.paths'
       dssync lag /srv/sh1 --watch
     """
-    from dssync import config as cfgmod
 
     cfgmod.load(home)  # a missing or broken home is a clear error, not a traceback
     code = 0

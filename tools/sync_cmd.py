@@ -11,8 +11,15 @@ from typing import Any
 import click
 
 from dssync import config as cfgmod
+from dssync.appliance.service import serve
 from dssync.errors import UsageError
+from dssync.log.filelog import FileLog
+from dssync.log.kafka import FOLLOW_WAIT_MS, KafkaLog, settings_from_spec
 from dssync.process import StopFlag
+from dssync.sync.kafka_mirror import TopicCopier
+from dssync.sync.mirror import Mirror
+from dssync.sync.mirror_base import keep_running
+from dssync.sync.site_mirror import SiteMirror
 from dssync.tools.control import ControlClient
 
 HOME = click.argument("home", type=click.Path(file_okay=False, path_type=str))
@@ -38,7 +45,6 @@ def serve_cmd(home: str, verbose: bool) -> None:
     Example:
       dssync serve /var/lib/dssync/sh1 &
     """
-    from dssync.appliance.service import serve
 
     _logging(verbose)
     if ControlClient.for_home(home) is not None:
@@ -62,8 +68,6 @@ def mirror_cmd(home: str, wait_ms: int, verbose: bool) -> None:
     Example:
       dssync mirror /var/lib/dssync/sh1 &
     """
-    from dssync.sync.mirror import Mirror
-    from dssync.sync.site_mirror import SiteMirror
 
     _logging(verbose)
     transport = cfgmod.load(home).sync.transport
@@ -105,10 +109,6 @@ def mirror_topic_cmd(from_kafka: str | None, from_topic: str | None, from_log: s
           --to-kafka siteB:9092 --to-topic dssync.mirror.sh1
       dssync mirror-topic --from-log /srv/sh1/log --to-kafka siteB:9092 --to-topic dssync.mirror.sh1
     """
-    from dssync.log.filelog import FileLog
-    from dssync.log.kafka import FOLLOW_WAIT_MS, KafkaLog
-    from dssync.sync.kafka_mirror import TopicCopier
-    from dssync.sync.mirror_base import keep_running
 
     _logging(verbose)
     if (from_log is None) == (from_kafka is None or from_topic is None):
@@ -153,7 +153,6 @@ def mirror_topic_cmd(from_kafka: str | None, from_topic: str | None, from_log: s
 
 def _settings(bootstrap: str, security: str, cafile: str, password_env: str) -> Any:
     """KafkaSettings from 'PROTOCOL[:MECHANISM:USER]' (the password only ever from the environment)."""
-    from dssync.log.kafka import settings_from_spec
 
     return settings_from_spec(bootstrap, security, cafile, os.environ.get(password_env, ""), password_env)
 
