@@ -41,7 +41,7 @@ def open_store(directory: str, cfg: cfgmod.Config, create: bool = False) -> Stor
     own_log = os.path.join(os.path.dirname(os.path.abspath(directory)), "log")
     resident = [own_log] if cfg.log.backend == "file" and cfg.log.fsync == "always" else []
     return Store(directory, create=create, fsync=cfg.log.fsync != "never", pack_bytes=cfg.store.pack_bytes,
-                 resident=resident)
+                 resident=resident, memory_limit=cfg.store.memory_limit)
 
 
 class Appliance:

@@ -68,7 +68,7 @@ def verify_store(home: str, store: Store, max_diffs: int = 20) -> Report:
     scratch = tempfile.mkdtemp(prefix="dssync-verify-")
     opened: list[LogReader] = []  # the peers' logs this opened
     try:
-        projection = Store(scratch, create=True, fsync=False)
+        projection = Store(scratch, create=True, fsync=False, memory_limit=cfg.store.memory_limit)
         own = source_name(cfg.name)
         sources = _sources(home, cfg, own, log, store, rep)
         opened.extend(slog for _, slog in sources[1:])

@@ -48,6 +48,9 @@ class KafkaConfig:
 class StoreConfig:
     capacity_bytes: int = 8 << 30
     pack_bytes: int = 64 << 20
+    memory_limit: int = 1 << 30
+    """Bytes of memory a process that opens the store (serve, ingest, replay, verify) plans
+    for it; DuckDB takes its share and its thread count from it (``consumers.store``)."""
 
 
 SYNC_ROLES = ("", "master", "backup")
@@ -153,6 +156,9 @@ class Config:
                              hint="pass --kafka HOST:PORT to 'dssync init'")
         if self.log.fsync not in ("always", "interval", "never"):
             raise UsageError(f"unknown fsync policy {self.log.fsync!r}", hint="use always, interval or never")
+        if self.store.memory_limit < 128 << 20:
+            raise UsageError("[store] memory_limit must be at least 128 MiB (134217728)",
+                             hint="raise memory_limit in HOME/dssync.toml")
         if self.store.capacity_bytes < self.store.pack_bytes * 2:
             raise UsageError("store capacity must hold at least two packs", hint="raise capacity_bytes")
         s = self.sync

@@ -60,3 +60,12 @@ def test_a_malformed_peer_security_spec_is_refused_when_saved(tmp_path: Path) ->
     cfg.sync.peer_kafka_security = "SASL_SSL:SCRAM-SHA-512"
     with pytest.raises(UsageError, match="PROTOCOL:MECHANISM:USER"):
         cfgmod.save(home, cfg)
+
+
+def test_the_store_memory_budget_defaults_to_one_gib_and_refuses_less_than_128_mib(tmp_path: Path) -> None:
+    home = _home(tmp_path)
+    cfg = cfgmod.load(home)
+    assert cfg.store.memory_limit == 1 << 30
+    cfg.store.memory_limit = 64 << 20
+    with pytest.raises(UsageError, match="memory_limit"):
+        cfg.validate()

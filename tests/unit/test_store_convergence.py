@@ -115,3 +115,36 @@ def test_an_interrupted_apply_leaves_no_bytes_behind(tmp_path: Path) -> None:
     reopened = Store(str(tmp_path), fsync=False)
     assert reopened.packs.total_bytes() == 50
     assert reopened.segment_bytes(_ref(1)) == b"a" * 50
+
+
+def test_the_digest_changes_with_any_digest_column_and_not_with_row_order(tmp_path: Path) -> None:
+    """The digest sums one hash per row: a change to one row's clock, liveness or origin shows,
+    and two stores holding the same rows inserted in opposite orders agree."""
+    events = [encode_segment_stored(origin_field("sh1"), 10 + i, _ref(i), b"data%d" % i) for i in range(50)]
+
+    def digest_of(name: str, values: list[bytes]) -> str:
+        store = Store(str(tmp_path / name), create=True, fsync=False)
+        for i, v in enumerate(values):
+            store.apply("log:x", [LogRecord(i, 0, v)])
+        md5 = store.digest().md5
+        store.close()
+        return md5
+
+    forward = digest_of("forward", events)
+    assert digest_of("backward", events[::-1]) == forward
+    later = [*events[:-1], encode_segment_stored(origin_field("sh1"), 99, _ref(49), b"data49")]
+    assert digest_of("later-clock", later) != forward
+    other = [*events[:-1], encode_segment_stored(origin_field("sh2"), 59, _ref(49), b"data49")]
+    assert digest_of("other-origin", other) != forward
+    evicted = [*events, encode("SegmentEvicted", {"origin": "sh1", "hlc": 100, "ref": _ref(0)})]
+    assert digest_of("evicted", evicted) != forward
+
+
+def test_a_store_opened_with_a_memory_budget_gives_duckdb_its_share_and_threads(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "s"), create=True, memory_limit=1 << 30)
+    try:
+        limit, threads = store.con.sql(
+            "SELECT current_setting('memory_limit'), current_setting('threads')").fetchall()[0]
+        assert limit == "640.0 MiB" and threads == min(os.cpu_count() or 1, 2)
+    finally:
+        store.close()
