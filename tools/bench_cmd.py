@@ -6,6 +6,7 @@ import click
 
 from dssync.bench.core import bench_core
 from dssync.bench.kafka import bench_kafka
+from dssync.bench.scale import bench_scale
 from dssync.bench.sync import bench_sync
 
 
@@ -17,3 +18,4 @@ def bench() -> None:
 bench.add_command(bench_core)
 bench.add_command(bench_sync)
 bench.add_command(bench_kafka)
+bench.add_command(bench_scale)

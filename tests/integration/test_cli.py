@@ -17,6 +17,7 @@ from dssync.consumers.store import Store
 from dssync.layout import log_dir, store_dir
 from dssync.log import segment as seg
 from dssync.log.filelog import FileLog
+from dssync.process import command
 from dssync.tools.cli import cli
 from tests.conftest import run_dssync
 
@@ -290,3 +291,19 @@ def test_help_of_every_command_has_an_example() -> None:
                  ["inspect", "store"], ["bench", "core"]):
         result = runner.invoke(cli, [*path, "--help"])
         assert result.exit_code == 0 and "Example" in result.output, path
+
+
+def test_bench_scale_measures_every_size_against_the_smallest_and_each_store_verifies() -> None:
+    p = subprocess.run(command("bench", "scale", "--sizes", "4000,8000", "--ingest-mb", "2", "--samples", "10",
+                               "--json"), capture_output=True, text=True, check=True)
+    doc = json.loads(p.stdout)
+    small, big = doc["sizes"]
+    assert (small["segments"], big["segments"]) == (4000, 8000)
+    for r in (small, big):
+        # every segment's event, its group references and evictions were replayed, then verified
+        assert r["replay"]["events"] == r["events"] > r["segments"]
+        assert r["verify"]["ok"] and r["open"]["rows"] > r["segments"] * 0.9
+        assert r["latency"]["samples"] == 10 and 0 < r["latency"]["p50_ms"] <= r["latency"]["p99_ms"]
+        assert r["index_bytes"] > 0 and r["peak_rss_bytes"] > 0 and r["ingest_MB_per_s"] > 0
+    assert small["vs_smallest"] == {"replay": 1.0, "ingest": 1.0, "apply_p99": 1.0, "open": 1.0}
+    assert big["vs_smallest"]["replay"] == round(big["replay_events_per_s"] / small["replay_events_per_s"], 3)

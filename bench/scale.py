@@ -1,0 +1,267 @@
+"""``dssync bench scale``: the store at an appliance's size, each size against the smallest.
+
+For each size (segments in the store) it builds a real appliance home whose own log holds that
+many synthetic but realistic events (random references; one level-1 reference per ~16
+segments and one level-2 per ~16 of those, as the optimizer cuts them; some evictions; the
+segment bytes in the log, where an appliance with a file log keeps them), then measures, each
+step in a fresh process so that its peak resident memory is its own:
+
+* ``replay``: ``dssync replay`` of the whole log into a new store (events per second);
+* ``open``: opening the appliance (the service's start: recovery, catch-up check, clock);
+* ``ingest``: new data through the optimization path into the filled store (MB per second);
+* ``apply latency``: small appends of a live link (50 events) from the log append to the
+  moment the store answers for them, p50 and p99: the store's share of replication latency,
+  where a checkpoint stall of a large index would show;
+* ``verify``: ``dssync verify`` of the home;
+* bytes on disk (index file, log) and peak memory, per segment.
+
+The baseline of each figure is the same figure at the smallest size: a flat curve has ratios
+near 1. Nothing here asserts a speed: it measures and prints (human, or ``--json``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import click
+
+from dssync.errors import ChildRunError, UsageError
+from dssync.tools.output import emit_json
+
+MB = 1_000_000
+SEGMENT_BYTES = 96
+"""Bytes of each synthetic segment: small, so that 64 M of them fit a shared machine's disk
+(the index is what scales; a real segment averages 8 KiB in the packs or the log)."""
+
+
+def build_home(home: str, segments: int, progress: bool) -> dict[str, Any]:
+    """An appliance home whose own log holds ``segments`` SegmentStored events and the higher
+    references and evictions that go with them; its store is left empty (``replay`` fills it)."""
+    from dssync.appliance import Appliance
+    from dssync.layout import log_dir, store_dir
+    from dssync.log.filelog import FileLog
+    from dssync.producers.hierarchy import group_ref, segment_ref
+    from dssync.schemas import encode, encode_segment_stored, origin_field
+
+    Appliance.create(home, "scale", "SH-7080", "9.14", fsync="never", capacity_bytes=1 << 50,
+                     segment_bytes=1 << 30).close()
+    shutil.rmtree(store_dir(home))
+    log = FileLog(log_dir(home), writer=True, fsync="never", segment_bytes=1 << 30)
+    of = origin_field("scale")
+    hlc = 1 << 44
+    batch: list[bytes] = []
+    level1: list[bytes] = []
+    level2: list[bytes] = []
+    salt = os.urandom(8)
+    t0 = time.monotonic()
+    for i in range(segments):
+        hlc += 1
+        data = salt + i.to_bytes(8, "little") * (SEGMENT_BYTES // 8 - 1)
+        ref = segment_ref(data)
+        batch.append(encode_segment_stored(of, hlc, ref, data))
+        level1.append(ref)
+        if len(level1) == 16:
+            hlc += 1
+            g = group_ref(1, level1)
+            batch.append(encode("ReferenceStored", {"origin": "scale", "hlc": hlc, "ref": g, "level": 1,
+                                                    "size": SEGMENT_BYTES * 16, "children": b"".join(level1)}))
+            level2.append(g)
+            level1 = []
+            if len(level2) == 16:
+                hlc += 1
+                batch.append(encode("ReferenceStored", {"origin": "scale", "hlc": hlc, "ref": group_ref(2, level2),
+                                                        "level": 2, "size": SEGMENT_BYTES * 256,
+                                                        "children": b"".join(level2)}))
+                level2 = []
+        if i % 97 == 13:
+            hlc += 1
+            batch.append(encode("SegmentEvicted", {"origin": "scale", "hlc": hlc, "ref": ref}))
+        if len(batch) >= 4000:
+            log.append(batch)
+            batch = []
+            if progress and i % 1_000_000 < 3000:
+                click.echo(f"  building: {i:,} of {segments:,} segments ({time.monotonic() - t0:.0f} s)", err=True)
+    if batch:
+        log.append(batch)
+    log.flush()
+    events = log.end_offset()
+    log.close()
+    return {"events": events}
+
+
+def _dir_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def step(name: str, home: str, ingest_mb: int, samples: int) -> dict[str, Any]:
+    """One measured step on ``home`` (run in a child process of its own)."""
+    from dssync.appliance import Appliance, replay
+    from dssync.bench import workload
+    from dssync.layout import store_dir
+
+    if name == "replay":
+        t0 = time.perf_counter()
+        applied = replay(home)
+        return {"seconds": time.perf_counter() - t0, "events": applied,
+                "index_bytes": os.path.getsize(os.path.join(store_dir(home), "store.duckdb"))}
+    if name == "open":
+        t0 = time.perf_counter()
+        app = Appliance(home)
+        secs = time.perf_counter() - t0
+        rows = app.store.stats()["rows"]
+        app.close()
+        return {"seconds": secs, "rows": rows}
+    if name == "ingest":
+        import io
+
+        data = workload.random_bytes(int(time.time()), ingest_mb * MB)
+        with Appliance(home) as app:
+            t0 = time.perf_counter()
+            app.ingest(io.BytesIO(data))
+            return {"seconds": time.perf_counter() - t0, "bytes": len(data)}
+    if name == "latency":
+        from dssync.producers.hierarchy import segment_ref
+        from dssync.schemas import encode_segment_stored, origin_field
+
+        lat = []
+        with Appliance(home) as app:
+            of = origin_field("scale")
+            for k in range(samples):
+                values = []
+                for _ in range(50):
+                    data = os.urandom(SEGMENT_BYTES)
+                    values.append(encode_segment_stored(of, app.hlc.now(), segment_ref(data), data))
+                last = segment_ref(data)
+                t0 = time.perf_counter()
+                app.log.append(values)
+                app.applied()
+                assert app.store.known([last]) == {last}
+                lat.append(time.perf_counter() - t0)
+                if k % 10 == 9:
+                    time.sleep(0.01)  # a live link's pace: commits with room between them
+        lat.sort()
+        return {"samples": len(lat), "p50_ms": lat[len(lat) // 2] * 1000,
+                "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, "max_ms": lat[-1] * 1000}
+    if name == "verify":
+        from dssync.tools.verify import verify_home
+
+        t0 = time.perf_counter()
+        rep = verify_home(home)
+        return {"seconds": time.perf_counter() - t0, "ok": rep.ok, "problems": rep.problems[:3]}
+    raise UsageError(f"unknown step {name}")
+
+
+def _child(*args: str) -> dict[str, Any]:
+    code = ("import json,sys; from dssync.bench import scale; from dssync.bench.core import _peak_rss_bytes; "
+            "r = scale.main_step(sys.argv[1:]); r['peak_rss_bytes'] = _peak_rss_bytes(); print(json.dumps(r))")
+    out = subprocess.run([sys.executable, "-P", "-c", code, *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ChildRunError(f"the scale benchmark step {args[0]} failed ({out.returncode}): {last}")
+    for line in out.stderr.splitlines():
+        click.echo(line, err=True)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main_step(argv: list[str]) -> dict[str, Any]:
+    """The child's entry point: ``build HOME SEGMENTS PROGRESS`` or ``STEP HOME INGEST_MB SAMPLES``."""
+    if argv[0] == "build":
+        return build_home(argv[1], int(argv[2]), argv[3] == "1")
+    return step(argv[0], argv[1], int(argv[2]), int(argv[3]))
+
+
+def measure_size(directory: str, segments: int, ingest_mb: int, samples: int, progress: bool) -> dict[str, Any]:
+    home = os.path.join(directory, f"scale-{segments}")
+    shutil.rmtree(home, ignore_errors=True)
+    built = _child("build", home, str(segments), "1" if progress else "0")
+    out: dict[str, Any] = {"segments": segments, "events": built["events"]}
+    for name in ("replay", "open", "latency", "ingest", "verify"):
+        if progress:
+            click.echo(f"  {name} at {segments:,} segments ...", err=True)
+        out[name] = _child(name, home, str(ingest_mb), str(samples))
+    out["log_bytes"] = _dir_bytes(os.path.join(home, "log"))
+    out["index_bytes"] = out["replay"]["index_bytes"]
+    out["index_bytes_per_segment"] = round(out["index_bytes"] / segments, 1)
+    peak = max(out[s]["peak_rss_bytes"] for s in ("replay", "open", "ingest", "latency"))
+    out["peak_rss_bytes"] = peak
+    out["peak_rss_bytes_per_segment"] = round(peak / segments, 1)
+    out["replay_events_per_s"] = round(out["events"] / out["replay"]["seconds"])
+    out["ingest_MB_per_s"] = round(out["ingest"]["bytes"] / MB / out["ingest"]["seconds"], 1)
+    shutil.rmtree(home, ignore_errors=True)
+    return out
+
+
+def scale_report(sizes: list[int], ingest_mb: int, samples: int, directory: str | None,
+                 progress: bool) -> dict[str, Any]:
+    work = directory or tempfile.mkdtemp(prefix="dssync-scale-")
+    try:
+        runs = []
+        for n in sizes:
+            if progress:
+                click.echo(f"size {n:,} segments", err=True)
+            runs.append(measure_size(work, n, ingest_mb, samples, progress))
+    finally:
+        if directory is None:
+            shutil.rmtree(work, ignore_errors=True)
+    base = runs[0]
+    for r in runs:
+        r["vs_smallest"] = {
+            "replay": round(r["replay_events_per_s"] / base["replay_events_per_s"], 3),
+            "ingest": round(r["ingest_MB_per_s"] / base["ingest_MB_per_s"], 3),
+            "apply_p99": round(r["latency"]["p99_ms"] / base["latency"]["p99_ms"], 3),
+            "open": round(r["open"]["seconds"] / base["open"]["seconds"], 3),
+        }
+    return {"segment_bytes": SEGMENT_BYTES, "ingest_MB": ingest_mb, "latency_samples": samples, "sizes": runs}
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(float(x)) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--sizes {text!r} is not a list of numbers", hint="e.g. --sizes 1e6,4e6,16e6") from None
+    if not sizes or min(sizes) < 1000:
+        raise UsageError("--sizes needs numbers of at least 1000 segments", hint="e.g. --sizes 1e6,4e6,16e6")
+    return sorted(sizes)
+
+
+@click.command("scale")
+@click.option("--sizes", default="1e6,4e6,16e6,64e6", show_default=True,
+              help="Store sizes in segments, comma-separated; each is compared with the smallest.")
+@click.option("--ingest-mb", type=click.IntRange(1, 4096), default=256, show_default=True,
+              help="MB of new data ingested into each filled store.")
+@click.option("--samples", type=click.IntRange(10, 100_000), default=400, show_default=True,
+              help="Small appends timed for the apply latency.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
+              help="Where to build the homes (default: a temporary directory).")
+@click.option("--json", "as_json", is_flag=True)
+def bench_scale(sizes: str, ingest_mb: int, samples: int, directory: str | None, as_json: bool) -> None:
+    """The store at an appliance's size: replay, open, ingest, apply latency, verify, memory
+    and disk, per size, against the smallest size.
+
+    \b
+    Example:
+      dssync bench scale --sizes 1e6,4e6 --ingest-mb 64 --json
+    """
+    report = scale_report(_sizes(sizes), ingest_mb, samples, directory, progress=not as_json)
+    if as_json:
+        emit_json(report)
+        return
+    for r in report["sizes"]:
+        v = r["vs_smallest"]
+        click.echo(
+            f"{r['segments']:>12,} segments: replay {r['replay_events_per_s']:>9,} ev/s ({v['replay']:.2f}x)  "
+            f"ingest {r['ingest_MB_per_s']:>6} MB/s ({v['ingest']:.2f}x)  "
+            f"apply p50/p99 {r['latency']['p50_ms']:.1f}/{r['latency']['p99_ms']:.1f} ms  "
+            f"open {r['open']['seconds']:.2f} s  verify {r['verify']['seconds']:.1f} s  "
+            f"peak RSS {r['peak_rss_bytes'] / MB:.0f} MB ({r['peak_rss_bytes_per_segment']} B/seg)  "
+            f"index {r['index_bytes'] / MB:.0f} MB ({r['index_bytes_per_segment']} B/seg)")
+
+
