@@ -48,6 +48,10 @@ from dssync.sync import protocol, server
 
 log = logging.getLogger("dssync.service")
 APPLY_INTERVAL_S = 0.005
+STATUS_EVERY_S = 1.0
+STATUS_COST_FACTOR = 20
+"""``status.json`` is rewritten every ``STATUS_EVERY_S``, or less often when the index scan it
+takes grows (a large store): at most one ``STATUS_COST_FACTOR``-th of the loop's time."""
 
 
 class _LockedSink:
@@ -226,7 +230,7 @@ class Service:
         log.info("serving %s (control %s%s%s)", self.config.name, doc["control"],
                  f", sync {doc['sync']}" if doc["sync"] else "",
                  f", metrics http://{metrics}/metrics" if metrics else "")
-        last_status = 0.0
+        last_status, status_every = 0.0, STATUS_EVERY_S
         last_error = ""
         beat = Heartbeat(self.app, self.lock, self.config.monitor.heartbeat_s)
         try:
@@ -245,10 +249,12 @@ class Service:
                         last_error = ""
                 now = time.monotonic()
                 beat.tick(now)
-                if now - last_status > 1.0:
+                if now - last_status > status_every:
                     with self.lock:
-                        self.app.store.publish_status({**self.app.status_extra(), "sync_state": self.config.sync.state})
-                    last_status = now
+                        extra = {**self.app.status_extra(), "sync_state": self.config.sync.state}
+                    self.app.store.publish_status(extra)  # a scan of the index: traffic does not wait
+                    last_status = time.monotonic()
+                    status_every = max(STATUS_EVERY_S, STATUS_COST_FACTOR * (last_status - now))
                 if not n:
                     self.stopping.wait(APPLY_INTERVAL_S)
         finally:

@@ -263,12 +263,14 @@ class Store:
             cur.close()
         return _digest(tuple(row)), offsets
 
-    def stats(self) -> dict[str, Any]:
-        row = self._one(
+    def stats(self, con: duckdb.DuckDBPyConnection | None = None) -> dict[str, Any]:
+        """Counts of the index (one scan of it) and the store's files. ``con``: a cursor of this
+        store's connection, for a thread that reads while another applies (``publish_status``)."""
+        rows = (con or self.con).execute(
             "SELECT count(*), count(*) FILTER (live), count(*) FILTER (live AND level = 0), "
             "coalesce(sum(size) FILTER (live AND level = 0), 0), count(*) FILTER (level > 0 AND live) FROM refs"
-        )
-        assert row is not None
+        ).fetchall()
+        row = rows[0]
         meta = self.meta()
         return {
             "store_id": meta.get("store_id", ""),
@@ -513,8 +515,15 @@ class Store:
         return self.packs.resident_from(log_directory)
 
     def publish_status(self, extra: dict[str, Any]) -> None:
-        """Write ``status.json`` atomically: what tools show while another process owns the store."""
-        doc = {"written_at_ms": time.time_ns() // 1_000_000, **self.stats(), **extra}
+        """Write ``status.json`` atomically: what tools show while another process owns the store.
+        The counts are read on a cursor of their own (DuckDB's MVCC gives it a consistent view),
+        so a caller may run this without holding up threads that apply meanwhile."""
+        cur = self.con.cursor()
+        try:
+            stats = self.stats(cur)
+        finally:
+            cur.close()
+        doc = {"written_at_ms": time.time_ns() // 1_000_000, **stats, **extra}
         write_json(os.path.join(self.directory, "status.json"), doc)
 
     def close(self) -> None:
