@@ -22,6 +22,7 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from dssync import config as cfgmod
@@ -141,10 +142,16 @@ class Service:
         with self.lock:
             return self.app.store.packs.reader()
 
-    def snapshot_rows(self) -> tuple[list[Row], int, str]:
-        with self.lock:
-            store = self.app.store
-            return store.snapshot_rows(), store.committed(self.app.source), store.meta().get("store_id", "")
+    @contextlib.contextmanager
+    def snapshot_rows(self) -> Iterator[tuple[Iterator[Row], int, int, str]]:
+        """The store's rows streamed from a consistent view (traffic goes on meanwhile), their
+        count, the own-log offset they cover and the store id."""
+        store = self.app.store
+        with contextlib.ExitStack() as stack:
+            with self.lock:  # the view starts between two commits
+                rows, count, offsets = stack.enter_context(store.snapshot_rows())
+                store_id = store.meta().get("store_id", "")
+            yield rows, count, offsets.get(self.app.source, 0), store_id
 
     # ------------------------------------------------------------------ local tools
 

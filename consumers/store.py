@@ -473,9 +473,33 @@ class Store:
         self.con.execute("DELETE FROM offsets WHERE source = ?", [source])
         self._offsets.pop(source, None)
 
-    def snapshot_rows(self) -> list[Row]:
-        """Every row, for building a snapshot: a consistent read at this instant."""
-        return self.rows()
+    @contextlib.contextmanager
+    def snapshot_rows(self, batch: int = 50_000) -> Iterator[tuple[Iterator[Row], int, dict[str, int]]]:
+        """Every row, for building a snapshot, as a consistent read at this instant: (the rows,
+        streamed ``batch`` at a time, never all in memory; their count; the offsets they cover).
+
+        The read runs in a read-only transaction of a cursor of its own, so the caller may let
+        other threads apply meanwhile (DuckDB's MVCC keeps this view); the block must consume
+        the rows before it ends."""
+        cur = self.con.cursor()
+        try:
+            cur.execute("BEGIN TRANSACTION READ ONLY")
+            offsets = {str(k): int(v) for k, v in cur.execute("SELECT source, next_offset FROM offsets").fetchall()}
+            count = int(cur.execute("SELECT count(*) FROM refs").fetchall()[0][0])
+
+            def rows() -> Iterator[Row]:
+                cur.execute("SELECT ref, level, size, live, hlc, origin, pack, pos, children FROM refs")
+                while True:
+                    chunk = cur.fetchmany(batch)
+                    if not chunk:
+                        return
+                    for r in chunk:
+                        yield (bytes(r[0]), *r[1:])
+
+            yield rows(), count, offsets
+            cur.execute("COMMIT")
+        finally:
+            cur.close()
 
     # ------------------------------------------------------------------ wrapping
 

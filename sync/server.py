@@ -13,6 +13,8 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol, cast
 from urllib.parse import parse_qs, urlparse
@@ -46,8 +48,9 @@ class PeerFacing(Protocol):
         """A new reader of the appliance's own log (the caller closes it)."""
         ...
 
-    def snapshot_rows(self) -> tuple[list[Row], int, str]:
-        """Every row of the store, the own-log offset they cover, and the store id."""
+    def snapshot_rows(self) -> AbstractContextManager[tuple[Iterator[Row], int, int, str]]:
+        """The store's rows from a consistent view, streamed (consumed inside the block), their
+        count, the own-log offset they cover, and the store id."""
         ...
 
     def pack_reader(self) -> Packs:
@@ -148,19 +151,19 @@ class SyncHandler(Handler):
                    {"X-Dssync-Log-Start": str(start), "X-Dssync-Log-End": str(end)})
 
     def _snapshot(self, svc: PeerFacing) -> None:
-        rows, covers_to, store_id = svc.snapshot_rows()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("X-Dssync-Covers-To", str(covers_to))
-        self.send_header("X-Dssync-Store-Id", store_id)
-        self.send_header("X-Dssync-Rows", str(len(rows)))
-        self.end_headers()
         packs = svc.pack_reader()
         try:
-            for raw in snapshot.batches(snapshot.row_events(rows, packs), int(time.time() * 1000)):
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(raw), raw))
-            self.wfile.write(b"0\r\n\r\n")
+            with svc.snapshot_rows() as (rows, count, covers_to, store_id):
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.send_header("X-Dssync-Covers-To", str(covers_to))
+                self.send_header("X-Dssync-Store-Id", store_id)
+                self.send_header("X-Dssync-Rows", str(count))
+                self.end_headers()
+                for raw in snapshot.batches(snapshot.row_events(rows, packs), int(time.time() * 1000)):
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(raw), raw))
+                self.wfile.write(b"0\r\n\r\n")
         finally:
             packs.close()
 

@@ -11,7 +11,7 @@ ordinary log batches (offsets from 0), and land in a snapshot log the service re
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from dssync.consumers.packs import Packs
 from dssync.consumers.store import Row
@@ -25,7 +25,7 @@ from dssync.sync.protocol import PeerClient
 BATCH_BYTES = 1 << 20
 
 
-def row_events(rows: list[Row], packs: Packs) -> Iterator[bytes]:
+def row_events(rows: Iterable[Row], packs: Packs) -> Iterator[bytes]:
     """The event that reproduces each row (rows whose bytes vanished in a wrap are skipped:
     their eviction, newer than the snapshot, follows in the log)."""
     origins: dict[str, bytes] = {}

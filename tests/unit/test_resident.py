@@ -119,7 +119,8 @@ def test_a_snapshot_of_the_store_carries_the_segments_read_from_the_log(tmp_path
         assert stats["log_resident_files"] == 1
         packs = app.store.packs.reader()  # what the sync server reads a snapshot through
         try:
-            events = [decode(v) for v in snapshot.row_events(app.store.snapshot_rows(), packs)]
+            with app.store.snapshot_rows() as (rows, _count, _offsets):
+                events = [decode(v) for v in snapshot.row_events(rows, packs)]
         finally:
             packs.close()
     segments = [e for e in events if e["type"] == "SegmentStored"]
