@@ -215,12 +215,18 @@ def scale_report(sizes: list[int], ingest_mb: int, samples: int, directory: str 
         for n in sizes:
             if progress:
                 click.echo(f"size {n:,} segments", err=True)
-            runs.append(measure_size(work, n, ingest_mb, samples, progress))
+            try:
+                runs.append(measure_size(work, n, ingest_mb, samples, progress))
+            except ChildRunError as exc:  # reported with the sizes that worked, not instead of them
+                runs.append({"segments": n, "error": exc.message})
     finally:
         if directory is None:
             shutil.rmtree(work, ignore_errors=True)
-    base = runs[0]
-    for r in runs:
+    done = [r for r in runs if "error" not in r]
+    if not done:
+        raise ChildRunError(f"no size could be measured: {runs[0]['error']}")
+    base = done[0]
+    for r in done:
         r["vs_smallest"] = {
             "replay": round(r["replay_events_per_s"] / base["replay_events_per_s"], 3),
             "ingest": round(r["ingest_MB_per_s"] / base["ingest_MB_per_s"], 3),
@@ -261,8 +267,15 @@ def bench_scale(sizes: str, ingest_mb: int, samples: int, directory: str | None,
     report = scale_report(_sizes(sizes), ingest_mb, samples, directory, progress=not as_json)
     if as_json:
         emit_json(report)
+        if any("error" in r for r in report["sizes"]):
+            raise ChildRunError("a size could not be measured (its 'error' in the report)")
         return
+    failed = False
     for r in report["sizes"]:
+        if "error" in r:
+            click.echo(f"{r['segments']:>12,} segments: failed: {r['error']}")
+            failed = True
+            continue
         v = r["vs_smallest"]
         click.echo(
             f"{r['segments']:>12,} segments: replay {r['replay_events_per_s']:>9,} ev/s ({v['replay']:.2f}x)  "
@@ -272,5 +285,5 @@ def bench_scale(sizes: str, ingest_mb: int, samples: int, directory: str | None,
             f"open {r['open']['seconds']:.2f} s  verify {r['verify']['seconds']:.1f} s  "
             f"peak RSS {r['peak_rss_bytes'] / MB:.0f} MB ({r['peak_rss_bytes_per_segment']} B/seg)  "
             f"index {r['index_bytes'] / MB:.0f} MB ({r['index_bytes_per_segment']} B/seg)")
-
-
+    if failed:
+        raise ChildRunError("a size could not be measured (above)")

@@ -79,13 +79,23 @@ DUCKDB_SHARE = 5 / 8
 """DuckDB's part of a store's memory budget; the rest is for Python, the replay's reads in
 flight (three of at most 64 MiB) and the Arrow tables of an apply."""
 BYTES_PER_THREAD = 256 << 20
+INDEX_BYTES_PER_ROW = 64
+"""DuckDB keeps the whole primary-key index (an ART) in memory, about 50 B per row of 16-byte
+keys (measured: ``duckdb_memory()`` ART_INDEX at 2 M rows), and cannot evict it: its memory
+limit grows by this much per row held, on top of the budget's share (a fixed limit makes a
+large store's inserts fail with an out-of-memory error)."""
+LIMIT_STEP_ROWS = 1 << 20
+"""The limit is raised each time the rows grow by this many."""
 
 
-def duckdb_settings(memory_limit: int) -> tuple[int, int]:
-    """DuckDB's memory limit and thread count within a budget of ``memory_limit`` bytes: its
-    share, and one thread per ``BYTES_PER_THREAD`` of it (at least one, at most the cores)."""
+def duckdb_settings(memory_limit: int, rows: int = 0) -> tuple[int, int]:
+    """DuckDB's memory limit and thread count for a store of ``rows`` rows within a budget of
+    ``memory_limit`` bytes: its share plus the index's ``INDEX_BYTES_PER_ROW`` per row (rounded
+    up to the next ``LIMIT_STEP_ROWS``), and one thread per ``BYTES_PER_THREAD`` of the share
+    (at least one, at most the cores)."""
     share = int(memory_limit * DUCKDB_SHARE)
-    return share, max(1, min(os.cpu_count() or 1, share // BYTES_PER_THREAD))
+    planned = (rows // LIMIT_STEP_ROWS + 1) * LIMIT_STEP_ROWS
+    return share + INDEX_BYTES_PER_ROW * planned, max(1, min(os.cpu_count() or 1, share // BYTES_PER_THREAD))
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,11 @@ def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     except duckdb.IOException as exc:
         con.execute("ROLLBACK")
         raise ResourceError(f"the store could not commit: {exc}") from None
+    except duckdb.OutOfMemoryException as exc:
+        with contextlib.suppress(duckdb.Error):
+            con.execute("ROLLBACK")
+        raise ResourceError(f"the store ran out of memory: {str(exc).splitlines()[0]}",
+                            hint="raise [store] memory_limit in HOME/dssync.toml, then run the command again") from None
     except BaseException:
         with contextlib.suppress(duckdb.Error):
             con.execute("ROLLBACK")
@@ -182,6 +197,7 @@ class Store:
             raise NotFoundError(f"no store at {directory}")
         os.makedirs(directory, exist_ok=True)
         config: dict[str, Any] = {}
+        self._memory_limit = memory_limit
         if memory_limit is not None:
             limit, threads = duckdb_settings(memory_limit)
             config = {"memory_limit": f"{limit}B", "threads": threads}
@@ -209,12 +225,24 @@ class Store:
             self._meta: dict[str, str] = dict(self.con.execute("SELECT key, value FROM meta").fetchall())
             self._offsets: dict[str, int] = {
                 s: int(o) for s, o in self.con.execute("SELECT source, next_offset FROM offsets").fetchall()}
+            self._rows = int(self.con.execute("SELECT count(*) FROM refs").fetchall()[0][0])
+            self._limit_rows = -1
+            self._fit_limit(self.con)
         except duckdb.Error as exc:
             self.con.close()
             raise _damaged(directory, exc) from None
         meta = self.meta()
         if not read_only:
             self.packs.truncate_to(int(meta.get("pack_id", 0)), int(meta.get("pack_end", 0)))
+
+    def _fit_limit(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Raise DuckDB's memory limit with the rows held (``duckdb_settings``), on ``con``
+        (the connection or cursor of the calling thread; the setting is the database's)."""
+        if self._memory_limit is None or self._rows // LIMIT_STEP_ROWS == self._limit_rows:
+            return
+        self._limit_rows = self._rows // LIMIT_STEP_ROWS
+        limit, _ = duckdb_settings(self._memory_limit, self._rows)
+        con.execute(f"SET memory_limit = '{limit}B'")
 
     # ------------------------------------------------------------------ reading
 
@@ -424,6 +452,9 @@ class Store:
         self._offsets[source] = next_offset
         self._meta.update(meta)
         self.packs.saved(log_files)
+        if rows is not None:
+            self._rows += int(rows.num_rows - plan.exists.sum())
+            self._fit_limit(con)
 
     def _put_offset(self, source: str, next_offset: int, con: duckdb.DuckDBPyConnection) -> None:
         """Write one source's offset: an UPDATE when the row exists (twice as fast as a replace)."""
