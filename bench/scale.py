@@ -37,6 +37,8 @@ from dssync.errors import ChildRunError, UsageError
 from dssync.tools.output import emit_json
 
 MB = 1_000_000
+RESULT = "dssync-bench-result "
+"""The prefix of a step's result line: whatever else a step prints is not taken for it."""
 SEGMENT_BYTES = 96
 """Bytes of each synthetic segment: small, so that 64 M of them fit a shared machine's disk
 (the index is what scales; a real segment averages 8 KiB in the packs or the log)."""
@@ -168,14 +170,20 @@ def step(name: str, home: str, ingest_mb: int, samples: int) -> dict[str, Any]:
 
 def _child(*args: str) -> dict[str, Any]:
     code = ("import json,sys; from dssync.bench import scale; from dssync.bench.core import _peak_rss_bytes; "
-            "r = scale.main_step(sys.argv[1:]); r['peak_rss_bytes'] = _peak_rss_bytes(); print(json.dumps(r))")
+            "r = scale.main_step(sys.argv[1:]); r['peak_rss_bytes'] = _peak_rss_bytes(); "
+            "print(scale.RESULT + json.dumps(r))")
     out = subprocess.run([sys.executable, "-P", "-c", code, *args], capture_output=True, text=True)
     if out.returncode != 0:
         last = (out.stderr.strip().splitlines() or ["no output"])[-1]
         raise ChildRunError(f"the scale benchmark step {args[0]} failed ({out.returncode}): {last}")
     for line in out.stderr.splitlines():
         click.echo(line, err=True)
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith(RESULT)]
+    try:
+        result: dict[str, Any] = json.loads(lines[-1][len(RESULT):])
+    except (IndexError, ValueError):
+        raise ChildRunError(f"the scale benchmark step {args[0]} printed no result",
+                            hint="rerun the step on its own to see its output") from None
     return result
 
 

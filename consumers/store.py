@@ -66,8 +66,8 @@ FROM (SELECT live, level, size,
 """A store's digest in one streaming pass, in constant memory: the sum of the MD5 of every
 row's line (the digest columns, pack locations excluded), each 64-bit half summed on its own.
 A sum does not depend on row order, so nothing is sorted or gathered: an ordered
-``string_agg`` of every row held about 450 B per row in memory (measured: +900 MB at 2 M rows),
-which at an appliance's 64 M rows would be more than the whole memory budget."""
+``string_agg`` of every row would hold about 450 B per row in memory (measured: +900 MB at 2 M
+rows), at an appliance's 64 M rows more than the whole memory budget."""
 
 
 def _digest(row: tuple[Any, ...]) -> Digest:
@@ -200,7 +200,7 @@ class Store:
         self._memory_limit = memory_limit
         if memory_limit is not None:
             limit, threads = duckdb_settings(memory_limit)
-            config = {"memory_limit": f"{limit}B", "threads": threads}
+            config.update(memory_limit=f"{limit}B", threads=threads)
         try:
             self.con = duckdb.connect(self.path, read_only=read_only, config=config)
         except duckdb.IOException as exc:
@@ -212,6 +212,7 @@ class Store:
             raise _damaged(directory, exc) from None
         except duckdb.Error as exc:  # a checksum mismatch, a file that is not a database
             raise _damaged(directory, exc) from None
+        self.con.execute("SET enable_progress_bar = false")  # never drawn on a command's output
         self.read_only = read_only
         self.packs = Packs(os.path.join(directory, "packs"), pack_bytes, fsync)
         self._resident = {os.path.abspath(d) for d in resident} if fsync else set()
