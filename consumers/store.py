@@ -170,6 +170,15 @@ class Staged:
 Row = tuple[bytes, int, int, bool, int, str, int | None, int | None, bytes | None]
 
 
+def _fetched(cur: duckdb.DuckDBPyConnection, batch: int) -> Iterator[tuple[Any, ...]]:
+    """The rows of the query ``cur`` just ran, fetched ``batch`` at a time (never all at once)."""
+    while True:
+        chunk = cur.fetchmany(batch)
+        if not chunk:
+            return
+        yield from chunk
+
+
 def _damaged(directory: str, exc: Exception) -> CorruptStoreError:
     """The error for a store file DuckDB cannot read, naming the command that rebuilds it."""
     home = os.path.dirname(os.path.abspath(directory)) if os.path.basename(directory) == "store" else "HOME"
@@ -328,12 +337,8 @@ class Store:
         cur = self.con.cursor()  # its own cursor: the caller may query the store meanwhile
         try:
             cur.execute("SELECT ref, pack, pos, size FROM refs WHERE live AND level = 0 ORDER BY pack, pos")
-            while True:
-                rows = cur.fetchmany(batch)
-                if not rows:
-                    return
-                for r in rows:
-                    yield bytes(r[0]), int(r[1]), int(r[2]), int(r[3])
+            for r in _fetched(cur, batch):
+                yield bytes(r[0]), int(r[1]), int(r[2]), int(r[3])
         finally:
             cur.close()
 
@@ -521,12 +526,8 @@ class Store:
 
             def rows() -> Iterator[Row]:
                 cur.execute("SELECT ref, level, size, live, hlc, origin, pack, pos, children FROM refs")
-                while True:
-                    chunk = cur.fetchmany(batch)
-                    if not chunk:
-                        return
-                    for r in chunk:
-                        yield (bytes(r[0]), *r[1:])
+                for r in _fetched(cur, batch):
+                    yield (bytes(r[0]), *r[1:])
 
             yield rows(), count, offsets
             cur.execute("COMMIT")
