@@ -236,6 +236,7 @@ class Store:
             raise _damaged(directory, exc) from None
         self.con.execute("SET enable_progress_bar = false")  # never drawn on a command's output
         self.read_only = read_only
+        self._status_cursor = self.con.cursor()  # made here: no other thread uses the connection yet
         self.packs = Packs(os.path.join(directory, "packs"), pack_bytes, fsync)
         self._resident = {os.path.abspath(d) for d in resident} if fsync else set()
         try:
@@ -252,6 +253,7 @@ class Store:
             self._limit_rows = -1
             self._fit_limit(self.con)
         except duckdb.Error as exc:
+            self._status_cursor.close()
             self.con.close()
             raise _damaged(directory, exc) from None
         meta = self.meta()
@@ -592,15 +594,11 @@ class Store:
         """Write ``status.json`` atomically: what tools show while another process owns the store.
         The counts are read on a cursor of their own (DuckDB's MVCC gives it a consistent view),
         so a caller may run this without holding up threads that apply meanwhile."""
-        cur = self.con.cursor()
-        try:
-            stats = self.stats(cur)
-        finally:
-            cur.close()
-        doc = {"written_at_ms": time.time_ns() // 1_000_000, **stats, **extra}
+        doc = {"written_at_ms": time.time_ns() // 1_000_000, **self.stats(self._status_cursor), **extra}
         write_json(os.path.join(self.directory, "status.json"), doc)
 
     def close(self) -> None:
         self.packs.close()
         with contextlib.suppress(duckdb.Error):
+            self._status_cursor.close()
             self.con.close()
