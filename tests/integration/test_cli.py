@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ from dssync.log.filelog import FileLog
 from dssync.process import command
 from dssync.tools.cli import cli
 from tests.conftest import run_dssync
+from tests.pair import held_home
 
 MakeHome = Callable[..., str]
 
@@ -249,12 +249,7 @@ def test_a_home_in_use_is_refused_for_writing_and_status_reads_the_snapshot(
         make_home: MakeHome, tmp_path: Path) -> None:
     home = make_home("sh1")
     run_dssync("ingest", home, _sample(tmp_path))
-    holder = subprocess.Popen([sys.executable, "-P", "-c",
-                               "import sys, time; from dssync.appliance import Appliance\n"
-                               "a = Appliance(sys.argv[1]); print('ready', flush=True); time.sleep(60)", home],
-                              stdout=subprocess.PIPE)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == b"ready"
+    with held_home(home):
         proc = run_dssync("ingest", home, "-", check=False, input_bytes=b"x" * 100)
         assert proc.returncode == 6 and b"another process" in proc.stderr and b"Traceback" not in proc.stderr
         proc = run_dssync("status", home, "--json")
@@ -262,11 +257,6 @@ def test_a_home_in_use_is_refused_for_writing_and_status_reads_the_snapshot(
         assert doc["store"]["source"] == "snapshot" and doc["store"]["live_segment_bytes"] == 400_000
         proc = run_dssync("verify", home, check=False)
         assert proc.returncode == 6 and b"hint:" in proc.stderr
-    finally:
-        holder.kill()
-        holder.wait()
-        assert holder.stdout is not None
-        holder.stdout.close()
     time.sleep(0.1)
     assert run_dssync("verify", home).returncode == 0
 

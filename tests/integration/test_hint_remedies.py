@@ -4,6 +4,7 @@ original command then succeeds. All in real processes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import duckdb
@@ -23,6 +25,7 @@ from dssync.log import segment as seg
 from dssync.process import command
 from dssync.tools.control import ControlClient
 from tests.conftest import run_dssync
+from tests.pair import held_home
 
 
 def _sample(tmp_path: Path, size: int = 3_000_000, seed: int = 1) -> str:
@@ -179,58 +182,55 @@ def test_a_short_pair_secret_is_replaced_by_one_the_hint_generates(tmp_path: Pat
     assert json.loads(run_dssync("status", home, "--json").stdout)["sync"]["role"] == "master"
 
 
+@contextlib.contextmanager
+def _processes(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start dssync commands (``start(*argv)``) logging to one file; any still running when the
+    block ends is killed, so no service outlives its test."""
+    started: list[subprocess.Popen[bytes]] = []
+    with open(tmp_path / "serve.log", "ab") as log:
+
+        def start(*argv: str) -> subprocess.Popen[bytes]:
+            started.append(subprocess.Popen(command(*argv), stdout=log, stderr=log))
+            return started[-1]
+
+        try:
+            yield start
+        finally:
+            for p in started:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+
+
 def test_a_second_serve_is_refused_and_the_hinted_stop_frees_the_home(tmp_path: Path) -> None:
     home = _home(tmp_path)
-    log = open(tmp_path / "serve.log", "ab")  # noqa: SIM115 - closed below
-    first = subprocess.Popen(command("serve", home), stdout=log, stderr=log)
-    try:
+    with _processes(tmp_path) as start:
+        first = start("serve", home)
         _wait_serving(home, first)
         _, hint = _failure("serve", home, code=2)
         run_dssync(*_hinted(hint, HOME=home))
         assert first.wait(timeout=10) == 0
-        second = subprocess.Popen(command("serve", home), stdout=log, stderr=log)
+        second = start("serve", home)
         _wait_serving(home, second)
         second.send_signal(signal.SIGTERM)
         assert second.wait(timeout=10) == 0
-    finally:
-        for p in (first,):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        log.close()
 
 
 def test_stopping_a_service_that_does_not_run_names_the_serve_that_starts_it(tmp_path: Path) -> None:
     home = _home(tmp_path)
     _, hint = _failure("service", "stop", home, code=2)
-    log = open(tmp_path / "serve.log", "ab")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(command(*_hinted(hint)), stdout=log, stderr=log)
-    try:
+    with _processes(tmp_path) as start:
+        proc = start(*_hinted(hint))
         _wait_serving(home, proc)
         assert b"service stopped" in run_dssync("service", "stop", home).stdout
         assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def test_a_home_held_by_another_process_is_free_once_that_process_stops(tmp_path: Path) -> None:
     home = _home(tmp_path)
-    holder = subprocess.Popen([sys.executable, "-P", "-c",
-                               "import sys, time; from dssync.appliance import Appliance\n"
-                               "a = Appliance(sys.argv[1]); print('ready', flush=True); time.sleep(60)", home],
-                              stdout=subprocess.PIPE)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == b"ready"
+    with held_home(home):
         _, hint = _failure("ingest", home, _sample(tmp_path, 10_000), code=6)
         assert "stop the other dssync process" in hint
-    finally:
-        holder.terminate()
-        holder.wait()
-        assert holder.stdout is not None
-        holder.stdout.close()
     run_dssync("ingest", home, _sample(tmp_path, 10_000))
     _verified(home)
 

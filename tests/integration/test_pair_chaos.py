@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dssync.log.filelog import FileLog
 from dssync.schemas import decode
-from tests.pair import Node, dss, make_pair, release, wait_alarm, wait_converged
+from tests.pair import Node, dss, make_pair, release, started_pair, wait_alarm, wait_converged
 
 
 def _ingest_loop(node: Node, paths: list[str], stop: threading.Event, errors: list[str]) -> None:
@@ -88,11 +88,8 @@ def test_services_and_mirrors_killed_at_random_during_sustained_ingest_converge(
 
 
 def test_link_cuts_of_varying_length_then_both_stores_converge(tmp_path: Path, running: list[Node]) -> None:
-    a, b = make_pair(tmp_path)
+    a, b = started_pair(tmp_path, running)
     r = release(tmp_path, 5, 2_000_000, 6)
-    running.extend((a, b))
-    for n in (a, b):
-        n.start_all()
     wait_converged(a, b)
     for cut_s, (pa, pb) in zip((0.2, 1.0, 3.0), ((r[0], r[1]), (r[2], r[3]), (r[4], r[5])), strict=True):
         a.kill("mirror", signal.SIGKILL)

@@ -17,7 +17,7 @@ import pytest
 from dssync.errors import ChildRunError
 from dssync.log.filelog import FileLog
 from dssync.process import command
-from tests.pair import SECRET, Node, dss, make_pair, release, wait_alarm, wait_converged
+from tests.pair import SECRET, Node, dss, make_pair, release, started_pair, wait_alarm, wait_converged
 
 
 def test_pairing_overwrites_the_backup_and_both_directions_converge(tmp_path: Path, running: list[Node]) -> None:
@@ -128,11 +128,8 @@ def test_a_mismatched_peer_is_refused_with_its_reason(tmp_path: Path, running: l
 
 
 def test_failover_the_backup_saves_what_the_master_would_have(tmp_path: Path, running: list[Node]) -> None:
-    a, b = make_pair(tmp_path)
+    a, b = started_pair(tmp_path, running)
     r = release(tmp_path, 17, 5_000_000, 3)
-    running.extend((a, b))
-    for n in (a, b):
-        n.start_all()
     a.ingest(r[0])
     a.ingest(r[1])
     wait_converged(a, b)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import threading
@@ -16,7 +15,7 @@ import pytest
 from kafka import KafkaProducer
 from kafka.errors import KafkaTimeoutError
 
-from dssync.bench.localpair import SECRET, Node, dss, free_port, wait_converged
+from dssync.bench.localpair import Node, dss, wait_converged
 from dssync.errors import BackendUnavailableError, LockedError, UsageError
 from dssync.log.filelog import FileLog
 from dssync.log.kafka import KafkaLog, KafkaSettings
@@ -24,7 +23,7 @@ from dssync.log.mirrored import MirroredTopic, TopicReader, source_position
 from dssync.process import command
 from dssync.sync import kafka_mirror
 from dssync.sync.kafka_mirror import TopicCopier
-from tests.pair import release, wait_alarm
+from tests.pair import kafka_pair, release, verified, wait_alarm
 
 pytestmark = pytest.mark.kafka
 
@@ -321,33 +320,9 @@ def test_a_mirror_topic_is_never_mirrored_again() -> None:
         TopicCopier(None, "dssync.mirror.sh1", KafkaSettings("127.0.0.1:1"), "x", "sh1")
 
 
-def _two_site_pair(tmp_path: Path, site_a: Any, site_b: Any, tag: str,
-                   extra_a: tuple[str, ...] = ()) -> tuple[Node, Node]:
-    """sha (master) on site A's cluster and shb (backup) on site B's, paired with kafka-sites."""
-    logs = str(tmp_path / "logs")
-    os.makedirs(logs)
-    prefix = f"{tag}{os.getpid()}-{uuid.uuid4().hex[:6]}."
-    a = Node("sha", str(tmp_path / "sha"), free_port(), logs)
-    b = Node("shb", str(tmp_path / "shb"), free_port(), logs)
-    sites = {a.name: site_a.bootstrap, b.name: site_b.bootstrap}
-    for n in (a, b):
-        dss("init", n.home, "--name", n.name, "--model", "SH", "--version", "1", "--kafka", sites[n.name],
-            "--kafka-topic-prefix", prefix, *(extra_a if n is a else ()))
-    for n, peer, role in ((a, b, "master"), (b, a, "backup")):
-        dss("sync", "configure", n.home, "--role", role, "--transport", "kafka-sites", "--peer-kafka", sites[peer.name],
-            "--peer", f"127.0.0.1:{peer.port}", "--listen", f"127.0.0.1:{n.port}", "--secret", SECRET)
-    return a, b
-
-
-def _verified(home: str) -> None:
-    """``dssync verify HOME`` passes: the store is the projection of its own log and its peer's."""
-    p = dss("verify", home, "--json", check=False)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr
-
-
 def test_a_pair_on_two_sites_converges_through_kafka_mirrors_and_fails_over(
         tmp_path: Path, running: list[Node], kafka_broker: Any, kafka_broker_b: Any) -> None:
-    a, b = _two_site_pair(tmp_path, kafka_broker, kafka_broker_b, "sites")
+    a, b = kafka_pair(tmp_path, "kafka-sites", kafka_broker, kafka_broker_b)
     r = release(tmp_path, 43, 2_000_000, 4)
     a.ingest(r[0])
     running.extend((a, b))
@@ -374,9 +349,9 @@ def test_a_pair_on_two_sites_converges_through_kafka_mirrors_and_fails_over(
     assert set(paths) == {"store:shb", "store:sha", "mirror:sha"}
     assert all(p["status"] in ("ok", "idle") and p["lag_seconds"] < 30 for p in paths.values()), paths
     for n in (a, b):  # each store is the projection of its own topic and its peer's mirror topic
-        _verified(n.home)
+        verified(n.home)
     a.stop_all()
-    _verified(a.home)  # the same, read offline
+    verified(a.home)  # the same, read offline
     assert b.ingest(r[1])["savings"] > 0.999
 
 
@@ -385,7 +360,7 @@ def test_a_retention_gap_between_sites_is_counted_alarmed_and_repaired_from_a_sn
     import random
 
     small = ("--segment-bytes", str(1 << 20), "--retention-bytes", str(2 << 20))  # sha's topic keeps ~2-3 MiB
-    a, b = _two_site_pair(tmp_path, kafka_broker, kafka_broker_b, "gap", extra_a=small)
+    a, b = kafka_pair(tmp_path, "kafka-sites", kafka_broker, kafka_broker_b, extra_a=small)
     prefix = _prefix(a.home)
     files = []
     for i in range(6):  # new data each time: the topic must grow past its retention
@@ -416,7 +391,7 @@ def test_a_retention_gap_between_sites_is_counted_alarmed_and_repaired_from_a_sn
     assert "repaired: loaded a snapshot of sha" in b.log("serve")
     gap = wait_alarm(b.home, "retention_gap")
     assert gap["path"] == "mirror:sha" and f"{state['not_copied_events']} events" in gap["evidence"]
-    _verified(b.home)  # the repair's snapshot is kept: the store is still a projection
+    verified(b.home)  # the repair's snapshot is kept: the store is still a projection
 
 
 def _prefix(home: str) -> str:
