@@ -30,15 +30,23 @@ import pyarrow.compute as pc
 
 from dssync.consumers import merge
 from dssync.consumers.packs import Packs
+from dssync.consumers.refindex import Entries, RefIndex, halves
 from dssync.errors import CorruptStoreError, LockedError, NotFoundError, ResourceError
 from dssync.layout import write_json
 from dssync.log.base import LogRecord
 from dssync.log.columns import RecordColumns
-from dssync.schemas.columnar import EventColumns, decode_columns
+from dssync.schemas.codec import REF_SIZE
+from dssync.schemas.columnar import KIND_EVICTED, KIND_REFERENCE, EventColumns, decode_columns
+
+STORE_FORMAT = "2"
+"""The layout of a store's DuckDB file: an index-less table of row versions (``ref_rows``),
+the versions superseded (``superseded``) and the view of the current rows (``refs``). A store
+of another format is refused (``_check_format``): ``dssync replay`` rebuilds it from the log."""
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS refs (
-    ref BLOB PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS ref_rows (
+    seq UBIGINT NOT NULL,
+    ref BLOB NOT NULL,
     level UTINYINT NOT NULL,
     size UBIGINT NOT NULL,
     live BOOLEAN NOT NULL,
@@ -48,12 +56,29 @@ CREATE TABLE IF NOT EXISTS refs (
     pos UBIGINT,
     children BLOB
 );
+CREATE TABLE IF NOT EXISTS superseded (seq UBIGINT NOT NULL);
+CREATE VIEW IF NOT EXISTS refs AS
+    SELECT r.ref, r.level, r.size, r.live, r.hlc, r.origin, r.pack, r.pos, r.children
+    FROM ref_rows r ANTI JOIN superseded s ON r.seq = s.seq;
 CREATE TABLE IF NOT EXISTS offsets (source VARCHAR PRIMARY KEY, next_offset UBIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
 CREATE TABLE IF NOT EXISTS log_files (id INTEGER PRIMARY KEY, dir VARCHAR NOT NULL, base_offset UBIGINT NOT NULL);
 """
+"""The rows of ``ref_rows`` are written once and never updated: an apply appends the
+version that wins a reference (``seq`` numbers versions in the order they were made) and lists
+the version it replaces in ``superseded``; ``refs`` shows the current version of each
+reference. Nothing locates a row by its reference in DuckDB (there is no DuckDB index: the
+reference index ``dssync.consumers.refindex`` answers that in memory), so an apply is two plain
+appends whatever the store's size; ``compact`` deletes the superseded versions in bulk."""
 
 ROW_SCHEMA = merge.ROW_SCHEMA
+CURRENT_SQL = ("SELECT r.seq, r.ref, r.level, r.size, r.live, r.hlc, r.origin, r.pack, r.pos "
+               "FROM ref_rows r ANTI JOIN superseded s ON r.seq = s.seq")
+"""The current rows with their version numbers: what the reference index is built from."""
+COMPACT_MIN = 1 << 16
+COMPACT_SHARE = 1 / 16
+"""Superseded versions are deleted once they number ``COMPACT_MIN`` and a 16th of the rows:
+one scan of the table per that many replacements, and the view's anti-join stays small."""
 
 DIGEST_SQL = """
 SELECT count(*), coalesce(sum(CASE WHEN live AND level = 0 THEN size ELSE 0 END), 0),
@@ -77,38 +102,18 @@ def _digest(row: tuple[Any, ...]) -> Digest:
 
 DUCKDB_SHARE = 5 / 8
 """DuckDB's part of a store's memory budget; the rest is for Python, the replay's reads in
-flight (three of at most 64 MiB) and the Arrow tables of an apply."""
+flight (three of at most 64 MiB) and the Arrow tables of an apply. The reference index comes
+on top: the budget's per-segment part."""
 BYTES_PER_THREAD = 256 << 20
-SMALL_LOOKUP = 512
-PROBES_PER_SCANNED_ROW = 1 / 2000
-MAX_PROBES = 2048
-"""References are looked up with a list of literals, which DuckDB answers from the primary-key
-index, while there are at most ``SMALL_LOOKUP`` of them or one per 2,000 rows held (up to
-``MAX_PROBES``, DuckDB's index scan limit); more go through one join with an Arrow table of the
-keys, a scan of every row. Measured at 4.3 M rows: 64 keys in 17 ms by the index against 66 ms by
-a scan; 4,096 keys in 126 ms against 72 ms; a scan costs about 17 ns per row held."""
 
 
-def _probes(rows: int) -> int:
-    """How many references are looked up through the index in a store of ``rows`` rows."""
-    return max(SMALL_LOOKUP, min(MAX_PROBES, int(rows * PROBES_PER_SCANNED_ROW)))
-INDEX_BYTES_PER_ROW = 64
-"""DuckDB keeps the whole primary-key index (an ART) in memory, about 50 B per row of 16-byte
-keys (measured: ``duckdb_memory()`` ART_INDEX at 2 M rows), and cannot evict it: its memory
-limit grows by this much per row held, on top of the budget's share (a fixed limit makes a
-large store's inserts fail with an out-of-memory error)."""
-LIMIT_STEP_ROWS = 1 << 20
-"""The limit is raised each time the rows grow by this many."""
-
-
-def duckdb_settings(memory_limit: int, rows: int = 0) -> tuple[int, int]:
-    """DuckDB's memory limit and thread count for a store of ``rows`` rows within a budget of
-    ``memory_limit`` bytes: its share plus the index's ``INDEX_BYTES_PER_ROW`` per row (rounded
-    up to the next ``LIMIT_STEP_ROWS``), and one thread per ``BYTES_PER_THREAD`` of the share
-    (at least one, at most the cores)."""
+def duckdb_settings(memory_limit: int) -> tuple[int, int]:
+    """DuckDB's memory limit and thread count within a store's budget of ``memory_limit``
+    bytes: its share, and one thread per ``BYTES_PER_THREAD`` of it (at least one, at most the
+    cores). DuckDB holds no index, so its need does not grow with the rows; the reference
+    index's memory (about 60 B per reference) is the budget's per-row part."""
     share = int(memory_limit * DUCKDB_SHARE)
-    planned = (rows // LIMIT_STEP_ROWS + 1) * LIMIT_STEP_ROWS
-    return share + INDEX_BYTES_PER_ROW * planned, max(1, min(os.cpu_count() or 1, share // BYTES_PER_THREAD))
+    return share, max(1, min(os.cpu_count() or 1, share // BYTES_PER_THREAD))
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,7 @@ class Staged:
     rows: pa.Table | None  # the planned rows, ready to insert
     pack_id: int
     pack_end: int
+    seq0: int  # the version number of the first planned row (the others follow)
 
     def overlay(self, held: Callable[[np.ndarray], merge.Existing]) -> Callable[[np.ndarray], merge.Existing]:
         """A lookup of held rows that sees this apply's rows as held too (they win: they beat
@@ -240,34 +246,81 @@ class Store:
         self.packs = Packs(os.path.join(directory, "packs"), pack_bytes, fsync)
         self._resident = {os.path.abspath(d) for d in resident} if fsync else set()
         try:
+            self._check_format()
             if not read_only:
                 self.con.execute(SCHEMA)
-            with contextlib.suppress(duckdb.CatalogException):  # a read-only open of a store older than the table
-                self.packs.load_log_files(self.con.execute("SELECT id, dir, base_offset FROM log_files").fetchall())
+            self.packs.load_log_files(self.con.execute("SELECT id, dir, base_offset FROM log_files").fetchall())
             # This process owns the file (DuckDB's rule), so offsets and meta are cached in memory
             # and changed only together with the transactions that write them.
             self._meta: dict[str, str] = dict(self.con.execute("SELECT key, value FROM meta").fetchall())
             self._offsets: dict[str, int] = {
                 s: int(o) for s, o in self.con.execute("SELECT source, next_offset FROM offsets").fetchall()}
-            self._rows = int(self.con.execute("SELECT count(*) FROM refs").fetchall()[0][0])
-            self._limit_rows = -1
-            self._fit_limit(self.con)
+            if not read_only and "store_format" not in self._meta:
+                self._put_meta({"store_format": STORE_FORMAT}, self.con)
+                self._meta["store_format"] = STORE_FORMAT
+            self._index = RefIndex()
+            self._load_index()
+            self._next_seq = int(self.con.execute("SELECT coalesce(max(seq) + 1, 0) FROM ref_rows").fetchall()[0][0])
+            self._superseded = int(self.con.execute("SELECT count(*) FROM superseded").fetchall()[0][0])
         except duckdb.Error as exc:
             self._status_cursor.close()
             self.con.close()
             raise _damaged(directory, exc) from None
+        except CorruptStoreError:
+            self._status_cursor.close()
+            self.con.close()
+            raise
         meta = self.meta()
         if not read_only:
             self.packs.truncate_to(int(meta.get("pack_id", 0)), int(meta.get("pack_end", 0)))
 
-    def _fit_limit(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Raise DuckDB's memory limit with the rows held (``duckdb_settings``), on ``con``
-        (the connection or cursor of the calling thread; the setting is the database's)."""
-        if self._memory_limit is None or self._rows // LIMIT_STEP_ROWS == self._limit_rows:
-            return
-        self._limit_rows = self._rows // LIMIT_STEP_ROWS
-        limit, _ = duckdb_settings(self._memory_limit, self._rows)
-        con.execute(f"SET memory_limit = '{limit}B'")
+    def _check_format(self) -> None:
+        """Refuse a store file of another layout (``STORE_FORMAT``) before anything writes to it."""
+        kind = self.con.execute(
+            "SELECT table_type FROM information_schema.tables WHERE table_name = 'refs'").fetchall()
+        fmt = self.con.execute(
+            "SELECT value FROM meta WHERE key = 'store_format'").fetchall() if self._has_table("meta") else []
+        if (kind and kind[0][0] != "VIEW") or (fmt and fmt[0][0] != STORE_FORMAT):
+            found = fmt[0][0] if fmt else "1"
+            home = os.path.dirname(os.path.abspath(self.directory))
+            raise CorruptStoreError(
+                f"the store at {self.directory} has format {found}; this dssync reads format {STORE_FORMAT}",
+                hint=f"rebuild the store from the log with 'dssync replay {home}'")
+
+    def _has_table(self, name: str) -> bool:
+        return bool(self.con.execute(
+            "SELECT 1 FROM information_schema.tables WHERE table_name = ?", [name]).fetchall())
+
+    def _load_index(self) -> None:
+        """Fill the reference index from the current rows, a million at a time."""
+        cur = self.con.cursor()
+        try:
+            reader = cur.sql(CURRENT_SQL).to_arrow_reader(1 << 20)
+            assert reader is not None  # a query that ran always has a result
+            for batch in reader:
+                self._index.upsert(self._entries_of(batch))
+        finally:
+            cur.close()
+
+    def _entries_of(self, batch: pa.RecordBatch) -> Entries:
+        """Index entries of rows read from DuckDB (``CURRENT_SQL``'s columns)."""
+        refs = batch.column(1)
+        if refs.type != pa.binary():
+            refs = refs.cast(pa.binary())
+        data = np.frombuffer(refs.buffers()[2], np.uint8)
+        offsets = np.frombuffer(refs.buffers()[1], np.int32, len(refs) + 1, refs.offset)
+        hi, lo = halves(data[int(offsets[0]):int(offsets[-1])].reshape(-1, REF_SIZE))
+        origin = batch.column(6).dictionary_encode()
+        names = origin.dictionary.to_pylist()
+        return Entries(
+            hi=hi, lo=lo, hlc=batch.column(5).to_numpy().astype(np.uint64),
+            seq=batch.column(0).to_numpy().astype(np.uint64),
+            pos=pc.fill_null(batch.column(8).cast(pa.int64()), -1).to_numpy(),
+            size=batch.column(3).to_numpy().astype(np.uint64),
+            pack=pc.fill_null(batch.column(7), -1).to_numpy().astype(np.int32),
+            origin=self._index.origin_ids(names)[origin.indices.to_numpy(zero_copy_only=False)],
+            level=batch.column(2).to_numpy().astype(np.uint8),
+            live=batch.column(4).to_numpy(zero_copy_only=False).astype(bool))
 
     # ------------------------------------------------------------------ reading
 
@@ -286,17 +339,22 @@ class Store:
     def offsets(self) -> dict[str, int]:
         return dict(self._offsets)
 
+    def _held(self, refs: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """The reference index's entry id of each of ``refs`` (-1: not held; a value that is
+        not a reference is never held), and the positions of those that are references."""
+        shaped = [k for k, r in enumerate(refs) if len(r) == REF_SIZE]
+        if not shaped:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        hi, lo = halves(np.frombuffer(b"".join(refs[k] for k in shaped), np.uint8).reshape(-1, REF_SIZE))
+        return self._index.lookup(hi, lo), np.array(shaped, np.int64)
+
     def known(self, refs: list[bytes]) -> set[bytes]:
-        """Which of ``refs`` the store holds live, in one query."""
-        if not refs:
-            return set()
-        if len(refs) <= _probes(self._rows):
-            got = self.con.execute(  # liveness tested here: a second condition makes DuckDB scan every row
-                "SELECT ref, live FROM refs WHERE ref IN (" + ", ".join("?" * len(refs)) + ")", refs).fetchall()
-            return {bytes(r[0]) for r in got if r[1]}
-        with _registered(self.con, "_keys", pa.table({"ref": pa.array(refs, pa.binary())})):
-            rows = self.con.execute("SELECT r.ref FROM refs r JOIN _keys k ON r.ref = k.ref WHERE r.live").fetchall()
-        return {bytes(r[0]) for r in rows}
+        """Which of ``refs`` the store holds live (the reference index; no DuckDB query)."""
+        ids, at = self._held(refs)
+        got = ids >= 0
+        live = np.zeros(len(ids), bool)
+        live[got] = self._index.entries(ids[got]).live
+        return {refs[k] for k in at[live].tolist()}
 
     def digest(self) -> Digest:
         row = self._one(DIGEST_SQL)
@@ -346,10 +404,11 @@ class Store:
         }
 
     def segment_bytes(self, ref: bytes) -> bytes:
-        row = self._one("SELECT pack, pos, size, live FROM refs WHERE ref = ? AND level = 0", [ref])
-        if row is None or not row[3] or row[0] is None:
+        ids, _ = self._held([ref])
+        e = self._index.entries(ids[ids >= 0])
+        if not len(e) or not e.live[0] or e.level[0] != 0 or e.pack[0] < 0:
             raise NotFoundError(f"segment {ref.hex()} is not in the store")
-        return self.packs.read(int(row[0]), int(row[1]), int(row[2]))
+        return self.packs.read(int(e.pack[0]), int(e.pos[0]), int(e.size[0]))
 
     def iter_live_segments(self, batch: int = 10_000) -> Iterator[tuple[bytes, int, int, int]]:
         """(ref, pack, pos, size) of every live segment, in pack order."""
@@ -418,7 +477,9 @@ class Store:
         merge.place_groups(plan, ev, lookup)
         self.packs.sync()
         rows = merge.row_table(plan, ev) if plan.won else None
-        return result, Staged(source, int(cols.offsets[-1]) + 1, plan, ev, rows, self.packs.current, self.packs.end)
+        seq0, self._next_seq = self._next_seq, self._next_seq + plan.won  # a version number per row
+        return result, Staged(source, int(cols.offsets[-1]) + 1, plan, ev, rows, self.packs.current, self.packs.end,
+                              seq0)
 
     def commit_staged(self, staged: Staged, con: duckdb.DuckDBPyConnection | None = None) -> None:
         """The second half of ``apply_columns``: one transaction with the rows, offset and meta.
@@ -426,39 +487,50 @@ class Store:
         self._commit(staged, con or self.con)
 
     def _existing_columns(self, refs: np.ndarray) -> merge.Existing:
-        """The rows held for ``refs`` ((k, 16) uint8): their index in ``refs`` and LWW fields."""
-        k = len(refs)
-        if k == 0:
+        """The rows held for ``refs`` ((k, 16) uint8): their index in ``refs`` and LWW fields,
+        from the reference index."""
+        if not len(refs):
             return merge.Existing.empty()
-        if k <= _probes(self._rows):  # a small apply (a live link): the index, not a scan of every row
-            keys = [bytes(r) for r in refs]
-            got = self.con.execute(
-                "SELECT ref, hlc, origin, live, pack, pos FROM refs WHERE ref IN (" + ", ".join("?" * k) + ")",
-                keys).fetchall()
-            where: dict[bytes, list[int]] = {}
-            for i, key in enumerate(keys):  # a reference can be asked for twice (a child of two groups)
-                where.setdefault(key, []).append(i)
-            return merge.Existing.from_rows([(i, *r[1:]) for r in got for i in where[bytes(r[0])]])
-        with _registered(self.con, "_keys", pa.table({"ref": merge.binary_column(refs), "i": pa.array(np.arange(k))})):
-            table = self.con.sql(
-                "SELECT k.i, r.hlc, r.origin, r.live, r.pack, r.pos FROM _keys k JOIN refs r ON r.ref = k.ref"
-            ).to_arrow_table()
-        return merge.Existing.from_arrow(table)
+        ids = self._index.lookup(*halves(refs))
+        i = np.flatnonzero(ids >= 0)
+        e = self._index.entries(ids[i])
+        origins = list(self._index.origins)  # read after the entries: origins are only added
+        return merge.Existing(i, e.hlc, e.origin.astype(np.int64), origins, e.live,
+                              e.pack.astype(np.int64), e.pos)
+
+    def _planned_entries(self, staged: Staged) -> Entries:
+        """The reference index's entries for the rows ``staged`` writes."""
+        plan, ev = staged.plan, staged.ev
+        r = plan.rows
+        kind = ev.kind[r]
+        group = kind == KIND_REFERENCE
+        hi, lo = halves(ev.ref[r])
+        return Entries(
+            hi=hi, lo=lo, hlc=ev.hlc[r].astype(np.uint64),
+            seq=np.arange(staged.seq0, staged.seq0 + len(r), dtype=np.uint64), pos=plan.pos.copy(),
+            size=np.where(kind == KIND_EVICTED, 0, ev.size[r]).astype(np.uint64),
+            pack=plan.pack.astype(np.int32), origin=self._index.origin_ids(ev.origins)[ev.origin[r]],
+            level=np.where(group, ev.level[r], 0).astype(np.uint8), live=kind != KIND_EVICTED)
 
     def _commit(self, staged: Staged, con: duckdb.DuckDBPyConnection) -> None:
-        """One transaction: new rows (plain insert, the fast path), replaced rows, offset, meta."""
+        """One transaction: the new row versions (an append), the versions they replace (an
+        append to ``superseded``), offset and meta; then the reference index, which shows
+        committed rows only."""
         source, next_offset, plan, ev, rows = staged.source, staged.next_offset, staged.plan, staged.ev, staged.rows
+        entries = self._planned_entries(staged) if rows is not None else None
+        replaced = np.zeros(0, np.uint64)
+        if entries is not None and plan.exists.any():
+            # the versions held now: a staged apply before this one is committed by this time
+            ids = self._index.lookup(entries.hi[plan.exists], entries.lo[plan.exists])
+            replaced = self._index.entries(ids[ids >= 0]).seq
         with _transaction(con):
-            if rows is not None:
-                if plan.exists.all() or not plan.exists.any():
-                    parts = [(rows, "INSERT OR REPLACE" if plan.exists.any() else "INSERT")]
-                else:
-                    exists = pa.array(plan.exists)
-                    parts = [(rows.filter(pc.invert(exists)), "INSERT"), (rows.filter(exists), "INSERT OR REPLACE")]
-                for part, verb in parts:
-                    if part.num_rows:
-                        with _registered(con, "_rows", part):
-                            con.execute(f"{verb} INTO refs SELECT * FROM _rows")
+            if rows is not None and entries is not None:
+                versions = pa.Table.from_arrays([pa.array(entries.seq), *rows.columns], ["seq", *rows.column_names])
+                with _registered(con, "_rows", versions):
+                    con.execute("INSERT INTO ref_rows SELECT * FROM _rows")
+                if len(replaced):
+                    with _registered(con, "_old", pa.table({"seq": replaced})):
+                        con.execute("INSERT INTO superseded SELECT seq FROM _old")
             self._put_offset(source, next_offset, con)
             log_files = self.packs.unsaved_log_files()
             if log_files:
@@ -477,9 +549,21 @@ class Store:
         self._offsets[source] = next_offset
         self._meta.update(meta)
         self.packs.saved(log_files)
-        if rows is not None:
-            self._rows += int(rows.num_rows - plan.exists.sum())
-            self._fit_limit(con)
+        if entries is not None:
+            self._index.upsert(entries)
+            self._superseded += len(replaced)
+            if self._superseded >= max(COMPACT_MIN, len(self._index) * COMPACT_SHARE):
+                self.compact(con)
+
+    def compact(self, con: duckdb.DuckDBPyConnection | None = None) -> int:
+        """Delete the superseded row versions (one scan of the table); return how many."""
+        con = con or self.con
+        with _transaction(con):
+            gone = int(con.execute(
+                "DELETE FROM ref_rows WHERE seq IN (SELECT seq FROM superseded)").fetchall()[0][0])
+            con.execute("DELETE FROM superseded")
+        self._superseded = 0
+        return gone
 
     def _put_offset(self, source: str, next_offset: int, con: duckdb.DuckDBPyConnection) -> None:
         """Write one source's offset: an UPDATE when the row exists (twice as fast as a replace)."""

@@ -196,7 +196,7 @@ def test_verify_catches_a_store_that_differs_from_its_log(
     import duckdb
 
     con = duckdb.connect(os.path.join(store_dir(home), "store.duckdb"))
-    con.execute("UPDATE refs SET hlc = hlc + 1 WHERE ref = (SELECT min(ref) FROM refs)")
+    con.execute("UPDATE ref_rows SET hlc = hlc + 1 WHERE ref = (SELECT min(ref) FROM refs)")
     con.close()
     code, out = _invoke(runner, "verify", home, "--json")
     doc = json.loads(out.split("\nerror:")[0])

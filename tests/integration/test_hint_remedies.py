@@ -113,7 +113,7 @@ def test_a_store_that_differs_from_its_log_is_rebuilt_by_the_replay_verify_names
     run_dssync("ingest", home, _sample(tmp_path))
     digest = _digest(home)
     con = duckdb.connect(os.path.join(store_dir(home), "store.duckdb"))
-    con.execute("UPDATE refs SET hlc = hlc + 1 WHERE ref = (SELECT min(ref) FROM refs)")
+    con.execute("UPDATE ref_rows SET hlc = hlc + 1 WHERE ref = (SELECT min(ref) FROM refs)")
     con.close()
     _, hint = _failure("verify", home, code=9)
     run_dssync(*_hinted(hint, HOME=home))

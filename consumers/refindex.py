@@ -1,0 +1,227 @@
+"""The reference index: each reference's current row, in memory, found in one or two probes.
+
+The store's DuckDB table answers every query that reads many rows (digests, status, snapshots,
+wrapping); this index answers the hot path, reference -> (clock, origin, liveness, location),
+for the merge of every apply, ``known`` and ``segment_bytes``. DuckDB's own answer to that
+path, a primary key, is an ART index that holds 61-69 B per row in memory once an apply has
+touched it and is rewritten at checkpoints (design notes, "The reference index").
+
+The layout, borg's chunk index in numpy: an open-addressing hash table of entry ids (4 B per
+slot, linear probing, at most ``MAX_LOAD`` full) over columns of entries held in fixed-size
+chunks (no column is ever copied to grow, so memory never doubles for a moment). A slot is
+chosen by the reference's leading bits (references are cryptographic hashes, so the bits are
+uniform); a probe compares the whole 16 bytes, so a lookup is exact whatever the slots collide
+on (``hash_bits`` shortens the slot key to force collisions in tests). Every operation is
+vectorized: one round of array operations per probe step, never a Python step per reference.
+
+Entries are never removed (an evicted reference keeps its row, not live, for last-writer-wins).
+Writers are serialized by the store; a lookup may run on another thread during a write and sees
+each entry either before or after it (a writer fills an entry before it publishes its slot, and
+a grown table replaces the old one in one assignment). An entry being overwritten may be read
+torn; the store's only concurrent reader is a replay's next merge, which sees those references
+through the staged apply instead (``Staged.overlay``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+EMPTY = np.uint32(0xFFFFFFFF)
+MAX_LOAD = 0.75
+"""A table is grown (to twice its slots) before it would be fuller than this."""
+CHUNK_BITS = 22
+"""Entries per chunk: 2**22 (4 M), about 230 MB of columns once filled; the memory of a chunk
+is taken as it fills (``np.empty`` pages are touched only when written)."""
+MIN_SLOTS = 1 << 10
+
+FIELDS: dict[str, type] = {
+    "hi": np.uint64, "lo": np.uint64, "hlc": np.uint64, "seq": np.uint64, "pos": np.int64,
+    "size": np.uint64, "pack": np.int32, "origin": np.uint16, "level": np.uint8, "live": np.bool_,
+}
+"""An entry's columns: the reference (two big-endian halves), its row's clock, version number
+(``seq`` of the DuckDB row), location (``pack``/``pos``, -1 for none), size, origin (an index
+into ``origins``), level and liveness: 52 B an entry, plus 4-8 B of slots."""
+
+
+@dataclass
+class Entries:
+    """Some entries' columns, one array per field of ``FIELDS``, ``origin`` indexing ``origins``."""
+
+    hi: np.ndarray
+    lo: np.ndarray
+    hlc: np.ndarray
+    seq: np.ndarray
+    pos: np.ndarray
+    size: np.ndarray
+    pack: np.ndarray
+    origin: np.ndarray
+    level: np.ndarray
+    live: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.hi)
+
+    def take(self, which: np.ndarray) -> Entries:
+        return Entries(**{f: getattr(self, f)[which] for f in FIELDS})
+
+
+def halves(refs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(k, 16) uint8 references as their two 8-byte halves, big-endian (they sort like the bytes)."""
+    k = np.ascontiguousarray(refs).view(">u8").astype(np.uint64).reshape(-1, 2)
+    return k[:, 0].copy(), k[:, 1].copy()
+
+
+class RefIndex:
+    """Reference -> current row, for every reference a store holds (module docstring)."""
+
+    def __init__(self, hash_bits: int = 64) -> None:
+        """``hash_bits``: how many leading bits of a reference choose its slot (64 in use; a
+        small number makes every reference collide, which tests use to show lookups exact)."""
+        if not 1 <= hash_bits <= 64:
+            raise ValueError("hash_bits must be within 1..64")
+        self._hash_mask = np.uint64(((1 << hash_bits) - 1) << (64 - hash_bits))
+        self._chunks: list[dict[str, np.ndarray]] = []
+        self._count = 0
+        self._table = (np.full(MIN_SLOTS, EMPTY, np.uint32), MIN_SLOTS.bit_length() - 1)
+        self.origins: list[str] = []
+        self._origin_at: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return self._count
+
+    def nbytes(self) -> int:
+        """Bytes held: the slots and the filled part of the chunks."""
+        per_entry = sum(np.dtype(t).itemsize for t in FIELDS.values())
+        return int(self._table[0].nbytes) + self._count * per_entry
+
+    # ------------------------------------------------------------------ columns
+
+    def _column(self, field: str, ids: np.ndarray) -> np.ndarray:
+        """The ``field`` of the entries ``ids`` (any order, repeats allowed)."""
+        out: np.ndarray = np.empty(len(ids), FIELDS[field])
+        chunk = ids >> CHUNK_BITS
+        offset = ids & ((1 << CHUNK_BITS) - 1)
+        if len(self._chunks) == 1:
+            out[:] = self._chunks[0][field][offset]
+            return out
+        for c in np.unique(chunk).tolist():
+            at = chunk == c
+            out[at] = self._chunks[c][field][offset[at]]
+        return out
+
+    def entries(self, ids: np.ndarray) -> Entries:
+        """The entries ``ids`` (as ``lookup`` returns them, all present)."""
+        ids = ids.astype(np.int64)
+        return Entries(**{f: self._column(f, ids) for f in FIELDS})
+
+    def _write(self, ids: np.ndarray, e: Entries) -> None:
+        """Overwrite the entries ``ids`` (all held) with ``e``."""
+        chunk = ids >> CHUNK_BITS
+        offset = ids & ((1 << CHUNK_BITS) - 1)
+        for c in np.unique(chunk).tolist():
+            at = chunk == c
+            columns = self._chunks[c]
+            for f in FIELDS:
+                columns[f][offset[at]] = getattr(e, f)[at]
+
+    def _append(self, e: Entries) -> None:
+        """Store ``e`` as the entries ``len(self)`` on, chunk by chunk, in slices (no scatter)."""
+        done = 0
+        while done < len(e):
+            at = self._count + done
+            c, offset = at >> CHUNK_BITS, at & ((1 << CHUNK_BITS) - 1)
+            if c == len(self._chunks):
+                self._chunks.append({f: np.empty(1 << CHUNK_BITS, t) for f, t in FIELDS.items()})
+            n = min(len(e) - done, (1 << CHUNK_BITS) - offset)
+            columns = self._chunks[c]
+            for f in FIELDS:
+                columns[f][offset:offset + n] = getattr(e, f)[done:done + n]
+            done += n
+
+    def origin_ids(self, names: Sequence[str]) -> np.ndarray:
+        """Each origin's index in ``origins``, adding the ones not met yet."""
+        out = np.empty(len(names), np.uint16)
+        for k, n in enumerate(names):
+            at = self._origin_at.get(n)
+            if at is None:
+                if len(self.origins) > 0xFFFF:
+                    raise ValueError("more than 65,536 origins in one store")
+                at = self._origin_at[n] = len(self.origins)
+                self.origins.append(n)
+            out[k] = at
+        return out
+
+    # ------------------------------------------------------------------ slots
+
+    def _home(self, hi: np.ndarray, bits: int) -> np.ndarray:
+        return ((hi & self._hash_mask) >> np.uint64(64 - bits)).astype(np.int64)
+
+    def lookup(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        """The entry id of each reference (its two halves), -1 where the index has none."""
+        slots, bits = self._table  # one read: a table grown meanwhile is seen whole or not at all
+        mask = (1 << bits) - 1
+        found = np.full(len(hi), -1, np.int64)
+        pending = np.arange(len(hi))
+        at = self._home(hi, bits)
+        while len(pending):
+            ids = slots[at]
+            full = ids != EMPTY
+            same = np.zeros(len(pending), bool)
+            if full.any():
+                cand = ids[full].astype(np.int64)
+                p = pending[full]
+                same[full] = (self._column("hi", cand) == hi[p]) & (self._column("lo", cand) == lo[p])
+            found[pending[same]] = ids[same]
+            go_on = full & ~same
+            pending, at = pending[go_on], (at[go_on] + 1) & mask
+        return found
+
+    def _place(self, slots: np.ndarray, bits: int, hi: np.ndarray, ids: np.ndarray) -> None:
+        """Put ``ids`` (entries not in ``slots``, references ``hi``) in their slots, probing on
+        from their home slot. Of several entries after one free slot in a round, one gets it:
+        all are written there, and the one read back is the one that stays."""
+        mask = (1 << bits) - 1
+        at = self._home(hi, bits)
+        while len(ids):
+            free = slots[at] == EMPTY
+            slots[at[free]] = ids[free]
+            left = ~free
+            left[free] = slots[at[free]] != ids[free]
+            ids, at = ids[left], (at[left] + 1) & mask
+
+    def _grow_for(self, count: int) -> None:
+        slots, bits = self._table
+        if count <= MAX_LOAD * len(slots):
+            return
+        while count > MAX_LOAD * (1 << bits) / 1.5:  # room to grow by half again before the next rebuild
+            bits += 1
+        grown = np.full(1 << bits, EMPTY, np.uint32)
+        for c, columns in enumerate(self._chunks):
+            n = min(1 << CHUNK_BITS, self._count - (c << CHUNK_BITS))
+            if n > 0:
+                first = c << CHUNK_BITS
+                self._place(grown, bits, columns["hi"][:n], np.arange(first, first + n, dtype=np.uint32))
+        self._table = (grown, bits)
+
+    # ------------------------------------------------------------------ writing
+
+    def upsert(self, e: Entries) -> None:
+        """Make ``e`` (distinct references) the current entries of their references: the ones
+        held are overwritten in place, the others added."""
+        if not len(e):
+            return
+        ids = self.lookup(e.hi, e.lo)
+        held = ids >= 0
+        if held.any():
+            self._write(ids[held], e.take(held))
+        new = np.flatnonzero(~held)
+        if len(new):
+            self._grow_for(self._count + len(new))
+            fresh = e.take(new)
+            self._append(fresh)  # filled before any slot points at them
+            slots, bits = self._table
+            self._place(slots, bits, fresh.hi, np.arange(self._count, self._count + len(new), dtype=np.uint32))
+            self._count += len(new)
