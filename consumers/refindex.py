@@ -77,15 +77,18 @@ def halves(refs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class RefIndex:
     """Reference -> current row, for every reference a store holds (module docstring)."""
 
-    def __init__(self, hash_bits: int = 64) -> None:
+    def __init__(self, hash_bits: int = 64, chunk_bits: int = CHUNK_BITS, slots: int = MIN_SLOTS) -> None:
         """``hash_bits``: how many leading bits of a reference choose its slot (64 in use; a
-        small number makes every reference collide, which tests use to show lookups exact)."""
-        if not 1 <= hash_bits <= 64:
-            raise ValueError("hash_bits must be within 1..64")
+        small number makes every reference collide, which tests use to show lookups exact).
+        ``chunk_bits`` and ``slots`` (the first table's size, a power of two) are small in
+        tests, so that a few entries cross chunks and grow the table."""
+        if not 1 <= hash_bits <= 64 or slots & (slots - 1) or slots < 2:
+            raise ValueError("hash_bits must be within 1..64 and slots a power of two")
+        self._chunk_bits = chunk_bits
         self._hash_mask = np.uint64(((1 << hash_bits) - 1) << (64 - hash_bits))
         self._chunks: list[dict[str, np.ndarray]] = []
         self._count = 0
-        self._table = (np.full(MIN_SLOTS, EMPTY, np.uint32), MIN_SLOTS.bit_length() - 1)
+        self._table = (np.full(slots, EMPTY, np.uint32), slots.bit_length() - 1)
         self.origins: list[str] = []
         self._origin_at: dict[str, int] = {}
 
@@ -102,8 +105,8 @@ class RefIndex:
     def _column(self, field: str, ids: np.ndarray) -> np.ndarray:
         """The ``field`` of the entries ``ids`` (any order, repeats allowed)."""
         out: np.ndarray = np.empty(len(ids), FIELDS[field])
-        chunk = ids >> CHUNK_BITS
-        offset = ids & ((1 << CHUNK_BITS) - 1)
+        chunk = ids >> self._chunk_bits
+        offset = ids & ((1 << self._chunk_bits) - 1)
         if len(self._chunks) == 1:
             out[:] = self._chunks[0][field][offset]
             return out
@@ -119,8 +122,8 @@ class RefIndex:
 
     def _write(self, ids: np.ndarray, e: Entries) -> None:
         """Overwrite the entries ``ids`` (all held) with ``e``."""
-        chunk = ids >> CHUNK_BITS
-        offset = ids & ((1 << CHUNK_BITS) - 1)
+        chunk = ids >> self._chunk_bits
+        offset = ids & ((1 << self._chunk_bits) - 1)
         for c in np.unique(chunk).tolist():
             at = chunk == c
             columns = self._chunks[c]
@@ -132,10 +135,10 @@ class RefIndex:
         done = 0
         while done < len(e):
             at = self._count + done
-            c, offset = at >> CHUNK_BITS, at & ((1 << CHUNK_BITS) - 1)
+            c, offset = at >> self._chunk_bits, at & ((1 << self._chunk_bits) - 1)
             if c == len(self._chunks):
-                self._chunks.append({f: np.empty(1 << CHUNK_BITS, t) for f, t in FIELDS.items()})
-            n = min(len(e) - done, (1 << CHUNK_BITS) - offset)
+                self._chunks.append({f: np.empty(1 << self._chunk_bits, t) for f, t in FIELDS.items()})
+            n = min(len(e) - done, (1 << self._chunk_bits) - offset)
             columns = self._chunks[c]
             for f in FIELDS:
                 columns[f][offset:offset + n] = getattr(e, f)[done:done + n]
@@ -200,9 +203,9 @@ class RefIndex:
             bits += 1
         grown = np.full(1 << bits, EMPTY, np.uint32)
         for c, columns in enumerate(self._chunks):
-            n = min(1 << CHUNK_BITS, self._count - (c << CHUNK_BITS))
+            n = min(1 << self._chunk_bits, self._count - (c << self._chunk_bits))
             if n > 0:
-                first = c << CHUNK_BITS
+                first = c << self._chunk_bits
                 self._place(grown, bits, columns["hi"][:n], np.arange(first, first + n, dtype=np.uint32))
         self._table = (grown, bits)
 

@@ -108,6 +108,27 @@ def test_a_damaged_duckdb_file_is_rebuilt_by_the_replay_every_command_names(tmp_
     run_dssync("ingest", home, _sample(tmp_path, 10_000, seed=2))
 
 
+def test_a_store_of_the_first_layout_is_refused_and_rebuilt_by_the_replay_every_command_names(
+        tmp_path: Path) -> None:
+    home = _home(tmp_path)
+    run_dssync("ingest", home, _sample(tmp_path))
+    digest = _digest(home)
+    con = duckdb.connect(os.path.join(store_dir(home), "store.duckdb"))  # the layout with a primary key
+    con.execute("CREATE TABLE old AS SELECT * FROM refs")
+    con.execute("DROP VIEW refs; DROP TABLE ref_rows; DROP TABLE superseded")
+    con.execute("DELETE FROM meta WHERE key = 'store_format'")
+    con.execute("CREATE TABLE refs (ref BLOB PRIMARY KEY, level UTINYINT NOT NULL, size UBIGINT NOT NULL, "
+                "live BOOLEAN NOT NULL, hlc UBIGINT NOT NULL, origin VARCHAR NOT NULL, pack INTEGER, pos UBIGINT, "
+                "children BLOB); INSERT INTO refs SELECT * FROM old; DROP TABLE old")
+    con.close()
+    for args in (("status", home), ("inspect", "store", home), ("ingest", home, _sample(tmp_path, 10_000, seed=2))):
+        err, hint = _failure(*args, code=4)
+        assert "format 1" in err and "dssync replay" in hint, (args, err, hint)
+    run_dssync(*_hinted(hint, HOME=home))
+    _verified(home)
+    assert _digest(home) == digest
+
+
 def test_a_store_that_differs_from_its_log_is_rebuilt_by_the_replay_verify_names(tmp_path: Path) -> None:
     home = _home(tmp_path)
     run_dssync("ingest", home, _sample(tmp_path))
