@@ -24,8 +24,13 @@ through the staged apply instead (``Staged.overlay``).
 
 from __future__ import annotations
 
+import json
+import mmap
+import os
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +41,8 @@ CHUNK_BITS = 22
 """Entries per chunk: 2**22 (4 M), about 230 MB of columns once filled; the memory of a chunk
 is taken as it fills (``np.empty`` pages are touched only when written)."""
 MIN_SLOTS = 1 << 10
+MAGIC = b"dssync reference index 1\n"
+ALIGN = 64
 
 FIELDS: dict[str, type] = {
     "hi": np.uint64, "lo": np.uint64, "hlc": np.uint64, "seq": np.uint64, "pos": np.int64,
@@ -85,6 +92,7 @@ class RefIndex:
         if not 1 <= hash_bits <= 64 or slots & (slots - 1) or slots < 2:
             raise ValueError("hash_bits must be within 1..64 and slots a power of two")
         self._chunk_bits = chunk_bits
+        self._hash_bits = hash_bits
         self._hash_mask = np.uint64(((1 << hash_bits) - 1) << (64 - hash_bits))
         self._chunks: list[dict[str, np.ndarray]] = []
         self._count = 0
@@ -160,7 +168,9 @@ class RefIndex:
     # ------------------------------------------------------------------ slots
 
     def _home(self, hi: np.ndarray, bits: int) -> np.ndarray:
-        return ((hi & self._hash_mask) >> np.uint64(64 - bits)).astype(np.int64)
+        if self._hash_mask != np.uint64(0xFFFFFFFFFFFFFFFF):
+            hi = hi & self._hash_mask
+        return (hi >> np.uint64(64 - bits)).astype(np.int64)
 
     def lookup(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
         """The entry id of each reference (its two halves), -1 where the index has none."""
@@ -195,6 +205,10 @@ class RefIndex:
             left[free] = slots[at[free]] != ids[free]
             ids, at = ids[left], (at[left] + 1) & mask
 
+    def reserve(self, count: int) -> None:
+        """Size the table for ``count`` entries now (a bulk load then never grows it)."""
+        self._grow_for(count)
+
     def _grow_for(self, count: int) -> None:
         slots, bits = self._table
         if count <= MAX_LOAD * len(slots):
@@ -218,13 +232,100 @@ class RefIndex:
             return
         ids = self.lookup(e.hi, e.lo)
         held = ids >= 0
-        if held.any():
-            self._write(ids[held], e.take(held))
-        new = np.flatnonzero(~held)
-        if len(new):
-            self._grow_for(self._count + len(new))
-            fresh = e.take(new)
-            self._append(fresh)  # filled before any slot points at them
-            slots, bits = self._table
-            self._place(slots, bits, fresh.hi, np.arange(self._count, self._count + len(new), dtype=np.uint32))
-            self._count += len(new)
+        if not held.any():
+            self.add(e)
+            return
+        self._write(ids[held], e.take(held))
+        if not held.all():
+            self.add(e.take(~held))
+
+    def add(self, e: Entries) -> None:
+        """Add ``e``: distinct references the index does not hold (a bulk load's rows)."""
+        if not len(e):
+            return
+        self._grow_for(self._count + len(e))
+        self._append(e)  # filled before any slot points at them
+        slots, bits = self._table
+        self._place(slots, bits, e.hi, np.arange(self._count, self._count + len(e), dtype=np.uint32))
+        self._count += len(e)
+
+    # ------------------------------------------------------------------ saving
+
+    def save(self, path: str, token: str, covers: int, fsync: bool = True) -> None:
+        """Write the index to ``path`` (atomically: a whole new file renamed over the old), with
+        ``token`` and ``covers`` (the versions it holds: every one below that number), which
+        ``load`` must be given back to use the file: the store keeps both in its DuckDB file."""
+        slots, bits = self._table
+        parts: list[np.ndarray] = [slots]
+        for c, columns in enumerate(self._chunks):
+            n = min(1 << self._chunk_bits, self._count - (c << self._chunk_bits))
+            parts += [columns[f][:max(n, 0)] for f in FIELDS]
+        offsets, at = [], 0
+        for a in parts:
+            offsets.append(at)
+            at += -(-a.nbytes // ALIGN) * ALIGN
+        header = json.dumps({"token": token, "covers": covers, "count": self._count, "bits": bits,
+                             "chunk_bits": self._chunk_bits, "hash_bits": self._hash_bits,
+                             "origins": self.origins, "offsets": offsets, "end": at}).encode()
+        start = -(-(len(MAGIC) + 8 + len(header)) // ALIGN) * ALIGN
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(MAGIC + struct.pack("<Q", len(header)) + header)
+            for a, off in zip(parts, offsets, strict=True):
+                f.seek(start + off)
+                f.write(np.ascontiguousarray(a).data.cast("B"))
+            f.truncate(start + at)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+        if fsync:
+            fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    @classmethod
+    def load(cls, path: str, token: str, covers: int) -> RefIndex | None:
+        """The index saved at ``path`` with this ``token`` and ``covers``; None if there is no
+        such file or it is not whole (the caller then builds the index from the rows).
+
+        The file is mapped copy-on-write: opening costs no read of it, its pages come in as
+        lookups touch them, and changes stay in this process's memory."""
+        try:
+            with open(path, "rb") as f:
+                if f.read(len(MAGIC)) != MAGIC:
+                    return None
+                (length,) = struct.unpack("<Q", f.read(8))
+                header: dict[str, Any] = json.loads(f.read(length))
+                start = -(-(len(MAGIC) + 8 + length) // ALIGN) * ALIGN
+                if header["token"] != token or header["covers"] != covers:
+                    return None
+                if os.fstat(f.fileno()).st_size != start + header["end"]:
+                    return None
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        except (OSError, ValueError, KeyError, struct.error):
+            return None
+        index = cls(hash_bits=header["hash_bits"], chunk_bits=header["chunk_bits"])
+        bits, count, per_chunk = header["bits"], header["count"], 1 << header["chunk_bits"]
+        offsets = iter(header["offsets"])
+        slots = np.frombuffer(mapped, np.uint32, 1 << bits, start + next(offsets))
+        chunks: list[dict[str, np.ndarray]] = []
+        for c in range(-(-count // per_chunk)):
+            n = min(per_chunk, count - c * per_chunk)
+            columns: dict[str, np.ndarray] = {}
+            for field, t in FIELDS.items():
+                saved: np.ndarray = np.frombuffer(mapped, t, n, start + next(offsets))
+                if n < per_chunk:  # the chunk being filled: a whole one in memory, to grow into
+                    column = np.empty(per_chunk, t)
+                    column[:n] = saved
+                    saved = column
+                columns[field] = saved
+            chunks.append(columns)
+        index._table = (slots, bits)
+        index._chunks = chunks
+        index._count = count
+        index.origins = list(header["origins"])
+        index._origin_at = {n: k for k, n in enumerate(index.origins)}
+        return index

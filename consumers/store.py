@@ -244,6 +244,8 @@ class Store:
         self.read_only = read_only
         self._status_cursor = self.con.cursor()  # made here: no other thread uses the connection yet
         self.packs = Packs(os.path.join(directory, "packs"), pack_bytes, fsync)
+        self._fsync = fsync
+        self._index_path = os.path.join(directory, "refindex.bin")
         self._resident = {os.path.abspath(d) for d in resident} if fsync else set()
         try:
             self._check_format()
@@ -258,9 +260,9 @@ class Store:
             if not read_only and "store_format" not in self._meta:
                 self._put_meta({"store_format": STORE_FORMAT}, self.con)
                 self._meta["store_format"] = STORE_FORMAT
-            self._index = RefIndex()
-            self._load_index()
             self._next_seq = int(self.con.execute("SELECT coalesce(max(seq) + 1, 0) FROM ref_rows").fetchall()[0][0])
+            self._covers = self._next_seq  # every version below is committed
+            self._index = self._open_index()
             self._superseded = int(self.con.execute("SELECT count(*) FROM superseded").fetchall()[0][0])
         except duckdb.Error as exc:
             self._status_cursor.close()
@@ -291,18 +293,42 @@ class Store:
         return bool(self.con.execute(
             "SELECT 1 FROM information_schema.tables WHERE table_name = ?", [name]).fetchall())
 
-    def _load_index(self) -> None:
-        """Fill the reference index from the current rows, a million at a time."""
+    def _open_index(self) -> RefIndex:
+        """The reference index: the one saved at the last close if it belongs to this DuckDB
+        file (the token and version count in its meta match), brought up to date with the
+        versions made since; else built from every current row."""
+        token, covers = self._meta.get("refindex_token", ""), int(self._meta.get("refindex_covers", -1))
+        saved = RefIndex.load(self._index_path, token, covers) if covers <= self._covers else None
+        self._saved = (token, covers) if saved is not None else None
+        self.index_loaded = saved is not None
+        """Whether the reference index came from its file (else it was built from the rows)."""
+        index = saved or RefIndex()
+        frm = covers if saved is not None else 0
+        if saved is None:
+            index.reserve(int(self.con.execute("SELECT count(*) FROM ref_rows").fetchall()[0][0]))
         cur = self.con.cursor()
         try:
-            reader = cur.sql(CURRENT_SQL).to_arrow_reader(1 << 20)
+            reader = cur.sql(f"{CURRENT_SQL} WHERE r.seq >= {int(frm)}").to_arrow_reader(1 << 20)
             assert reader is not None  # a query that ran always has a result
             for batch in reader:
-                self._index.upsert(self._entries_of(batch))
+                (index.upsert if saved is not None else index.add)(self._entries_of(batch, index))
         finally:
             cur.close()
+        return index
 
-    def _entries_of(self, batch: pa.RecordBatch) -> Entries:
+    def _save_index(self) -> None:
+        """Save the reference index beside the DuckDB file, then record its token there (a
+        crash between the two leaves a file no token matches: the next open rebuilds)."""
+        if self._saved == (self._meta.get("refindex_token", ""), self._covers):
+            return
+        token = os.urandom(8).hex()
+        self._index.save(self._index_path, token, self._covers, fsync=self._fsync)
+        meta = {"refindex_token": token, "refindex_covers": str(self._covers)}
+        with _transaction(self.con):
+            self._put_meta(meta, self.con)
+        self._meta.update(meta)
+
+    def _entries_of(self, batch: pa.RecordBatch, index: RefIndex) -> Entries:
         """Index entries of rows read from DuckDB (``CURRENT_SQL``'s columns)."""
         refs = batch.column(1)
         if refs.type != pa.binary():
@@ -318,7 +344,7 @@ class Store:
             pos=pc.fill_null(batch.column(8).cast(pa.int64()), -1).to_numpy(),
             size=batch.column(3).to_numpy().astype(np.uint64),
             pack=pc.fill_null(batch.column(7), -1).to_numpy().astype(np.int32),
-            origin=self._index.origin_ids(names)[origin.indices.to_numpy(zero_copy_only=False)],
+            origin=index.origin_ids(names)[origin.indices.to_numpy(zero_copy_only=False)],
             level=batch.column(2).to_numpy().astype(np.uint8),
             live=batch.column(4).to_numpy(zero_copy_only=False).astype(bool))
 
@@ -401,6 +427,8 @@ class Store:
             "log_resident_files": len(self.packs.log_file_ids()),
             "offsets": self.offsets(),
             "max_hlc": int(meta.get("max_hlc", 0)),
+            "ref_index_entries": len(self._index),
+            "ref_index_bytes": self._index.nbytes(),
         }
 
     def segment_bytes(self, ref: bytes) -> bytes:
@@ -551,6 +579,7 @@ class Store:
         self.packs.saved(log_files)
         if entries is not None:
             self._index.upsert(entries)
+            self._covers = staged.seq0 + plan.won
             self._superseded += len(replaced)
             if self._superseded >= max(COMPACT_MIN, len(self._index) * COMPACT_SHARE):
                 self.compact(con)
@@ -682,6 +711,9 @@ class Store:
         write_json(os.path.join(self.directory, "status.json"), doc)
 
     def close(self) -> None:
+        if not self.read_only:
+            with contextlib.suppress(duckdb.Error, OSError, ResourceError):  # the next open rebuilds it
+                self._save_index()
         self.packs.close()
         with contextlib.suppress(duckdb.Error):
             self._status_cursor.close()

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -215,6 +216,37 @@ def test_rows_stay_last_writer_wins_through_compaction_a_reopen_and_a_second_del
     versions, superseded = store.con.execute(
         "SELECT (SELECT count(*) FROM ref_rows), (SELECT count(*) FROM superseded)").fetchall()[0]
     assert versions - superseded == len(want)
+    store.close()
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(shared_events(), st.integers(1, 59))
+def test_an_index_saved_before_the_last_applies_is_brought_up_to_date_at_open(
+        tmp_path_factory: Any, values: list[bytes], cut: int) -> None:
+    """A process killed after applies it made since its index was last saved: the next open
+    loads that index and reads the versions made since from DuckDB."""
+    d = tmp_path_factory.mktemp("s", numbered=True)
+    store = Store(str(d), create=True, fsync=False)
+    store.apply("log:x", [LogRecord(i, 0, v) for i, v in enumerate(values[:cut])])
+    store.close()
+    saved = (d / "refindex.bin").read_bytes()
+    store = Store(str(d))
+    token, covers = store.meta()["refindex_token"], store.meta()["refindex_covers"]
+    store.apply("log:x", [LogRecord(i, 0, v) for i, v in enumerate(values) if i >= cut])
+    store.compact()
+    store.close()
+    (d / "refindex.bin").write_bytes(saved)  # as if the second close had never saved
+    con = duckdb.connect(str(d / "store.duckdb"))
+    con.execute("UPDATE meta SET value = CASE key WHEN 'refindex_token' THEN ? ELSE ? END "
+                "WHERE key IN ('refindex_token', 'refindex_covers')", [token, covers])
+    con.close()
+    store = Store(str(d))
+    assert store.index_loaded
+    want = _model(values)
+    assert {r[0]: (r[1], r[2], r[3], r[4], r[5], r[8]) for r in store.rows()} == want
+    asked = [_ref(i) for i in range(10)] + [_ref(100 + i) for i in range(10)]
+    assert store.known(asked) == {ref for ref, row in want.items() if row[2]}
     store.close()
 
 

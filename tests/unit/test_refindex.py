@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -65,3 +69,44 @@ def test_a_million_random_references_are_all_found_and_absent_ones_are_not() -> 
     assert (index.entries(ids).seq == np.arange(len(refs))).all()
     other = rng.integers(0, 256, (10_000, 16), dtype=np.uint8)
     assert (index.lookup(*halves(other)) == -1).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(POOL), unique=True, max_size=20), min_size=1, max_size=8),
+       st.integers(1, 3), st.integers(0, 7))
+def test_a_saved_index_loads_equal_and_keeps_taking_writes(
+        tmp_path_factory: Any, batches: list[list[bytes]], chunk_bits: int, split: int) -> None:
+    path = str(tmp_path_factory.mktemp("ri", numbered=True) / "refindex.bin")
+    index = RefIndex(hash_bits=2, chunk_bits=chunk_bits, slots=2)
+    loaded: RefIndex | None = None
+    for tag, batch in enumerate(batches):
+        if tag == split % len(batches):
+            index.save(path, "t1", tag)
+            assert RefIndex.load(path, "t2", tag) is None and RefIndex.load(path, "t1", tag + 1) is None
+            loaded = RefIndex.load(path, "t1", tag)
+            assert loaded is not None
+        if batch:
+            index.upsert(_entries(batch, tag))
+            if loaded is not None:
+                loaded.upsert(_entries(batch, tag))
+    assert loaded is not None
+    hi, lo = halves(np.frombuffer(b"".join(POOL), np.uint8).reshape(-1, 16))
+    a, b = index.lookup(hi, lo), loaded.lookup(hi, lo)
+    assert ((a >= 0) == (b >= 0)).all() and len(index) == len(loaded)
+    ea, eb = index.entries(a[a >= 0]), loaded.entries(b[b >= 0])
+    assert all((getattr(ea, f) == getattr(eb, f)).all() for f in FIELDS)
+
+
+def test_a_cut_or_foreign_file_is_not_loaded(tmp_path: Path) -> None:
+    path = str(tmp_path / "refindex.bin")
+    index = RefIndex(chunk_bits=2)
+    index.upsert(_entries(POOL, 0))
+    index.save(path, "t", 5)
+    assert RefIndex.load(path, "t", 5) is not None
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 1)
+    assert RefIndex.load(path, "t", 5) is None
+    with open(path, "wb") as f:
+        f.write(b"not an index at all")
+    assert RefIndex.load(path, "t", 5) is None
+    assert RefIndex.load(str(tmp_path / "absent.bin"), "t", 5) is None
