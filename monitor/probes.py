@@ -169,7 +169,9 @@ class ServiceProbes:
         for peer in self.peers():
             st = mirror_state(svc.home, peer)
             recent = [g for g in st.get("gaps", []) if g.get("at_ms", 0) / 1000 > now - window]
-            in_gap = st.get("state") in ("gap", "bootstrapping") or bool(recent)
+            # a snapshot loaded at pairing is no gap; one that repairs a gap is, until it is loaded
+            repairing = st.get("state") == "bootstrapping" and st.get("repairing", True)
+            in_gap = st.get("state") == "gap" or repairing or bool(recent)
             events = st.get("not_copied_events", 0)
             out[("retention_gap", f"mirror:{peer}")] = (
                 1.0 if in_gap else 0.0,

@@ -82,7 +82,7 @@ class Mirror(MirrorService):
                     self._copy_stream(client, lambda: not stopped())
                 except GapError as exc:
                     self._record_gap(exc)
-                    self._bootstrap(client)
+                    self._bootstrap(client, repair=True)
         finally:
             client.close()
 
@@ -179,13 +179,16 @@ class Mirror(MirrorService):
         self.state["not_copied_bytes"] += gap["bytes"]
         self._set("gap", f"{kind}: {events} events ({gap['bytes']} bytes) not copied; repairing from a snapshot")
 
-    def _bootstrap(self, client: protocol.PeerClient) -> None:
-        """Load a snapshot of the peer's store, then restart the mirror log where it ends."""
+    def _bootstrap(self, client: protocol.PeerClient, repair: bool = False) -> None:
+        """Load a snapshot of the peer's store, then restart the mirror log where it ends.
+        ``repair``: the snapshot fills a gap (the state says so: a gap is an alarm, the
+        snapshot a backup takes at pairing is not)."""
         assert self.peer is not None
         snap_dir = layout.snapshot_dir(self.home, self.peer.name)
         shutil.rmtree(snap_dir, ignore_errors=True)
         os.makedirs(snap_dir)  # from now on the service pauses the old mirror log
-        self._set("bootstrapping", f"loading a snapshot of {self.peer.name}")
+        self.state["repairing"] = repair
+        self._set("bootstrapping", f"loading a snapshot of {self.peer.name}" + (" to repair a gap" if repair else ""))
         covers_to, events, store_id = snapshot.download(client, os.path.join(snap_dir, "log"))
         if self.out is not None:
             self.out.close()
