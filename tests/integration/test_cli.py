@@ -295,5 +295,6 @@ def test_bench_scale_measures_every_size_against_the_smallest_and_each_store_ver
         assert r["verify"]["ok"] and r["open"]["rows"] > r["segments"] * 0.9
         assert r["latency"]["samples"] == 10 and 0 < r["latency"]["p50_ms"] <= r["latency"]["p99_ms"]
         assert r["index_bytes"] > 0 and r["peak_rss_bytes"] > 0 and r["ingest_MB_per_s"] > 0
+        assert r["open"]["index_loaded"] and r["replay"]["refindex_bytes"] > 0  # saved by the replay, mapped at open
     assert small["vs_smallest"] == {"replay": 1.0, "ingest": 1.0, "apply_p99": 1.0, "open": 1.0}
     assert big["vs_smallest"]["replay"] == round(big["replay_events_per_s"] / small["replay_events_per_s"], 3)
