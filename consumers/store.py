@@ -262,7 +262,10 @@ class Store:
                 self._meta["store_format"] = STORE_FORMAT
             self._next_seq = int(self.con.execute("SELECT coalesce(max(seq) + 1, 0) FROM ref_rows").fetchall()[0][0])
             self._covers = self._next_seq  # every version below is committed
-            self._index = self._open_index()
+            self.index_loaded = False
+            """Whether the reference index came from its file (else it was built from the rows)."""
+            # a read-only open (a tool reading counts or a digest) builds the index only if it asks for it
+            self._ref_index: RefIndex | None = None if read_only else self._open_index()
             self._superseded = int(self.con.execute("SELECT count(*) FROM superseded").fetchall()[0][0])
         except duckdb.Error as exc:
             self._status_cursor.close()
@@ -293,6 +296,12 @@ class Store:
         return bool(self.con.execute(
             "SELECT 1 FROM information_schema.tables WHERE table_name = ?", [name]).fetchall())
 
+    @property
+    def _index(self) -> RefIndex:
+        if self._ref_index is None:
+            self._ref_index = self._open_index()
+        return self._ref_index
+
     def _open_index(self) -> RefIndex:
         """The reference index: the one saved at the last close if it belongs to this DuckDB
         file (the token and version count in its meta match), brought up to date with the
@@ -301,7 +310,6 @@ class Store:
         saved = RefIndex.load(self._index_path, token, covers) if covers <= self._covers else None
         self._saved = (token, covers) if saved is not None else None
         self.index_loaded = saved is not None
-        """Whether the reference index came from its file (else it was built from the rows)."""
         index = saved or RefIndex()
         frm = covers if saved is not None else 0
         if saved is None:
@@ -427,8 +435,8 @@ class Store:
             "log_resident_files": len(self.packs.log_file_ids()),
             "offsets": self.offsets(),
             "max_hlc": int(meta.get("max_hlc", 0)),
-            "ref_index_entries": len(self._index),
-            "ref_index_bytes": self._index.nbytes(),
+            "ref_index_entries": len(self._ref_index) if self._ref_index is not None else None,
+            "ref_index_bytes": self._ref_index.nbytes() if self._ref_index is not None else None,
         }
 
     def segment_bytes(self, ref: bytes) -> bytes:
