@@ -154,10 +154,29 @@ class Packs:
         self.current, self.end = pack, end
         return cut
 
+    def _undo(self, current: int, end: int) -> None:
+        """Back to (``current``, ``end``) after a failed write: packs begun since are removed and
+        the pack cut at ``end``, so the next write lands where its position is computed (the
+        file is opened for appending: a partial write left in place would shift every later
+        segment). Best effort: whatever this cannot undo, the open's ``truncate_to`` does."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        with contextlib.suppress(OSError):
+            for pid in self.ids():
+                if pid > current:
+                    os.unlink(self.path(pid))
+            if current > 0:
+                os.truncate(self.path(current), end)
+        self.current, self.end = current, end
+
     def append(self, chunks: list[bytes]) -> list[tuple[int, int]]:
-        """Write ``chunks``; return their (pack, pos). Not committed until the index says so."""
+        """Write ``chunks``; return their (pack, pos). Not committed until the index says so.
+        A failed write leaves the packs as they were (``_undo``) and raises ``ResourceError``."""
         out: list[tuple[int, int]] = []
         buf: list[bytes] = []
+        before = (self.current, self.end)
         try:
             for data in chunks:
                 if self._fd is None:
@@ -171,6 +190,7 @@ class Packs:
                 self.end += len(data)
             self._flush(buf)
         except OSError as exc:
+            self._undo(*before)
             raise from_os_error(exc, "writing a segment pack") from exc
         return out
 
@@ -184,6 +204,7 @@ class Packs:
         ends = np.cumsum(lengths)
         view = memoryview(blob)
         i = at = 0
+        before = (self.current, self.end)
         try:
             while i < n:
                 if self._fd is None:
@@ -201,6 +222,7 @@ class Packs:
                 self.end += upto - at
                 i, at = j, upto
         except OSError as exc:
+            self._undo(*before)
             raise from_os_error(exc, "writing a segment pack") from exc
         return packs, positions
 
@@ -225,8 +247,14 @@ class Packs:
             os.ftruncate(self._fd, self.end)
 
     def sync(self) -> None:
+        """Make the current pack's writes durable. A failed sync raises ``ResourceError``, and
+        nothing written since the last commit is trusted again: the next open cuts the pack to
+        its committed end (after a failed fsync the page cache may hold bytes the disk lost)."""
         if self._fd is not None and self.fsync:
-            os.fdatasync(self._fd)
+            try:
+                os.fdatasync(self._fd)
+            except OSError as exc:
+                raise from_os_error(exc, "syncing a segment pack") from exc
 
     def file_of(self, pack: int) -> str:
         """The file holding location ``pack``: a pack file, or a log segment file."""

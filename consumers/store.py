@@ -152,8 +152,9 @@ def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
         yield
         con.execute("COMMIT")
     except duckdb.IOException as exc:
-        con.execute("ROLLBACK")
-        raise ResourceError(f"the store could not commit: {exc}") from None
+        with contextlib.suppress(duckdb.Error):  # the failed write may have ended the transaction already
+            con.execute("ROLLBACK")
+        raise ResourceError(f"the store could not commit: {str(exc).splitlines()[0]}") from None
     except duckdb.OutOfMemoryException as exc:
         with contextlib.suppress(duckdb.Error):
             con.execute("ROLLBACK")
