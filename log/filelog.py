@@ -191,6 +191,26 @@ class FileLog:
         self._index_fd = os.open(seg.index_path(self.directory, base), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._active_size = os.fstat(self._fd).st_size
         self._last_sync_ms = self._clock_ms()
+        self._mark_synced()
+
+    def _mark_synced(self) -> None:
+        """What a failed sync falls back to: the active segment's size, the next offset, its
+        index entries and the last timestamp as they were at the last sync that worked."""
+        self._synced = (self._active_size, self._next_offset, len(self._entries), self._last_ts)
+
+    def _undo_unsynced(self) -> None:
+        """After a failed sync, forget every batch written since the last good one: cut the
+        segment and its index back, so they are never read or served again. After a failed
+        fsync the page cache may hold bytes the disk lost (PostgreSQL's lesson of 2018), so
+        retrying the sync proves nothing; the caller writes them again or reports the error."""
+        size, nxt, entries, ts = self._synced
+        with contextlib.suppress(OSError):
+            assert self._fd is not None and self._index_fd is not None
+            os.ftruncate(self._fd, size)
+            if os.fstat(self._index_fd).st_size > entries * seg.INDEX_ENTRY.size:
+                os.ftruncate(self._index_fd, entries * seg.INDEX_ENTRY.size)
+        self._active_size, self._next_offset, self._last_ts = size, nxt, ts
+        del self._entries[entries:]
 
     def _require_writer(self) -> None:
         if self._fd is None:
@@ -310,11 +330,15 @@ class FileLog:
                 self._last_sync_ms = now
 
     def _sync(self) -> None:
+        """fsync the active segment; if that fails, undo what it would have made durable
+        (``_undo_unsynced``) and raise ``ResourceError``."""
         if self._fd is not None:
             try:
                 os.fdatasync(self._fd)
             except OSError as exc:
+                self._undo_unsynced()
                 raise from_os_error(exc, "syncing the log") from exc
+            self._mark_synced()
 
     def _roll(self) -> None:
         self._sync()
@@ -379,12 +403,19 @@ class FileLog:
         self._maybe_sync()
 
     def close(self) -> None:
+        """Sync and close. A failed sync still closes every file, then raises its
+        ``ResourceError`` (the batches it would have made durable are cut first)."""
+        failed: DssyncError | None = None
         if self._fd is not None:
-            with contextlib.suppress(DssyncError):
+            try:
                 self._sync()
+            except DssyncError as exc:
+                failed = exc
         self._close_fd("_fd")
         self._close_fd("_index_fd")
         self._close_fd("_lock_fd")
+        if failed is not None:
+            raise failed
 
     def _close_fd(self, name: str) -> None:
         fd = getattr(self, name)
