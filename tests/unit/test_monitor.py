@@ -313,8 +313,9 @@ def test_lag_watch_reprints_every_interval_and_stops_on_interrupt_with_the_worst
     cfg = cfgmod.load(home)
     cfg.monitor.interval_s = 0.5
     cfgmod.save(home, cfg)
-    proc = subprocess.Popen([*command(), "lag", home, "--watch"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # as from a terminal: a test run started in the background inherits SIGINT ignored
+    proc = subprocess.Popen([*command(), "lag", home, "--watch"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(4.0)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
