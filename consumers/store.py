@@ -351,7 +351,7 @@ class Store:
             hi=hi, lo=lo, hlc=batch.column(5).to_numpy().astype(np.uint64),
             seq=batch.column(0).to_numpy().astype(np.uint64),
             pos=pc.fill_null(batch.column(8).cast(pa.int64()), -1).to_numpy(),
-            size=batch.column(3).to_numpy().astype(np.uint64),
+            size=np.minimum(batch.column(3).to_numpy(), 0xFFFFFFFF).astype(np.uint32),
             pack=pc.fill_null(batch.column(7), -1).to_numpy().astype(np.int32),
             origin=index.origin_ids(names)[origin.indices.to_numpy(zero_copy_only=False)],
             level=batch.column(2).to_numpy().astype(np.uint8),
@@ -545,7 +545,7 @@ class Store:
         return Entries(
             hi=hi, lo=lo, hlc=ev.hlc[r].astype(np.uint64),
             seq=np.arange(staged.seq0, staged.seq0 + len(r), dtype=np.uint64), pos=plan.pos.copy(),
-            size=np.where(kind == KIND_EVICTED, 0, ev.size[r]).astype(np.uint64),
+            size=np.minimum(np.where(kind == KIND_EVICTED, 0, ev.size[r]), 0xFFFFFFFF).astype(np.uint32),
             pack=plan.pack.astype(np.int32), origin=self._index.origin_ids(ev.origins)[ev.origin[r]],
             level=np.where(group, ev.level[r], 0).astype(np.uint8), live=kind != KIND_EVICTED)
 
