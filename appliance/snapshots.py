@@ -57,6 +57,7 @@ def load(store: Store, lock: threading.RLock | None, directory: str, peer: str, 
     with guard:
         store.advance(layout.source_name(peer), covers_to)
         store.forget(source)
+        store.rewrite()  # full row groups: no seconds-long checkpoints later (Store.rewrite)
     return applied
 
 
