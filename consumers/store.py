@@ -1,10 +1,11 @@
 """The DuckDB-indexed data store: the projection of one or more logs.
 
-DuckDB holds the index, one row per reference (segment or higher-level reference): its
+DuckDB holds the index, one current row per reference (segment or higher-level reference): its
 level, size, liveness, the (hlc, origin) of the event that last won it, its location in a
-pack file, and the children of a higher-level reference. Segment bytes live in pack files
-(``dssync.consumers.packs``), or in place in the appliance's own log (log-resident segments,
-``resident``). Per source log the store keeps the next offset to apply, in the
+pack file, and the children of a higher-level reference (``SCHEMA``: rows written once, the
+current ones a view); the reference index in memory (``refindex``) finds a reference's row.
+Segment bytes live in pack files (``dssync.consumers.packs``), or in place in the appliance's
+own log (log-resident segments, ``resident``). Per source log the store keeps the next offset to apply, in the
 same transaction as the rows it covers: that is what makes apply exactly-once.
 
 Apply is last-writer-wins per reference on (hlc, origin), so any order and any repetition of
@@ -69,12 +70,12 @@ reference. Nothing locates a row by its reference in DuckDB (there is no DuckDB 
 reference index ``dssync.consumers.refindex`` answers that in memory), so an apply is two plain
 appends whatever the store's size; ``compact`` deletes the superseded versions in bulk."""
 
-REFS_SQL = ("SELECT r.ref, r.level, r.size, r.live, r.hlc, r.origin, r.pack, r.pos, r.children "
-            "FROM ref_rows r ANTI JOIN superseded s ON r.seq = s.seq")
+CURRENT = "FROM ref_rows r ANTI JOIN superseded s ON r.seq = s.seq"
+"""The current row versions: every version no later one replaced."""
+REFS_SQL = f"SELECT r.ref, r.level, r.size, r.live, r.hlc, r.origin, r.pack, r.pos, r.children {CURRENT}"
 SCHEMA = SCHEMA.replace("{REFS}", REFS_SQL)
 ROW_SCHEMA = merge.ROW_SCHEMA
-CURRENT_SQL = ("SELECT r.seq, r.ref, r.level, r.size, r.live, r.hlc, r.origin, r.pack, r.pos "
-               "FROM ref_rows r ANTI JOIN superseded s ON r.seq = s.seq")
+CURRENT_SQL = f"SELECT r.seq, r.ref, r.level, r.size, r.live, r.hlc, r.origin, r.pack, r.pos {CURRENT}"
 """The current rows with their version numbers: what the reference index is built from."""
 COMPACT_MIN = 1 << 16
 COMPACT_SHARE = 1 / 16
