@@ -41,7 +41,7 @@ def replay(home: str, from_offset: int | None = None,
         fresh = open_store(target, cfg, create=True)
         try:
             applied = replay_log(log, fresh, source_name(cfg.name), start, progress)
-            fresh.rewrite()  # full row groups: no seconds-long checkpoints later (Store.rewrite)
+            fresh.rewrite_file()  # full row groups: no seconds-long checkpoints later (Store.rewrite)
         except BaseException:
             fresh.close()
             shutil.rmtree(target, ignore_errors=True)
