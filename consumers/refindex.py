@@ -210,7 +210,7 @@ class RefIndex:
             ids, at = ids[left], (at[left] + 1) & mask
 
     def reserve(self, count: int) -> None:
-        """Size the table for ``count`` entries now (a bulk load then never grows it)."""
+        """Size the table for ``count`` entries at once (a bulk load then never grows it)."""
         self._grow_for(count)
 
     def _grow_for(self, count: int) -> None:
