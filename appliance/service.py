@@ -45,7 +45,7 @@ from dssync.monitor.monitor import Monitor
 from dssync.monitor.probes import ServiceProbes
 from dssync.process import StopFlag, command
 from dssync.producers.optimizer import Optimizer
-from dssync.sync import protocol, server
+from dssync.sync import auth, protocol, server, tls
 
 log = logging.getLogger("dssync.service")
 APPLY_INTERVAL_S = 0.005
@@ -86,6 +86,7 @@ class Service:
         self.stopping = stopping or StopFlag()
         self.restart = False
         self.token = secrets.token_hex(16)
+        self.sync_server: server.Server | None = None
         self.refusals: dict[str, str] = {}
         self.refusal_times: dict[str, tuple[str, float]] = {}
         cfg = cfgmod.load(home)
@@ -208,6 +209,12 @@ class Service:
         report = self.monitor.latest()
         return report if report.get("evaluated") else self.monitor.evaluate()
 
+    def metrics_report(self) -> dict[str, Any]:
+        """What the Prometheus endpoint exports: the monitor's latest report and the sync
+        interface's counters (refused requests by reason, connections dropped at the cap)."""
+        srv = self.sync_server
+        return {**self.monitor.latest(), "sync_server": srv.counters() if srv is not None else {}}
+
     def request_stop(self, restart: bool = False) -> None:
         self.restart = restart
         self.stopping.set()
@@ -218,13 +225,15 @@ class Service:
         sync_srv = None
         if self.config.sync.role:
             host, _, port = self.config.sync.listen.rpartition(":")
+            ctx, fingerprint = tls.server_context(self.home, self.config.name, self.config.sync)
             sync_srv, _ = server.start((host, int(port)), server.SyncHandler, self,
-                                       protocol.ssl_context(self.config.sync, server=True))
+                                       (ctx, fingerprint, auth.derive_key(self.config.sync.secret)))
+        self.sync_server = sync_srv
         ctl_srv, _ = server.start(("127.0.0.1", 0), ControlHandler, self)
         metrics_srv, metrics = None, ""
         if self.config.monitor.metrics_listen:
             try:
-                metrics_srv, metrics = serve_metrics(self.config.monitor.metrics_listen, self.monitor.latest)
+                metrics_srv, metrics = serve_metrics(self.config.monitor.metrics_listen, self.metrics_report)
             except OSError as exc:
                 log.error("no Prometheus endpoint: cannot listen on %s (%s)", self.config.monitor.metrics_listen, exc)
         monitor_thread = threading.Thread(target=self.monitor.run, args=(self.stopping,), name="dssync-monitor",

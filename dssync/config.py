@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from dssync.errors import NotFoundError, UsageError
+from dssync.layout import write_private
 
 FILENAME = "dssync.toml"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -208,6 +209,7 @@ ENV_OVERRIDES = (
     ("DSSYNC_FSYNC", "log", "fsync"),
     ("DSSYNC_KAFKA_PASSWORD", "kafka", "sasl_password"),
     ("DSSYNC_PEER_KAFKA_PASSWORD", "sync", "peer_kafka_password"),
+    ("DSSYNC_SYNC_SECRET", "sync", "secret"),
 )
 """(variable, table, key): settings the environment overrides for one process, never saved."""
 
@@ -260,15 +262,13 @@ def load(home: str) -> Config:
             section = getattr(cfg, table)
             cfg.from_env[f"{table}.{key}"] = getattr(section, key)
             setattr(section, key, os.environ[env])
-    if "DSSYNC_SYNC_SECRET" in os.environ:
-        cfg.sync.secret = os.environ["DSSYNC_SYNC_SECRET"]
     cfg.validate()
     return cfg
 
 
 def save(home: str, cfg: Config) -> None:
+    """Write the configuration durably, 0600 in a 0700 home: it holds the pair's secret (and
+    passwords). Settings taken from the environment are written as they were in the file."""
     cfg.validate()
-    tmp = os.path.join(home, FILENAME + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(dumps(cfg))
-    os.replace(tmp, os.path.join(home, FILENAME))
+    os.chmod(home, 0o700)
+    write_private(os.path.join(home, FILENAME), dumps(cfg).encode())

@@ -146,6 +146,29 @@ def write_json(path: str, doc: Any, mode: int | None = None, durable: bool = Fal
     os.replace(tmp, path)
 
 
+def write_private(path: str, data: bytes) -> None:
+    """Write a secret (a key, a config holding the pair's secret) atomically and durably, 0600
+    from its first byte."""
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path) or ".")
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def mirror_state(home: str, peer: str) -> dict[str, Any]:
     """The mirror's last published state for ``peer`` ({} if it never ran)."""
     return read_json(os.path.join(mirror_dir(home, peer), STATE_FILE))

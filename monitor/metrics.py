@@ -55,6 +55,7 @@ class LagCollector(Collector):
             alarms.add_metric([me, a["alarm"], a["path"], a["severity"]], 1.0)
         yield alarms
         yield _suppressed(me, r)
+        yield from _sync_server(me, r.get("sync_server") or {})
 
 
 def _suppressed(me: str, r: dict[str, Any]) -> CounterMetricFamily:
@@ -62,6 +63,20 @@ def _suppressed(me: str, r: dict[str, Any]) -> CounterMetricFamily:
                             labels=["appliance"])
     c.add_metric([me], float(r.get("notifications_suppressed", 0)))
     return c
+
+
+def _sync_server(me: str, counters: dict[str, Any]) -> Iterator[CounterMetricFamily]:
+    """The sync interface's refusals: requests refused before any work (unauthenticated,
+    replayed, stale, failed TLS handshakes), by reason, and connections closed at the cap."""
+    refused = CounterMetricFamily("dssync_sync_requests_refused", "Requests refused before any work, by reason.",
+                                  labels=["appliance", "reason"])
+    for reason, n in sorted((counters.get("refused_requests") or {}).items()):
+        refused.add_metric([me, reason], float(n))
+    yield refused
+    dropped = CounterMetricFamily("dssync_sync_connections_dropped", "Connections closed at the connection cap.",
+                                  labels=["appliance"])
+    dropped.add_metric([me], float(counters.get("dropped_connections", 0)))
+    yield dropped
 
 
 def serve_metrics(address: str, report: Callable[[], dict[str, Any]]) -> tuple[Any, str]:

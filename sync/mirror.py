@@ -128,7 +128,8 @@ class Mirror(MirrorService):
             try:
                 while keep_going():
                     status, _headers, body = client.get(
-                        f"/v1/log?from={frm}&max_bytes={self.max_bytes}&wait_ms={self.wait_ms}")
+                        f"/v1/log?from={frm}&max_bytes={self.max_bytes}&wait_ms={self.wait_ms}",
+                        limit=self.max_bytes + protocol.MAX_BATCH_BYTES)
                     if writing is not None:
                         self._count(writing.result())
                         writing = None

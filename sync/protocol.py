@@ -1,36 +1,41 @@
-"""The sync-interface protocol: HTTP (TLS when configured) between the two appliances.
+"""The sync-interface protocol: HTTP over TLS between the two appliances.
 
-Every request carries the caller's identity and an HMAC-SHA256 over method, path, time and
-identity, keyed by the pair's shared secret: a peer without the secret is refused (401), and
-so is one whose model or software version differs (409), on both sides, with the reason.
+Every request and every reply is authenticated under the pair's shared secret, and a request
+is single use and bound to the server's certificate (``dssync.sync.auth``); TLS needs no CA
+(``dssync.sync.tls``). A peer without the secret is refused (401), and so is one whose model or
+software version differs (409), on both sides, with the reason.
 
 Endpoints served by ``dssync serve`` on the sync interface::
 
     GET /v1/identity                               this appliance's identity (JSON)
     GET /v1/log?from=N&max_bytes=M&wait_ms=W       raw log batches from offset N (long poll)
-    GET /v1/snapshot                               the store as events, in raw batches
+    GET /v1/snapshot                               the store as events, in raw batches, each tagged
     GET /v1/position?at=N                          log start/end, append time at N, bytes from N
     GET /v1/digest                                 the store's digest and offsets (convergence)
+
+Error contract of ``PeerClient``: a peer that cannot be reached, hangs up or answers 503 raises
+``TransientError``; a refusal, or a reply the secret does not authenticate, raises
+``PairingRefusedError``; a reply over its size cap raises ``TransientError`` without reading it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import http.client
 import json
-import ssl
-import time
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from dssync.config import SyncConfig
 from dssync.errors import PairingRefusedError, TransientError
+from dssync.sync import auth, tls
 
-MAX_SKEW_S = 300
-H_TIME = "X-Dssync-Time"
-H_AUTH = "X-Dssync-Auth"
-H_IDENTITY = "X-Dssync-Identity"
+MAX_LOG_BYTES = 64 << 20
+"""The most a log reply carries beyond the first batch (the server caps ``max_bytes`` here)."""
+MAX_BATCH_BYTES = 64 << 20
+"""The largest batch the link carries (the writers' batches are a few MiB)."""
+MAX_WAIT_MS = 10_000
+"""The longest long poll a server holds a connection for."""
+MAX_JSON_BYTES = 1 << 20
+"""Replies other than log batches and snapshots are small JSON documents."""
 
 
 @dataclass(frozen=True)
@@ -71,44 +76,9 @@ def incompatibility(mine: Identity, theirs: Identity) -> str | None:
     return None
 
 
-def sign(secret: str, method: str, path: str, ts: str, identity: str) -> str:
-    msg = "\n".join((method, path, ts, identity)).encode()
-    return hmac.new(secret.encode(), msg, hashlib.sha256).hexdigest()
-
-
-def check_request(secret: str, method: str, path: str, headers: Any, now: float | None = None) -> Identity:
-    """Authenticate a request; return the caller's identity or raise PairingRefusedError."""
-    ts, auth, ident = headers.get(H_TIME, ""), headers.get(H_AUTH, ""), headers.get(H_IDENTITY, "")
-    try:
-        skew = abs((now or time.time()) - float(ts))
-    except ValueError:
-        raise PairingRefusedError("request without a valid timestamp") from None
-    if skew > MAX_SKEW_S:
-        raise PairingRefusedError(f"clocks differ by {skew:.0f} s", hint="synchronize the appliances' clocks (NTP)")
-    if not hmac.compare_digest(sign(secret, method, path, ts, ident), auth):
-        raise PairingRefusedError("wrong shared secret: the peer does not belong to this pair",
-                                  hint="configure the same --secret on both appliances")
-    return Identity.from_json(ident)
-
-
-def ssl_context(cfg: SyncConfig, server: bool) -> ssl.SSLContext | None:
-    if not cfg.tls_cert and not cfg.tls_ca:
-        return None
-    if server:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key or None)
-        if cfg.tls_ca:
-            ctx.load_verify_locations(cfg.tls_ca)
-            ctx.verify_mode = ssl.CERT_REQUIRED
-        return ctx
-    ctx = ssl.create_default_context(cafile=cfg.tls_ca or None)
-    if cfg.tls_cert:
-        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key or None)
-    return ctx
-
-
 class PeerClient:
-    """Authenticated requests to the peer's sync interface."""
+    """Authenticated requests to the peer's sync interface (module docstring: error contract).
+    One connection, one request at a time."""
 
     def __init__(self, cfg: SyncConfig, me: Identity, timeout_s: float = 10.0) -> None:
         self.cfg = cfg
@@ -116,41 +86,72 @@ class PeerClient:
         host, _, port = cfg.peer.rpartition(":")
         self.host, self.port = host, int(port)
         self.timeout_s = timeout_s
-        self._ctx = ssl_context(cfg, server=False)
-        self._conn: http.client.HTTPConnection | None = None
+        self.key = auth.derive_key(cfg.secret)
+        self._ctx = tls.client_context(cfg)
+        self._session = auth.Session()
+        self._conn: http.client.HTTPSConnection | None = None
+        self._destination = ""
 
-    def _connection(self) -> http.client.HTTPConnection:
+    def connection(self) -> tuple[http.client.HTTPSConnection, str]:
+        """The open connection and the fingerprint of the certificate its server presented."""
         if self._conn is None:
-            if self._ctx is not None:
-                self._conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout_s,
-                                                         context=self._ctx)
-            else:
-                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
-        return self._conn
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout_s, context=self._ctx)
+            try:
+                conn.connect()
+                der = conn.sock.getpeercert(binary_form=True) if conn.sock is not None else None
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                raise TransientError(f"peer {self.cfg.peer} unreachable: {exc or type(exc).__name__}") from None
+            if not der:
+                conn.close()
+                raise PairingRefusedError(f"{self.cfg.peer} presented no TLS certificate")
+            self._conn, self._destination = conn, tls.fingerprint(der)
+        return self._conn, self._destination
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
-    def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
-        """GET ``path``; (status, headers, body). Connection failures raise TransientError."""
-        ts = f"{time.time():.3f}"
-        ident = self.me.to_json()
-        headers = {H_TIME: ts, H_IDENTITY: ident, H_AUTH: sign(self.cfg.secret, "GET", path, ts, ident)}
+    def request(self, path: str) -> tuple[http.client.HTTPResponse, str]:
+        """Send a signed GET of ``path``; (the response, headers read, body not; its request tag)."""
+        conn, destination = self.connection()
+        headers = self._session.headers(self.key, "GET", path, self.me.to_json(), destination)
         try:
-            conn = self._connection()
             conn.request("GET", path, headers=headers)
-            resp = conn.getresponse()
+            return conn.getresponse(), headers[auth.H_AUTH]
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise TransientError(f"peer {self.cfg.peer} unreachable: {exc or type(exc).__name__}") from None
+
+    def get(self, path: str, limit: int = MAX_JSON_BYTES) -> tuple[int, dict[str, str], bytes]:
+        """GET ``path``; (status, headers, body), the reply authenticated, its body at most
+        ``limit`` bytes."""
+        resp, tag = self.request(path)
+        try:
+            length = int(resp.getheader("Content-Length") or -1)
+            if length < 0 or length > limit:
+                self.close()
+                raise TransientError(f"peer {self.cfg.peer} answered {path.split('?')[0]} with "
+                                     f"{'no length' if length < 0 else f'{length} bytes'} (at most {limit})")
             body = resp.read()
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             raise TransientError(f"peer {self.cfg.peer} unreachable: {exc or type(exc).__name__}") from None
+        headers = {k.lower(): v for k, v in resp.getheaders()}
+        try:
+            auth.check_reply(self.key, tag, resp.status, headers, [body], self.cfg.peer)
+        except PairingRefusedError as exc:
+            self.close()
+            if resp.status in (401, 409):
+                raise PairingRefusedError(f"{self.cfg.peer} refused to pair: {body[:200].decode(errors='replace')}"
+                                          " (its reply is not signed with our secret)", hint=exc.hint) from None
+            raise
         if resp.status in (401, 409):
             raise PairingRefusedError(f"{self.cfg.peer} refused to pair: {body.decode(errors='replace')}")
         if resp.status == 503:
             raise TransientError(f"peer {self.cfg.peer} is not syncing yet: {body.decode(errors='replace')}")
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+        return resp.status, headers, body
 
     def identity(self) -> Identity:
         status, _, body = self.get("/v1/identity")

@@ -10,16 +10,16 @@ ordinary log batches (offsets from 0), and land in a snapshot log the service re
 
 from __future__ import annotations
 
-import time
+import http.client
 from collections.abc import Iterable, Iterator
 
 from dssync.consumers.packs import Packs
 from dssync.consumers.store import Row
-from dssync.errors import CorruptStoreError, TransientError
+from dssync.errors import CorruptLogError, CorruptStoreError, PairingRefusedError, TransientError
 from dssync.log import batch as batchfmt
 from dssync.log.filelog import FileLog
 from dssync.schemas import encode, encode_segment_stored, origin_field
-from dssync.sync import protocol
+from dssync.sync import auth, protocol
 from dssync.sync.protocol import PeerClient
 
 BATCH_BYTES = 1 << 20
@@ -60,50 +60,80 @@ def download(client: PeerClient, directory: str) -> tuple[int, int, str]:
     """Fetch the peer's snapshot into a new file log at ``directory``.
 
     Returns (covers_to, events, store_id): the snapshot holds the effect of the peer's own
-    log below ``covers_to``. A broken transfer raises ``TransientError`` (retry from scratch).
+    log below ``covers_to``. The reply's headers and every batch are authenticated (chained
+    tags, ``auth.StreamTags``) and a batch is written only once its tag is checked; the stream
+    must end with its end frame. A broken or refused transfer raises ``TransientError`` or
+    ``PairingRefusedError`` (retry from scratch); nothing of it is loaded.
     """
-    conn = client._connection()
-    ts = f"{time.time():.3f}"
-    ident = client.me.to_json()
-    conn.request("GET", "/v1/snapshot", headers={
-        protocol.H_TIME: ts, protocol.H_IDENTITY: ident,
-        protocol.H_AUTH: protocol.sign(client.cfg.secret, "GET", "/v1/snapshot", ts, ident)})
+    resp, tag = client.request("/v1/snapshot")
+    peer = client.cfg.peer
     try:
-        resp = conn.getresponse()
         if resp.status != 200:
-            body = resp.read().decode(errors="replace")
+            body = resp.read(protocol.MAX_JSON_BYTES).decode(errors="replace")
+            client.close()
             raise TransientError(f"snapshot request failed with HTTP {resp.status}: {body}")
-        covers_to = int(resp.getheader("X-Dssync-Covers-To") or 0)
-        store_id = resp.getheader("X-Dssync-Store-Id") or ""
+        headers = {k.lower(): v for k, v in resp.getheaders()}
+        auth.check_reply(client.key, tag, 200, headers, [], peer)
+        reply = headers[auth.H_REPLY.lower()]
+        covers_to = int(headers.get("x-dssync-covers-to") or 0)
+        store_id = headers.get("x-dssync-store-id") or ""
+        tags = auth.StreamTags(client.key, reply)
         snap = FileLog(directory, writer=True, create=True, fsync="never")
         buf = bytearray()
         events = 0
+        ended = False
         try:
-            while True:
+            while not ended:
                 chunk = resp.read(1 << 20)
                 if not chunk:
                     break
                 buf += chunk
-                for raw in split_batches(buf):
+                for raw, frame_tag in split_frames(buf):
+                    if raw is None:
+                        tags.check(auth.END_FRAME, frame_tag, peer)
+                        ended = True
+                        break
+                    tags.check(raw, frame_tag, peer)
                     snap.append_raw(raw)
                     events += batchfmt.check_header(raw[: batchfmt.HEADER_SIZE])[2]
             snap.flush()
         finally:
             snap.close()
-    except OSError as exc:
+    except (OSError, http.client.HTTPException, CorruptLogError) as exc:
         client.close()
         raise TransientError(f"snapshot transfer broke: {exc}") from None
-    if buf:
-        raise TransientError("the snapshot transfer ended inside a batch")
+    except PairingRefusedError:
+        client.close()
+        raise
+    if not ended or buf:
+        client.close()
+        raise TransientError("the snapshot transfer ended before its end frame")
     return covers_to, events, store_id
 
 
-def split_batches(buf: bytearray) -> Iterator[bytes]:
-    """Take whole batches off the front of ``buf`` (a receive buffer); leave the rest."""
-    while len(buf) >= batchfmt.HEADER_SIZE:
+def split_frames(buf: bytearray) -> Iterator[tuple[bytes | None, bytes]]:
+    """Take whole frames (a batch and its tag, or the end frame: None) off the front of ``buf``
+    (a receive buffer); leave the rest. A batch over the link's cap is refused unread."""
+    while True:
+        if buf[: len(auth.END_FRAME)] == auth.END_FRAME:
+            need = len(auth.END_FRAME) + auth.TAG_BYTES
+            if len(buf) < need:
+                return
+            tag = bytes(buf[len(auth.END_FRAME) : need])
+            del buf[:need]
+            yield None, tag
+            return
+        if len(buf) < batchfmt.HEADER_SIZE:
+            return
         total, _base, _count, _ts = batchfmt.check_header(bytes(buf[: batchfmt.HEADER_SIZE]))
-        if len(buf) < total:
+        if total > protocol.MAX_BATCH_BYTES:
+            raise CorruptLogError(f"a snapshot batch of {total} bytes (the link carries at most "
+                                  f"{protocol.MAX_BATCH_BYTES})")
+        if len(buf) < total + auth.TAG_BYTES:
             return
         raw = bytes(buf[:total])
-        del buf[:total]
-        yield raw
+        tag = bytes(buf[total : total + auth.TAG_BYTES])
+        del buf[: total + auth.TAG_BYTES]
+        yield raw, tag
+
+

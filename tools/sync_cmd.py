@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
@@ -177,29 +177,39 @@ def sync_group() -> None:
               help="kafka-sites: the peer cluster's security, e.g. SASL_SSL:SCRAM-SHA-512:dssync (password from "
                    "DSSYNC_PEER_KAFKA_PASSWORD when the mirror runs); default: this site's settings.")
 @click.option("--peer-kafka-cafile", default="", help="kafka-sites: CA file for the peer cluster's TLS.")
-@click.option("--secret", envvar="DSSYNC_SYNC_SECRET", required=True,
-              help="Shared secret of the pair (or DSSYNC_SYNC_SECRET).")
+@click.option("--secret-file", type=click.File("r"), default=None,
+              help="A file whose first line is the pair's shared secret (- for standard input). Without it: "
+                   "DSSYNC_SYNC_SECRET for this process only (never written), or a prompt.")
+@click.option("--secret", default=None, hidden=True,
+              help="The secret on the command line: visible in ps and shell history; use --secret-file.")
 @click.option("--traffic-address", default=None, help="The in-path address (never used for sync).")
 @click.option("--tls-cert", default="", help="PEM certificate for TLS on the sync interface.")
 @click.option("--tls-key", default="", help="PEM key of --tls-cert.")
 @click.option("--tls-ca", default="", help="CA that signed the peer's certificate (enables client certs).")
 def configure(home: str, role: str, peer: str, listen: str, interface: str, transport: str, peer_kafka: str,
-              peer_kafka_security: str, peer_kafka_cafile: str, secret: str, traffic_address: str | None,
-              tls_cert: str, tls_key: str, tls_ca: str) -> None:
+              peer_kafka_security: str, peer_kafka_cafile: str, secret_file: TextIO | None, secret: str | None,
+              traffic_address: str | None, tls_cert: str, tls_key: str, tls_ca: str) -> None:
     """Configure pairing. The master restarts its service by itself; the backup must be
     restarted by its operator, and its store is then overwritten by the master's.
 
     \b
     Example:
-      dssync sync configure /srv/sh1 --role master --peer 10.0.0.2:7070 --listen 10.0.0.1:7070 --secret S
-      dssync sync configure /srv/sh2 --role backup --peer 10.0.0.1:7070 --listen 10.0.0.2:7070 --secret S
+      dssync sync configure /srv/sh1 --role master --peer 10.0.0.2:7070 --listen 10.0.0.1:7070 \\
+          --secret-file /root/pair.secret
+      dssync sync configure /srv/sh2 --role backup --peer 10.0.0.1:7070 --listen 10.0.0.2:7070 \\
+          --secret-file /root/pair.secret
       dssync service restart /srv/sh2
     """
     cfg = cfgmod.load(home)
+    secret, from_env = _pair_secret(secret_file, secret)
     cfg.sync = cfgmod.SyncConfig(role=role, peer=peer, listen=listen, interface=interface, secret=secret,
                                  transport=transport, peer_kafka=peer_kafka,
                                  peer_kafka_security=peer_kafka_security, peer_kafka_cafile=peer_kafka_cafile,
                                  state="restart-required", tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
+    if from_env:
+        cfg.from_env["sync.secret"] = ""  # the environment's secret serves this process; the file keeps none
+    else:
+        cfg.from_env.pop("sync.secret", None)
     if traffic_address is not None:
         cfg.traffic.address = traffic_address
     cfgmod.save(home, cfg)
@@ -213,6 +223,25 @@ def configure(home: str, role: str, peer: str, listen: str, interface: str, tran
     else:
         click.echo(f"{cfg.name}: configured as backup of {peer}: restart required "
                    f"(run 'dssync service restart {home}', or start 'dssync serve {home}')")
+
+
+def _pair_secret(secret_file: TextIO | None, secret: str | None) -> tuple[str, bool]:
+    """The pair's secret and whether it came from the environment (then it is never written)."""
+    if secret_file is not None:
+        value = secret_file.readline().strip()
+        if not value:
+            raise UsageError(f"{secret_file.name} holds no secret on its first line",
+                             hint="write the secret (16 characters or more) on the file's first line")
+        return value, False
+    if secret is not None:
+        click.echo("warning: a secret on the command line is visible to every user in ps and stays in shell "
+                   "history; use --secret-file (or DSSYNC_SYNC_SECRET, or the prompt)", err=True)
+        return secret, False
+    if os.environ.get("DSSYNC_SYNC_SECRET"):
+        return os.environ["DSSYNC_SYNC_SECRET"], True
+    if not sys.stdin.isatty():
+        raise UsageError("no shared secret given", hint="pass --secret-file FILE (or - to read it from standard input)")
+    return str(click.prompt("Shared secret of the pair", hide_input=True, confirmation_prompt=True)), False
 
 
 @click.group("service")
