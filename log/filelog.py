@@ -10,9 +10,19 @@ Durability: ``fsync="always"`` (default) fsyncs every append before it returns;
 kill loses nothing under any policy (the page cache survives); a power cut can lose the
 un-fsynced tail, which recovery then cuts cleanly.
 
-Recovery: opening for writing validates every batch of every segment, truncates at the first
-torn or corrupt batch, deletes any later segment, rebuilds indexes, and reports how many bytes
-it cut in ``recovery``.
+Recovery: opening for writing finds where the log ends and cuts what a crash left torn, at a
+cost that does not grow with the log (Kafka's recovery point and clean-shutdown marker):
+
+* a sealed segment (any but the last) was synced when the next one began: it is trusted once
+  its last indexed batch checks (CRC, offset, and it ends the file where the next segment's
+  offsets begin); otherwise it is scanned batch by batch;
+* the last segment is trusted as ``CLEAN`` describes it when a writer closed it cleanly and
+  nothing changed it since (same base, same size); otherwise it is scanned, truncated at the
+  first torn or corrupt batch, and its index rebuilt.
+
+A segment cut short deletes the segments after it (their offsets no longer follow), and
+``recovery`` reports the bytes cut. Readers re-check every batch's CRC, so damage inside a
+trusted segment is found when it is read (``CorruptLogError``), not served.
 """
 
 from __future__ import annotations
@@ -45,6 +55,9 @@ from dssync.log.columns import RecordColumns
 FSYNC_POLICIES = ("always", "interval", "never")
 LOCK = "LOCK"
 RETIRED = "retired.jsonl"
+CLEAN = "clean.json"
+"""Written by a writer's clean close: the last segment's base, size, index entries, next offset
+and last timestamp, so that the next open need not scan it."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,25 @@ class RecoveryReport:
     @property
     def clean(self) -> bool:
         return self.bytes_cut == 0
+
+
+def _trusted_sealed(path: str, base: int, next_base: int, prev_ts: int) -> seg.ScanResult | None:
+    """A sealed segment from its index, once its last indexed batch checks and ends the file
+    where ``next_base`` begins; None when anything disagrees (then it is scanned)."""
+    entries = seg.read_index(os.path.dirname(path), base)
+    if not entries or entries[0][0] != base or entries[0][2] < prev_ts:
+        return None
+    offset, pos, ts = entries[-1]
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(pos)
+            b = batchfmt.read_from(f)
+    except (OSError, CorruptLogError, batchfmt.Incomplete):
+        return None
+    if b is None or (b.base_offset, b.timestamp_ms, pos + b.size, b.next_offset) != (offset, ts, size, next_base):
+        return None
+    return seg.ScanResult(entries=entries, valid_end=size, next_offset=next_base, last_timestamp=ts, file_size=size)
 
 
 def _now_ms() -> int:
@@ -168,7 +200,10 @@ class FileLog:
                 _unlink_quiet(seg.index_path(self.directory, base))
                 deleted += 1
                 continue
-            r = seg.scan(path, base, prev_ts)
+            last = i == len(bases) - 1
+            r = self._trusted_clean(path, base, prev_ts) if last else _trusted_sealed(path, base, bases[i + 1], prev_ts)
+            if r is None:
+                r = seg.scan(path, base, prev_ts)
             batches += len(r.entries)
             if r.problem:
                 problem = f"{os.path.basename(path)}: {r.problem}"
@@ -184,6 +219,33 @@ class FileLog:
         self._next_offset = expected
         self._last_ts = prev_ts
         return RecoveryReport(len(self._segments), batches, cut, deleted, problem)
+
+    def _trusted_clean(self, path: str, base: int, prev_ts: int) -> seg.ScanResult | None:
+        """The last segment as the clean close left it, or None (then it is scanned)."""
+        try:
+            with open(os.path.join(self.directory, CLEAN), encoding="utf-8") as f:
+                doc = json.load(f)
+            size = os.path.getsize(path)
+            if doc.get("base") != base or doc.get("size") != size or int(doc["last_ts"]) < prev_ts:
+                return None
+            entries = seg.read_index(self.directory, base)[: int(doc["entries"])]
+            if len(entries) != int(doc["entries"]) or (entries and entries[0][0] != base):
+                return None
+            return seg.ScanResult(entries=entries, valid_end=size, next_offset=int(doc["next_offset"]),
+                                  last_timestamp=int(doc["last_ts"]), file_size=size)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _write_clean(self) -> None:
+        """Record the last segment as this clean close leaves it (synced): ``CLEAN``."""
+        doc = {"base": self._segments[-1], "size": self._active_size, "entries": len(self._entries),
+               "next_offset": self._next_offset, "last_ts": self._last_ts}
+        tmp = os.path.join(self.directory, CLEAN + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(doc, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(self.directory, CLEAN))
 
     def _open_active(self) -> None:
         base = self._segments[-1]
@@ -409,8 +471,11 @@ class FileLog:
         if self._fd is not None:
             try:
                 self._sync()
+                self._write_clean()
             except DssyncError as exc:
                 failed = exc
+            except OSError:
+                pass  # no marker: the next open scans the last segment
         self._close_fd("_fd")
         self._close_fd("_index_fd")
         self._close_fd("_lock_fd")

@@ -12,7 +12,7 @@ import pytest
 
 from dssync.errors import CorruptLogError, LockedError, OffsetOutOfRangeError, ResourceError
 from dssync.log import segment as seg
-from dssync.log.filelog import FileLog
+from dssync.log.filelog import CLEAN, FileLog
 
 
 def _fill(directory: str, batches: int = 40, per_batch: int = 5, segment_bytes: int = 16 * 1024) -> list[bytes]:
@@ -60,7 +60,7 @@ def test_truncation_at_a_random_byte_recovers_a_prefix_and_reports_the_cut(tmp_p
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_a_flipped_byte_is_never_returned_and_reopen_cuts_from_it(tmp_path: Path, seed: int) -> None:
+def test_a_flipped_byte_is_never_returned_before_or_after_a_reopen(tmp_path: Path, seed: int) -> None:
     d = str(tmp_path / "log")
     values = _fill(d)
     rng = random.Random(100 + seed)
@@ -72,16 +72,58 @@ def test_a_flipped_byte_is_never_returned_and_reopen_cuts_from_it(tmp_path: Path
         b = f.read(1)
         f.seek(pos)
         f.write(bytes([b[0] ^ (1 << rng.randrange(8))]))
-    # A reader either stops before the damage or raises; it never returns a changed value.
-    try:
-        got = [r.value for r in FileLog(d).read(0, 10_000)]
-        assert got == values[: len(got)]
-    except CorruptLogError:
-        pass
+
+    def read_all(log: FileLog) -> list[bytes] | None:
+        """What a reader returns: a prefix of what was written, or None when it stops at the damage."""
+        try:
+            got = [r.value for r in log.read(0, 10_000)]
+        except CorruptLogError:
+            return None
+        assert got == values[: len(got)]  # nothing changed, nothing reordered
+        return got
+
+    read_all(FileLog(d))
     with FileLog(d, writer=True) as log:
-        assert log.recovery is not None and log.recovery.bytes_cut > 0
-        got = [r.value for r in log.read(0, 10_000)]
-        assert got == values[: len(got)] and len(got) < len(values)
+        got = read_all(log)
+        assert got is None or len(got) < len(values)  # the damaged batch is never read as good
+
+
+def test_damage_inside_a_sealed_segment_keeps_the_segments_after_it(tmp_path: Path) -> None:
+    """Opening trusts a sealed segment whose last batch checks: damage in its middle is found
+    by the reader that reaches it (an error naming the segment), and the later segments, intact,
+    stay readable."""
+    d = str(tmp_path / "log")
+    values = _fill(d)
+    files = _all_segment_bytes(d)
+    assert len(files) >= 3
+    path, size = files[1]
+    with open(path, "r+b") as f:
+        f.seek(size // 3)
+        b = f.read(1)
+        f.seek(size // 3)
+        f.write(bytes([b[0] ^ 0x10]))
+    with FileLog(d, writer=True) as log:
+        assert log.recovery is not None and log.recovery.segments_deleted == 0 and log.recovery.bytes_cut == 0
+        assert log.end_offset() == len(values)
+        third = seg.list_segments(d)[2]
+        assert [r.value for r in log.read(third, 10_000)] == values[third:]
+        with pytest.raises(CorruptLogError, match=os.path.basename(path)[:20]):
+            log.read(0, 10_000)
+
+
+def test_a_clean_close_lets_the_next_open_skip_the_scan_and_a_changed_segment_is_scanned(tmp_path: Path) -> None:
+    d = str(tmp_path / "log")
+    values = _fill(d)
+    assert os.path.exists(os.path.join(d, CLEAN))
+    with FileLog(d, writer=True) as log:
+        assert log.end_offset() == len(values)
+        log.append([b"one more"])
+    path, _ = _all_segment_bytes(d)[-1]
+    with open(path, "ab") as f:  # torn bytes after a clean close: the size no longer matches
+        f.write(b"\x01torn")
+    with FileLog(d, writer=True) as log:
+        assert log.recovery is not None and log.recovery.bytes_cut == 5
+        assert [r.value for r in log.read(0, 10_000)] == [*values, b"one more"]
 
 
 def test_garbage_appended_after_the_last_batch_is_cut(tmp_path: Path) -> None:
