@@ -5,6 +5,7 @@ processes, whose output goes to ``<logs>/<name>.<serve|mirror>.log``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -114,10 +115,19 @@ def make_pair(directory: str, model_b: str = "SH-7080", version_b: str = "9.14",
     dss("init", a.home, "--name", "sha", "--model", "SH-7080", "--version", "9.14", "--fsync", fsync, *extra_a)
     dss("init", b.home, "--name", "shb", "--model", model_b, "--version", version_b, "--fsync", fsync)
     dss("sync", "configure", a.home, "--role", "master", "--peer", f"127.0.0.1:{b.port}",
-        "--listen", f"127.0.0.1:{a.port}", "--secret", SECRET)
+        "--listen", f"127.0.0.1:{a.port}", "--secret-file", secret_file(directory, SECRET))
     dss("sync", "configure", b.home, "--role", "backup", "--peer", f"127.0.0.1:{a.port}",
-        "--listen", f"127.0.0.1:{b.port}", "--secret", secret_b)
+        "--listen", f"127.0.0.1:{b.port}", "--secret-file", secret_file(directory, secret_b))
     return a, b
+
+
+def secret_file(directory: str, secret: str) -> str:
+    """A 0600 file in ``directory`` holding ``secret`` (what 'sync configure --secret-file' reads)."""
+    path = os.path.join(directory, f"pair-{hashlib.sha256(secret.encode()).hexdigest()[:8]}.secret")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return path
 
 
 def converged(a: Node, b: Node) -> dict[str, Any] | None:

@@ -190,7 +190,8 @@ class Config:
                     raise UsageError(f"sync {name} address {addr!r} is not HOST:PORT")
             if len(s.secret) < 16:
                 raise UsageError("the pair's shared secret must be at least 16 characters",
-                                 hint="generate one with: python3 -c 'import secrets; print(secrets.token_hex(16))'")
+                                 hint="generate one with: python3 -c 'import secrets; print(secrets.token_hex(16))'"
+                                      " > pair.secret; then pass --secret-file pair.secret on both appliances")
             if self.traffic.address and self.traffic.address.rpartition(":")[0] == s.listen.rpartition(":")[0]:
                 raise UsageError("the sync interface must not be the in-path (traffic) address",
                                  hint="use the primary or aux interface's address for --listen")

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from dssync.bench import workload
-from dssync.bench.localpair import SECRET, Node, dss, free_port, wait_converged
+from dssync.bench.localpair import SECRET, Node, dss, free_port, secret_file, wait_converged
 from dssync.bench.localpair import make_pair as _make_pair
 
-__all__ = ["SECRET", "Node", "dss", "held_home", "kafka_pair", "make_pair", "release", "started_pair", "verified",
-           "wait_alarm", "wait_converged"]
+__all__ = ["SECRET", "Node", "dss", "held_home", "kafka_pair", "make_pair", "release", "secret_file", "started_pair",
+           "verified", "wait_alarm", "wait_converged"]
 
 
 def make_pair(tmp_path: Path, **kwargs: object) -> tuple[Node, Node]:
@@ -74,7 +74,8 @@ def kafka_pair(tmp_path: Path, transport: str, site_a: Any, site_b: Any | None =
     for n, peer, role in ((a, b, "master"), (b, a, "backup")):
         peer_kafka = ("--peer-kafka", sites[peer.name]) if transport == "kafka-sites" else ()
         dss("sync", "configure", n.home, "--role", role, "--transport", transport, *peer_kafka,
-            "--peer", f"127.0.0.1:{peer.port}", "--listen", f"127.0.0.1:{n.port}", "--secret", SECRET)
+            "--peer", f"127.0.0.1:{peer.port}", "--listen", f"127.0.0.1:{n.port}",
+            "--secret-file", secret_file(str(tmp_path), SECRET))
     return a, b
 
 

@@ -195,12 +195,19 @@ def test_a_short_pair_secret_is_replaced_by_one_the_hint_generates(tmp_path: Pat
     home = _home(tmp_path)
     configure = ["sync", "configure", home, "--role", "master", "--peer", "127.0.0.1:1",
                  "--listen", f"127.0.0.1:{free_port()}"]
-    _, hint = _failure(*configure, "--secret", "short", code=2)
-    generator = shlex.split(hint.split("generate one with: ", 1)[1])
-    assert generator[0] == "python3"
-    secret = subprocess.run([sys.executable, *generator[1:]], capture_output=True, text=True, check=True).stdout
-    run_dssync(*configure, "--secret", secret.strip())
+    short = tmp_path / "short.secret"
+    short.write_text("short\n")
+    _, hint = _failure(*configure, "--secret-file", str(short), code=2)
+    generate, then = hint.split("generate one with: ", 1)[1].split("; then pass ", 1)
+    generator, target = generate.split(" > ")
+    argv = shlex.split(generator)
+    assert argv[0] == "python3" and then.startswith(f"--secret-file {target}")
+    secret = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True, check=True).stdout
+    (tmp_path / target).write_text(secret)
+    run_dssync(*configure, "--secret-file", str(tmp_path / target))
     assert json.loads(run_dssync("status", home, "--json").stdout)["sync"]["role"] == "master"
+    assert secret.strip() in (Path(home) / "dssync.toml").read_text()
+    assert os.stat(home).st_mode & 0o777 == 0o700 and os.stat(Path(home) / "dssync.toml").st_mode & 0o777 == 0o600
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ import pytest
 from dssync.errors import ChildRunError
 from dssync.log.filelog import FileLog
 from dssync.process import command
-from tests.pair import SECRET, Node, dss, make_pair, release, started_pair, wait_alarm, wait_converged
+from tests.pair import SECRET, Node, dss, make_pair, release, secret_file, started_pair, wait_alarm, wait_converged
 
 
 def test_pairing_overwrites_the_backup_and_both_directions_converge(tmp_path: Path, running: list[Node]) -> None:
@@ -176,7 +176,8 @@ def test_the_sync_interface_runs_over_tls_with_client_certificates(tmp_path: Pat
     for node, crt, key, peer_crt, peer in ((a, crt_a, key_a, crt_b, b), (b, crt_b, key_b, crt_a, a)):
         role = "master" if node is a else "backup"
         dss("sync", "configure", node.home, "--role", role, "--peer", f"127.0.0.1:{peer.port}",
-            "--listen", f"127.0.0.1:{node.port}", "--secret", SECRET, "--tls-cert", crt, "--tls-key", key,
+            "--listen", f"127.0.0.1:{node.port}", "--secret-file", secret_file(str(tmp_path), SECRET),
+            "--tls-cert", crt, "--tls-key", key,
             "--tls-ca", peer_crt)
     running.extend((a, b))
     for n in (a, b):
