@@ -166,6 +166,7 @@ class Service:
             "role": self.config.sync.role, "state": self.config.sync.state, "peer": self.config.sync.peer,
             "listen": self.config.sync.listen, "interface": self.config.sync.interface,
             "refusals": dict(self.refusals),
+            "requests": self.sync_server.counters() if self.sync_server is not None else {},
         }
         doc["mirrors"] = mirror_states(self.home)
         doc["pid"] = os.getpid()
