@@ -146,6 +146,17 @@ def _registered(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> I
 
 
 @contextlib.contextmanager
+def _one_thread(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Run the block with DuckDB on one thread, then give it back its thread count."""
+    threads = con.execute("SELECT current_setting('threads')").fetchall()[0][0]
+    con.execute("SET threads = 1")
+    try:
+        yield
+    finally:
+        con.execute(f"SET threads = {int(threads)}")
+
+
+@contextlib.contextmanager
 def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     """The block as one DuckDB transaction: committed at its end, rolled back if it raises; a
     failed write of the database (disk full, I/O error) raised as ``ResourceError``."""
@@ -607,8 +618,12 @@ class Store:
         one statement has full row groups, and a later checkpoint after a small apply takes
         milliseconds. The rows keep their order (``seq``). The file keeps the old table's blocks
         as free space for later writes (``rewrite_file`` gives a store nothing else uses a file
-        of its own size)."""
-        with _transaction(self.con):
+        of its own size).
+
+        The copy runs on one thread: a parallel copy ends each thread's share in a partial row
+        group (measured at 64 M rows: 308 partial of 767, and a checkpoint after 400 applies
+        took 7.2 s; copied on one thread, 1 partial of 556 and 26 ms)."""
+        with _one_thread(self.con), _transaction(self.con):
             self.con.execute("CREATE TABLE ref_rows_new AS SELECT * FROM ref_rows WHERE seq NOT IN "
                              "(SELECT seq FROM superseded)" if self._superseded else
                              "CREATE TABLE ref_rows_new AS SELECT * FROM ref_rows")
@@ -633,7 +648,8 @@ class Store:
         try:
             name = self.con.execute("SELECT current_database()").fetchall()[0][0]
             self.con.execute(f"ATTACH '{fresh}' AS rewritten")
-            self.con.execute(f'COPY FROM DATABASE "{name}" TO rewritten')
+            with _one_thread(self.con):  # full row groups (``rewrite``)
+                self.con.execute(f'COPY FROM DATABASE "{name}" TO rewritten')
             self.con.execute("DETACH rewritten")
         except duckdb.IOException as exc:
             raise ResourceError(f"the store could not be rewritten: {str(exc).splitlines()[0]}") from None
