@@ -123,7 +123,7 @@ class PeerApplier:
                 client.close()
             source = layout.source_name(self.peer.name)
             self._consumers[source] = Consumer(self.open_peer_log(self.peer.name), self.app.store, source,
-                                               batch_records=BATCH_RECORDS)
+                                               batch_records=BATCH_RECORDS, check_refs=True)
             with self.lock:
                 self.app.store.advance(source, self.peer.log_start_offset)
             log.info("reading %s's topic from offset %d", self.peer.name, self.app.store.committed(source))
@@ -162,7 +162,7 @@ class PeerApplier:
         if consumer is None or not isinstance(consumer.log, FileLog) or consumer.log.directory != path:
             self._drop(source)
             consumer = self._consumers[source] = Consumer(FileLog(path), self.app.store, source,
-                                                          batch_records=BATCH_RECORDS)
+                                                          batch_records=BATCH_RECORDS, check_refs=True)
         return consumer
 
     def _apply_mirror_log(self, peer: str) -> int:

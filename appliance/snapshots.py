@@ -42,7 +42,7 @@ def load(store: Store, lock: threading.RLock | None, directory: str, peer: str, 
     source = layout.snapshot_source(peer, label)
     reader = FileLog(directory)
     try:
-        consumer = Consumer(reader, store, source, batch_records=5_000)
+        consumer = Consumer(reader, store, source, batch_records=5_000, check_refs=True)
         applied = 0
         while True:
             if stopped():

@@ -32,12 +32,12 @@ import pyarrow.compute as pc
 from dssync.consumers import merge
 from dssync.consumers.packs import Packs
 from dssync.consumers.refindex import Entries, RefIndex, halves
-from dssync.errors import CorruptStoreError, LockedError, NotFoundError, ResourceError
+from dssync.errors import CorruptLogError, CorruptStoreError, LockedError, NotFoundError, ResourceError
 from dssync.layout import write_json
 from dssync.log.base import LogRecord
 from dssync.log.columns import RecordColumns
 from dssync.schemas.codec import REF_SIZE
-from dssync.schemas.columnar import KIND_EVICTED, KIND_REFERENCE, EventColumns, decode_columns
+from dssync.schemas.columnar import KIND_EVICTED, KIND_REFERENCE, EventColumns, decode_columns, forged_segments
 
 STORE_FORMAT = "2"
 """The layout of a store's DuckDB file: an index-less table of row versions (``ref_rows``),
@@ -485,7 +485,7 @@ class Store:
         return self.apply_columns(source, RecordColumns.from_records(records), before_commit=before_commit)
 
     def apply_columns(self, source: str, cols: RecordColumns, decoded: EventColumns | None = None,
-                      before_commit: Callable[[], None] | None = None) -> ApplyResult:
+                      before_commit: Callable[[], None] | None = None, check_refs: bool = False) -> ApplyResult:
         """Apply records of ``source`` in one transaction, exactly once (module docstring).
 
         Records below the committed offset were applied before and are skipped; the new
@@ -495,8 +495,10 @@ class Store:
         when the caller decoded ahead (a replay decodes the next read while this one commits).
         ``before_commit`` runs once the segment bytes are written, before the transaction; if it
         raises, nothing is committed (the appliance waits there for the log to hold the records).
+        ``check_refs``: refuse the records if a segment's bytes do not hash to its reference
+        (``CorruptLogError``, nothing applied): for a peer's records.
         """
-        result, staged = self.stage(source, cols, decoded)
+        result, staged = self.stage(source, cols, decoded, check_refs=check_refs)
         if staged is not None:
             if before_commit is not None:
                 before_commit()
@@ -504,7 +506,7 @@ class Store:
         return result
 
     def stage(self, source: str, cols: RecordColumns, decoded: EventColumns | None = None,
-              after: Staged | None = None) -> tuple[ApplyResult, Staged | None]:
+              after: Staged | None = None, check_refs: bool = False) -> tuple[ApplyResult, Staged | None]:
         """The first half of ``apply_columns``: merge, write and sync the segment bytes; commit
         nothing. ``after`` is a staged apply of the same source that may not be committed yet:
         this one continues from its offset and sees its rows as held, so that a replay can merge
@@ -519,6 +521,15 @@ class Store:
             cols = cols.take(keep)
             decoded = None
         ev = decoded if decoded is not None else decode_columns(cols)
+        if check_refs:
+            forged = forged_segments(ev)
+            if len(forged):
+                at = int(cols.offsets[forged[0]])
+                raise CorruptLogError(f"{source}: the segment at offset {at} does not hash to its reference "
+                                      f"({len(forged)} such in offsets {int(cols.offsets[0])}.."
+                                      f"{int(cols.offsets[-1])}): nothing of them applied",
+                                      hint="the peer's log is damaged or forged; 'dssync verify' on the peer "
+                                           "checks its own log")
         result.applied = len(cols)
         lookup = self._existing_columns if after is None else after.overlay(self._existing_columns)
         plan = merge.plan(ev, lookup)

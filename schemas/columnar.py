@@ -11,6 +11,7 @@ path accepts exactly what the per-record path accepts and raises the same errors
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -205,3 +206,14 @@ def _slow(out: EventColumns, cols: RecordColumns, rows: np.ndarray) -> None:
             at += len(blob)
     if extra:
         out.buf = out.buf + b"".join(extra)
+
+
+def forged_segments(ev: EventColumns) -> np.ndarray:
+    """Indices of the segments whose bytes do not hash to their reference (a peer's data is
+    checked before it is applied: a segment is stored under the hash of its bytes)."""
+    seg = np.flatnonzero(ev.kind == KIND_SEGMENT)
+    buf = memoryview(ev.buf)
+    bad = [int(i) for i in seg
+           if hashlib.sha256(buf[int(ev.blob_start[i]) : int(ev.blob_start[i] + ev.blob_len[i])]).digest()[:16]
+           != ev.ref[i].tobytes()]
+    return np.asarray(bad, dtype=np.int64)

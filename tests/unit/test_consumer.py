@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 from dssync.consumers.consumer import Consumer
 from dssync.consumers.store import Store
 from dssync.log.base import LogRecord
@@ -56,3 +58,22 @@ def test_a_read_through_transaction_markers_moves_the_offset_past_them(tmp_path:
     log = ScriptedLog([[]], end=7, read_through=7)
     Consumer(log, store, "log:sh1").step()  # type: ignore[arg-type]
     assert store.committed("log:sh1") == 7
+
+
+def test_a_peer_segment_whose_bytes_do_not_hash_to_its_reference_is_refused_with_nothing_applied(
+        tmp_path: Path) -> None:
+    from dssync.errors import CorruptLogError
+    from dssync.producers.hierarchy import segment_ref
+
+    def good(offset: int) -> LogRecord:
+        data = b"segment %d" % offset + b"." * 32
+        return LogRecord(offset, 0, encode_segment_stored(origin_field("sh1"), offset + 1, segment_ref(data), data))
+
+    store = Store(str(tmp_path), create=True, fsync=False)
+    records = [good(i) for i in range(5)] + [_rec(5)]  # _rec's reference is not the hash of its bytes
+    log = ScriptedLog([records], end=6)
+    with pytest.raises(CorruptLogError, match="offset 5 does not hash to its reference"):
+        Consumer(log, store, "log:sh1", check_refs=True).step()  # type: ignore[arg-type]
+    assert store.committed("log:sh1") == 0 and store.stats()["rows"] == 0
+    log.reads = [[good(i) for i in range(6)]]
+    assert Consumer(log, store, "log:sh1", check_refs=True).step().applied == 6  # type: ignore[arg-type]
