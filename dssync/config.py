@@ -188,6 +188,9 @@ class Config:
                 host, _, port = addr.rpartition(":")
                 if not host or not port.isdigit():
                     raise UsageError(f"sync {name} address {addr!r} is not HOST:PORT")
+            if "change-me" in s.secret.lower() or "changeme" in s.secret.lower():
+                raise UsageError("the pair's shared secret is a placeholder",
+                                 hint="generate one with: python3 -c 'import secrets; print(secrets.token_hex(16))'")
             if len(s.secret) < 16:
                 raise UsageError("the pair's shared secret must be at least 16 characters",
                                  hint="generate one with: python3 -c 'import secrets; print(secrets.token_hex(16))'"

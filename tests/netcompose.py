@@ -81,7 +81,11 @@ def _seconds(text: str | int | float) -> float:
 class NetCompose:
     """One run of a compose file (module docstring); a context manager that tears it all down."""
 
-    def __init__(self, compose_file: Path, workdir: Path, images: dict[str, Image]) -> None:
+    def __init__(self, compose_file: Path, workdir: Path, images: dict[str, Image],
+                 environ: dict[str, str] | None = None) -> None:
+        """``environ``: the environment of ``docker compose`` itself, which ``${VAR}``,
+        ``${VAR:-default}`` and ``${VAR:?message}`` in the file are interpolated from."""
+        self.environ = dict(os.environ if environ is None else environ)
         self.file = compose_file
         self.doc: dict[str, Any] = yaml.safe_load(compose_file.read_text())
         self.services: dict[str, dict[str, Any]] = self.doc["services"]
@@ -157,8 +161,19 @@ class NetCompose:
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
                "LANG": "C.UTF-8", "HOSTNAME": spec.get("hostname", name)}
         env.update(self._image(name).env(name, self._volumes(name)))
-        env.update({k: str(v) for k, v in (spec.get("environment") or {}).items()})
+        env.update({k: self.interpolate(str(v)) for k, v in (spec.get("environment") or {}).items()})
         return env
+
+    def interpolate(self, value: str) -> str:
+        """Compose's variable interpolation; a ``${VAR:?message}`` unset or empty fails, as
+        ``docker compose`` does."""
+        def one(m: re.Match[str]) -> str:
+            name, op, arg = m.group(1), m.group(2) or "", m.group(3) or ""
+            got = self.environ.get(name, "")
+            if op == ":?" and not got:
+                raise ComposeError(f"required variable {name} is missing a value: {arg}")
+            return got or (arg if op == ":-" else "")
+        return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:\?|:-)([^}]*))?\}", one, value)
 
     def _in_ns(self, name: str, argv: list[str]) -> list[str]:
         hostname = self.services[name].get("hostname", name)

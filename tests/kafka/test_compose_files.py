@@ -34,6 +34,17 @@ def test_docker_compose_runs_the_kafka_release_the_scripts_fetch() -> None:
     assert images == [version.group(1)]
 
 
+def test_the_compose_file_ships_no_pair_secret_and_refuses_to_start_without_one(tmp_path: Path) -> None:
+    from tests.netcompose import ComposeError, NetCompose
+
+    stack = NetCompose(DOCKER / "docker-compose.yml", tmp_path, {}, environ={})
+    value = str(stack.services["sha"]["environment"]["DSSYNC_SYNC_SECRET"])
+    with pytest.raises(ComposeError, match="DSSYNC_SYNC_SECRET"):
+        stack.interpolate(value)
+    assert NetCompose(DOCKER / "docker-compose.yml", tmp_path, {},
+                      environ={"DSSYNC_SYNC_SECRET": SECRET}).interpolate(value) == SECRET
+
+
 def test_the_appliance_entrypoint_uses_only_options_the_cli_has() -> None:
     script = (DOCKER / "appliance.sh").read_text().replace("\\\n", " ")
     calls = [shlex.split(line.strip().rstrip("&").strip()) for line in script.splitlines()
@@ -148,7 +159,8 @@ def test_docker_compose_yml_runs_two_sites_each_service_on_a_host_of_its_own(tmp
         pytest.skip(message)
     images = _compose_images(tmp_path)
     r = release(tmp_path, 53, 1_000_000, 3)
-    with NetCompose(DOCKER / "docker-compose.yml", tmp_path / "compose", images) as stack:
+    with NetCompose(DOCKER / "docker-compose.yml", tmp_path / "compose", images,
+                    environ={**os.environ, "DSSYNC_SYNC_SECRET": SECRET}) as stack:
         stack.up(timeout=300)
 
         def status(name: str) -> dict[str, Any]:

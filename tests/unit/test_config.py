@@ -27,13 +27,16 @@ def test_passwords_and_overrides_from_the_environment_are_used_but_never_saved(
     monkeypatch.setenv("DSSYNC_KAFKA_PASSWORD", "kafka-pw-123")
     monkeypatch.setenv("DSSYNC_PEER_KAFKA_PASSWORD", "peer-pw-456")
     monkeypatch.setenv("DSSYNC_FSYNC", "never")
+    monkeypatch.setenv("DSSYNC_SYNC_SECRET", "sync-secret-from-the-env")
     cfg = cfgmod.load(home)
+    assert cfg.sync.secret == "sync-secret-from-the-env"
     assert (cfg.kafka.sasl_password, cfg.sync.peer_kafka_password, cfg.log.fsync) == (
         "kafka-pw-123", "peer-pw-456", "never")
     cfg.sync.peer = "10.0.0.2:7070"  # any change an operator saves, e.g. 'dssync sync configure'
     cfgmod.save(home, cfg)
     text = (Path(home) / cfgmod.FILENAME).read_text()
     assert "kafka-pw-123" not in text and "peer-pw-456" not in text and 'fsync = "always"' in text
+    assert "sync-secret-from-the-env" not in text
     assert "10.0.0.2:7070" in text
 
 
@@ -69,3 +72,15 @@ def test_the_store_memory_budget_defaults_to_one_gib_and_refuses_less_than_128_m
     cfg.store.memory_limit = 64 << 20
     with pytest.raises(UsageError, match="memory_limit"):
         cfg.validate()
+
+
+def test_the_file_holding_the_secret_is_0600_in_a_0700_home_and_a_placeholder_secret_is_refused(
+        tmp_path: Path) -> None:
+    home = _home(tmp_path)
+    assert Path(home).stat().st_mode & 0o777 == 0o700
+    assert (Path(home) / cfgmod.FILENAME).stat().st_mode & 0o777 == 0o600
+    cfg = cfgmod.load(home)
+    cfg.sync.role, cfg.sync.peer, cfg.sync.listen = "master", "10.0.0.2:7070", "10.0.0.1:7070"
+    cfg.sync.secret = "change-me-to-a-long-pair-secret"  # what a sample file ships
+    with pytest.raises(UsageError, match="placeholder"):
+        cfgmod.save(home, cfg)
