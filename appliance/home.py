@@ -47,13 +47,14 @@ def open_store(directory: str, cfg: cfgmod.Config, create: bool = False) -> Stor
 class Appliance:
     """An open appliance home (see the module docstring). Use as a context manager."""
 
-    def __init__(self, home: str) -> None:
+    def __init__(self, home: str, scan_log: bool = False) -> None:
         """Open ``home`` for writing (see the module docstring); a store that applied more of
-        the log than the log holds is refused (``CorruptLogError``: the remedy is ``replay``)."""
+        the log than the log holds is refused (``CorruptLogError``: the remedy is ``replay``).
+        ``scan_log``: check every batch of the log, not only what a crash may have torn."""
         self.home = home
         self.config = cfgmod.load(home)
         finish_interrupted_replay(home)
-        self.log = open_log(home, self.config)
+        self.log = open_log(home, self.config, scan_all=scan_log)
         store: Store | None = None
         try:
             self.store = store = open_store(store_dir(home), self.config, create=True)

@@ -1,8 +1,9 @@
 """``dssync bench sync``: the pair's replication, measured against its baselines in one run.
 
-* mirror throughput: the mirror copying a log of ``--log-mb`` MB from the peer, against
-  fetching the same segment files raw over the same kind of link (plain HTTP on loopback)
-  into a directory with the same fsync policy;
+* mirror throughput: the mirror copying a log of ``--log-mb`` MB from the peer (over TLS, every
+  request and reply authenticated), against fetching the same segment files raw into a
+  directory with the same fsync policy, over plain HTTP on loopback and over HTTPS (the
+  encryption's cost alone);
 * end-to-end latency, p50 and p99, from append on the master to applied in the backup's
   store, while traffic runs at half of the measured ingest capacity;
 * catch-up after an interruption of ``--interruption`` seconds at that load: time until the
@@ -67,16 +68,28 @@ class _QuietFiles(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def _raw_copy(src_dir: str, dst_dir: str, fsync: str) -> tuple[float, int]:
-    """Baseline: fetch the segment files over plain HTTP on loopback; (seconds, bytes)."""
+def _raw_copy(src_dir: str, dst_dir: str, fsync: str, tls_dir: str | None = None) -> tuple[float, int]:
+    """Baseline: fetch the segment files over plain HTTP on loopback; (seconds, bytes).
+    ``tls_dir``: over HTTPS instead, with a certificate generated there as an appliance's is
+    (what the link's encryption alone costs)."""
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietFiles, directory=src_dir))
+    client_ctx = None
+    if tls_dir is not None:
+        from dssync.config import SyncConfig
+        from dssync.sync import tls
+
+        server_ctx, _fp = tls.server_context(tls_dir, "baseline", SyncConfig())
+        srv.socket = server_ctx.wrap_socket(srv.socket, server_side=True)
+        client_ctx = tls.client_context(SyncConfig())
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     names = sorted(n for n in os.listdir(src_dir) if n.endswith(".log"))
+    shutil.rmtree(dst_dir, ignore_errors=True)
     os.makedirs(dst_dir, exist_ok=True)
     total = 0
     t0 = time.perf_counter()
-    conn = http.client.HTTPConnection("127.0.0.1", srv.server_address[1])
+    conn = (http.client.HTTPSConnection("127.0.0.1", srv.server_address[1], context=client_ctx)
+            if client_ctx is not None else http.client.HTTPConnection("127.0.0.1", srv.server_address[1]))
     for name in names:
         conn.request("GET", "/" + name)
         resp = conn.getresponse()
@@ -122,6 +135,10 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out.update({"system": round(system, 1), "baseline": round(baseline, 1), "ratio": round(system / baseline, 3),
                 "system_runs": sorted(r["system"] for r in runs),
                 "baseline_runs": sorted(r["baseline"] for r in runs)})
+    if all("baseline_tls" in r for r in runs):
+        tls_copy = statistics.median(r["baseline_tls"] for r in runs)
+        out.update({"baseline_tls": round(tls_copy, 1), "ratio_to_tls_copy": round(system / tls_copy, 3),
+                    "baseline_tls_runs": sorted(r["baseline_tls"] for r in runs)})
     return out
 
 
@@ -167,10 +184,14 @@ def mirror_throughput(directory: str, log_mb: int, fsync: str) -> dict[str, Any]
         b.stop_all()
     os.sync()
     base_secs, base_bytes = _raw_copy(os.path.join(a.home, "log"), os.path.join(directory, "raw-copy"), fsync)
+    os.sync()
+    tls_secs, tls_bytes = _raw_copy(os.path.join(a.home, "log"), os.path.join(directory, "raw-copy"), fsync,
+                                    tls_dir=os.path.join(directory, "tls"))
     events = end - first
-    sys_rate, base_rate = copied / MB / secs, base_bytes / MB / base_secs
+    sys_rate, base_rate, tls_rate = copied / MB / secs, base_bytes / MB / base_secs, tls_bytes / MB / tls_secs
     return {"unit": "MB_per_s", "system": round(sys_rate, 1), "baseline": round(base_rate, 1),
-            "ratio": round(sys_rate / base_rate, 3), "events_per_s": round(events / secs),
+            "ratio": round(sys_rate / base_rate, 3), "baseline_tls": round(tls_rate, 1),
+            "ratio_to_tls_copy": round(sys_rate / tls_rate, 3), "events_per_s": round(events / secs),
             "log_bytes": src_bytes, "seconds": round(secs, 3)}
 
 
@@ -329,6 +350,8 @@ def bench_sync(log_mb: int, seconds: float, interruption: float, size: int, fsyn
     m, r, f = report["mirror"], report["replication"], report["failover_savings"]
     click.echo(f"mirror       system {m['system']} MB/s ({m['events_per_s']} events/s)  baseline {m['baseline']} MB/s"
                f"  ratio {m['ratio']}")
+    click.echo(f"             the same copy over TLS {m['baseline_tls']} MB/s: TLS costs the raw copy "
+               f"{1 - m['baseline_tls'] / m['baseline']:.0%}; the mirror is {m['ratio_to_tls_copy']} of it")
     lat = r.get("latency_ms", {})
     click.echo(f"latency      p50 {lat.get('p50')} ms  p99 {lat.get('p99')} ms at {r['load_MB_per_s']} MB/s "
                f"(half of {r['ingest_capacity_MB_per_s']} MB/s)")

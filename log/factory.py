@@ -49,15 +49,17 @@ def _kafka_log(cfg: cfgmod.Config, writer: bool, create: bool) -> KafkaLog:
     )
 
 
-def open_log(home: str, cfg: cfgmod.Config, create: bool = False) -> Log:
+def open_log(home: str, cfg: cfgmod.Config, create: bool = False, scan_all: bool = False) -> Log:
     """The appliance's own log, opened by its single writer: segment files in the home (their
-    recovery runs), or a Kafka topic (transactional). ``create`` makes an empty one."""
+    recovery runs; ``scan_all`` checks every batch), or a Kafka topic (transactional).
+    ``create`` makes an empty one."""
     if cfg.log.backend == "kafka":
         return _kafka_log(cfg, writer=True, create=create)
     lc = cfg.log
     return FileLog(
         log_dir(home), writer=True, create=create, fsync=lc.fsync, fsync_interval_ms=lc.fsync_interval_ms,
         segment_bytes=lc.segment_bytes, retention_bytes=lc.retention_bytes, retention_ms=lc.retention_ms,
+        scan_all=scan_all,
     )
 
 

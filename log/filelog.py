@@ -18,7 +18,8 @@ cost that does not grow with the log (Kafka's recovery point and clean-shutdown 
   offsets begin); otherwise it is scanned batch by batch;
 * the last segment is trusted as ``CLEAN`` describes it when a writer closed it cleanly and
   nothing changed it since (same base, same size); otherwise it is scanned, truncated at the
-  first torn or corrupt batch, and its index rebuilt.
+  first torn or corrupt batch, and its index rebuilt;
+* with ``scan_all`` (``dssync recover``), every batch of every segment is checked.
 
 A segment cut short deletes the segments after it (their offsets no longer follow), and
 ``recovery`` reports the bytes cut. Readers re-check every batch's CRC, so damage inside a
@@ -126,7 +127,10 @@ class FileLog:
         compress: bool = True,
         clock_ms: Callable[[], int] = _now_ms,
         base_offset: int = 0,
+        scan_all: bool = False,
     ) -> None:
+        """``scan_all``: the writer's recovery checks every batch of every segment (``dssync
+        recover``), trusting neither sealed segments nor the clean-close marker."""
         if fsync not in FSYNC_POLICIES:
             raise UsageError(f"unknown fsync policy {fsync!r}", hint=f"use one of {', '.join(FSYNC_POLICIES)}")
         if not 4096 <= segment_bytes < 1 << 32:
@@ -145,6 +149,7 @@ class FileLog:
         self._index_fd: int | None = None
         self.recovery: RecoveryReport | None = None
         self._base_offset = base_offset
+        self._scan_all = scan_all
         self.retain_from: int | None = None
         """Retention never deletes a segment holding this offset or later (the local store's
         apply position: a peer's mirror may fall behind retention, the local store may not)."""
@@ -201,7 +206,8 @@ class FileLog:
                 deleted += 1
                 continue
             last = i == len(bases) - 1
-            r = self._trusted_clean(path, base, prev_ts) if last else _trusted_sealed(path, base, bases[i + 1], prev_ts)
+            r = (None if self._scan_all else self._trusted_clean(path, base, prev_ts) if last
+                 else _trusted_sealed(path, base, bases[i + 1], prev_ts))
             if r is None:
                 r = seg.scan(path, base, prev_ts)
             batches += len(r.entries)

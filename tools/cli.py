@@ -216,15 +216,17 @@ def replay(home: str, from_offset: int | None, as_json: bool) -> None:
 @HOME
 @click.option("--json", "as_json", is_flag=True)
 def recover(home: str, as_json: bool) -> None:
-    """Open a home after a crash: cut a torn log tail, catch the store up, report both.
+    """Open a home after a crash: check every batch of the log, cut it at the first torn or
+    damaged one, catch the store up, report both.
 
-    Every command that writes does this on its own; run it to see what a crash left.
+    Every command that writes cuts what a crash tore on its own (without reading the whole
+    log); run this to check all of it and see what a crash or damage left.
 
     \b
     Example:
       dssync recover /var/lib/dssync/sh1
     """
-    with Appliance(home) as app:
+    with Appliance(home, scan_log=True) as app:
         rec = app.recovery  # None on Kafka: the broker recovers its own log
         doc = {"log_bytes_cut": rec.bytes_cut if rec else 0, "log_problem": rec.problem if rec else None,
                "segments_deleted": rec.segments_deleted if rec else 0,
