@@ -228,7 +228,7 @@ class Service:
             host, _, port = self.config.sync.listen.rpartition(":")
             ctx, fingerprint = tls.server_context(self.home, self.config.name, self.config.sync)
             sync_srv, _ = server.start((host, int(port)), server.SyncHandler, self,
-                                       (ctx, fingerprint, auth.derive_key(self.config.sync.secret)))
+                                       (ctx, fingerprint, auth.derive_key(self.config.sync.check_secret())))
         self.sync_server = sync_srv
         ctl_srv, _ = server.start(("127.0.0.1", 0), ControlHandler, self)
         metrics_srv, metrics = None, ""

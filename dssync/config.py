@@ -86,6 +86,23 @@ class SyncConfig:
     tls_key: str = ""
     tls_ca: str = ""
 
+    def check_secret(self) -> str:
+        """The pair's secret, refused when missing, short or a placeholder (``UsageError``).
+        Called where the link is used (``serve``, ``mirror``, configuring a pair): tools that
+        only read a home (``status``, ``verify``) need no secret, and one kept in the
+        environment is not in the file."""
+        hint = ("generate one with: python3 -c 'import secrets; print(secrets.token_hex(16))' > pair.secret; "
+                "then pass --secret-file pair.secret on both appliances")
+        if not self.secret:
+            raise UsageError("no shared secret for the pair: none in dssync.toml, and DSSYNC_SYNC_SECRET is not set",
+                             hint="set DSSYNC_SYNC_SECRET for this process, or run 'dssync sync configure' with "
+                                  "--secret-file")
+        if "change-me" in self.secret.lower() or "changeme" in self.secret.lower():
+            raise UsageError("the pair's shared secret is a placeholder", hint=hint)
+        if len(self.secret) < 16:
+            raise UsageError("the pair's shared secret must be at least 16 characters", hint=hint)
+        return self.secret
+
 
 @dataclass
 class TrafficConfig:
@@ -188,13 +205,8 @@ class Config:
                 host, _, port = addr.rpartition(":")
                 if not host or not port.isdigit():
                     raise UsageError(f"sync {name} address {addr!r} is not HOST:PORT")
-            if "change-me" in s.secret.lower() or "changeme" in s.secret.lower():
-                raise UsageError("the pair's shared secret is a placeholder",
-                                 hint="generate one with: python3 -c 'import secrets; print(secrets.token_hex(16))'")
-            if len(s.secret) < 16:
-                raise UsageError("the pair's shared secret must be at least 16 characters",
-                                 hint="generate one with: python3 -c 'import secrets; print(secrets.token_hex(16))'"
-                                      " > pair.secret; then pass --secret-file pair.secret on both appliances")
+            if s.secret:  # none in the file: it comes from DSSYNC_SYNC_SECRET where it is used
+                s.check_secret()
             if self.traffic.address and self.traffic.address.rpartition(":")[0] == s.listen.rpartition(":")[0]:
                 raise UsageError("the sync interface must not be the in-path (traffic) address",
                                  hint="use the primary or aux interface's address for --listen")

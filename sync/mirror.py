@@ -59,6 +59,7 @@ class Mirror(MirrorService):
         self.max_bytes = max_bytes
         if not self.cfg.sync.role:
             raise UsageError(f"{self.cfg.name} is not paired", hint="configure it with 'dssync sync configure'")
+        self.cfg.sync.check_secret()  # refused now, with its remedy, not on every retry
         self.peer: protocol.Identity | None = None
         self.out: FileLog | None = None
 

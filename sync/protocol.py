@@ -86,7 +86,7 @@ class PeerClient:
         host, _, port = cfg.peer.rpartition(":")
         self.host, self.port = host, int(port)
         self.timeout_s = timeout_s
-        self.key = auth.derive_key(cfg.secret)
+        self.key = auth.derive_key(cfg.check_secret())
         self._ctx = tls.client_context(cfg)
         self._session = auth.Session()
         self._conn: http.client.HTTPSConnection | None = None

@@ -33,6 +33,7 @@ class SiteMirror(MirrorService):
 
     def __init__(self, home: str, idle_s: float = 0.01) -> None:
         super().__init__(home)
+        self.cfg.sync.check_secret()  # refused now, with its remedy, not on every retry
         self.idle_s = idle_s
         self.copier: TopicCopier | None = None
         self._base: dict[str, Any] = {}

@@ -212,6 +212,7 @@ def configure(home: str, role: str, peer: str, listen: str, interface: str, tran
         cfg.from_env.pop("sync.secret", None)
     if traffic_address is not None:
         cfg.traffic.address = traffic_address
+    cfg.sync.check_secret()
     cfgmod.save(home, cfg)
     running = ControlClient.for_home(home)
     if role == "master":

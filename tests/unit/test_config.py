@@ -84,3 +84,20 @@ def test_the_file_holding_the_secret_is_0600_in_a_0700_home_and_a_placeholder_se
     cfg.sync.secret = "change-me-to-a-long-pair-secret"  # what a sample file ships
     with pytest.raises(UsageError, match="placeholder"):
         cfgmod.save(home, cfg)
+
+
+def test_a_pair_whose_secret_lives_in_the_environment_loads_without_it_and_is_refused_where_the_link_is_used(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = _home(tmp_path)
+    cfg = cfgmod.load(home)
+    cfg.sync.role, cfg.sync.peer, cfg.sync.listen = "master", "10.0.0.2:7070", "10.0.0.1:7070"
+    monkeypatch.setenv("DSSYNC_SYNC_SECRET", "sync-secret-from-the-env")
+    cfg.sync.secret = "sync-secret-from-the-env"
+    cfg.from_env["sync.secret"] = ""  # what 'sync configure' does with a secret from the environment
+    cfgmod.save(home, cfg)
+    assert cfgmod.load(home).sync.check_secret() == "sync-secret-from-the-env"
+    monkeypatch.delenv("DSSYNC_SYNC_SECRET")
+    loaded = cfgmod.load(home)  # status, verify: no secret needed
+    with pytest.raises(UsageError, match="DSSYNC_SYNC_SECRET") as info:
+        loaded.sync.check_secret()
+    assert "--secret-file" in (info.value.hint or "")
