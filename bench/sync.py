@@ -142,7 +142,9 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def mirror_throughput(directory: str, log_mb: int, fsync: str) -> dict[str, Any]:
+def mirror_throughput(directory: str, log_mb: int, fsync: str, tls_first: bool = False) -> dict[str, Any]:
+    """The mirror's copy of a fresh log, then the raw copies over HTTP and HTTPS (``tls_first``:
+    HTTPS first; the two orders alternate between runs, as the disk's speed drifts)."""
     a, b = make_pair(os.path.join(directory, "tp"), fsync=fsync)
     try:
         for n in (a, b):
@@ -182,11 +184,12 @@ def mirror_throughput(directory: str, log_mb: int, fsync: str) -> dict[str, Any]
     finally:
         a.stop_all()
         b.stop_all()
-    os.sync()
-    base_secs, base_bytes = _raw_copy(os.path.join(a.home, "log"), os.path.join(directory, "raw-copy"), fsync)
-    os.sync()
-    tls_secs, tls_bytes = _raw_copy(os.path.join(a.home, "log"), os.path.join(directory, "raw-copy"), fsync,
-                                    tls_dir=os.path.join(directory, "tls"))
+    copies = {}
+    for over in (("http", "https") if tls_first is False else ("https", "http")):  # alternated between runs
+        os.sync()
+        copies[over] = _raw_copy(os.path.join(a.home, "log"), os.path.join(directory, "raw-copy"), fsync,
+                                 tls_dir=os.path.join(directory, "tls") if over == "https" else None)
+    (base_secs, base_bytes), (tls_secs, tls_bytes) = copies["http"], copies["https"]
     events = end - first
     sys_rate, base_rate, tls_rate = copied / MB / secs, base_bytes / MB / base_secs, tls_bytes / MB / tls_secs
     return {"unit": "MB_per_s", "system": round(sys_rate, 1), "baseline": round(base_rate, 1),
@@ -335,7 +338,7 @@ def bench_sync(log_mb: int, seconds: float, interruption: float, size: int, fsyn
         runs = []
         for i in range(repeat):
             say(f"mirror throughput ({i + 1}/{repeat}) ...")
-            runs.append(mirror_throughput(os.path.join(directory, f"run{i}"), log_mb, fsync))
+            runs.append(mirror_throughput(os.path.join(directory, f"run{i}"), log_mb, fsync, tls_first=i % 2 == 1))
             shutil.rmtree(os.path.join(directory, f"run{i}"), ignore_errors=True)
         report: dict[str, Any] = {"fsync": fsync, "mirror": _median_run(runs)}
         say("latency and catch-up ...")

@@ -145,6 +145,6 @@ def test_a_store_opened_with_a_memory_budget_gives_duckdb_its_share_and_threads(
     try:
         limit, threads = store.con.sql(
             "SELECT current_setting('memory_limit'), current_setting('threads')").fetchall()[0]
-        assert limit == "640.0 MiB" and threads == min(os.cpu_count() or 1, 2)  # 5/8 of the budget
+        assert limit == "512.0 MiB" and threads == min(os.cpu_count() or 1, 2)  # half of the budget
     finally:
         store.close()
