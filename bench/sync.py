@@ -5,7 +5,8 @@
   directory with the same fsync policy, over plain HTTP on loopback and over HTTPS (the
   encryption's cost alone);
 * end-to-end latency, p50 and p99, from append on the master to applied in the backup's
-  store, while traffic runs at half of the measured ingest capacity;
+  store, while traffic runs at half of the measured ingest capacity, and its first hop (append
+  to the backup's mirror log);
 * catch-up after an interruption of ``--interruption`` seconds at that load: time until the
   backup has applied everything again, and the catch-up rate against the ingest rate;
 * savings retained by the backup after failover, as a fraction of the master's.
@@ -221,6 +222,26 @@ def _pace(node: Node, rate_mbps: float, stop: threading.Event, sent: list[float]
             stop.wait(delay)
 
 
+def _latencies(log_a: FileLog, seen: list[tuple[int, float]]) -> dict[str, Any]:
+    """p50/p99 from each batch's append time on the master to the first poll that saw an offset
+    past it (``seen``: (offset, time) polls)."""
+    lat: list[float] = []
+    first_seen: dict[int, float] = {}
+    for off, t in seen:
+        first_seen.setdefault(off, t)
+    applied = sorted(first_seen.items())
+    i = 0
+    for batch in log_a.batches(log_a.start_offset()):
+        while i < len(applied) and applied[i][0] < batch.next_offset:
+            i += 1
+        if i < len(applied) and batch.timestamp_ms / 1000 >= seen[0][1]:
+            lat.append(max(0.0, applied[i][1] - batch.timestamp_ms / 1000))
+    lat.sort()
+    return {"p50": round(statistics.median(lat) * 1000, 1) if lat else None,
+            "p99": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 1) if lat else None,
+            "samples": len(lat)}
+
+
 def latency_and_catchup(directory: str, seconds: float, interruption: float, fsync: str) -> dict[str, Any]:
     from dssync.tools.control import ControlClient
 
@@ -251,30 +272,20 @@ def latency_and_catchup(directory: str, seconds: float, interruption: float, fsy
         ctl_b = ControlClient.for_home(b.home)
         assert ctl_b is not None
         seen: list[tuple[int, float]] = []
+        mirrored: list[tuple[int, float]] = []
+        mirror_log = FileLog(os.path.join(b.home, "mirror", a.name))
         loader.start()
         t_end = time.time() + seconds
         while time.time() < t_end:
+            mirrored.append((mirror_log.end_offset(), time.time()))
             seen.append((ctl_b.offsets().get(source_name("sha"), 0), time.time()))
             time.sleep(0.002)
         stop.set()
         loader.join()
         wait_converged(a, b, timeout=300)
         log_a = FileLog(os.path.join(a.home, "log"))
-        lat: list[float] = []
-        first_seen: dict[int, float] = {}
-        for off, t in seen:
-            first_seen.setdefault(off, t)
-        applied = sorted(first_seen.items())
-        i = 0
-        for batch in log_a.batches(log_a.start_offset()):
-            while i < len(applied) and applied[i][0] < batch.next_offset:
-                i += 1
-            if i < len(applied) and batch.timestamp_ms / 1000 >= seen[0][1]:
-                lat.append(max(0.0, applied[i][1] - batch.timestamp_ms / 1000))
-        lat.sort()
-        out["latency_ms"] = {"p50": round(statistics.median(lat) * 1000, 1) if lat else None,
-                             "p99": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 1) if lat else None,
-                             "samples": len(lat)}
+        out["latency_ms"] = _latencies(log_a, seen)
+        out["mirror_hop_ms"] = _latencies(log_a, mirrored)  # the first hop: append -> in the backup's mirror log
         # catch-up after an interruption at the same load
         b.kill("mirror")
         stop = threading.Event()
@@ -358,6 +369,9 @@ def bench_sync(log_mb: int, seconds: float, interruption: float, size: int, fsyn
     lat = r.get("latency_ms", {})
     click.echo(f"latency      p50 {lat.get('p50')} ms  p99 {lat.get('p99')} ms at {r['load_MB_per_s']} MB/s "
                f"(half of {r['ingest_capacity_MB_per_s']} MB/s)")
+    hop = r.get("mirror_hop_ms", {})
+    click.echo(f"             of which append -> the backup's mirror log: p50 {hop.get('p50')} ms  "
+               f"p99 {hop.get('p99')} ms")
     c = r["catch_up"]
     click.echo(f"catch-up     {c['seconds']} s after {c['interruption_s']} s cut ({c['backlog_MB']} MB backlog)  "
                f"rate {c['rate_MB_per_s']} MB/s = {c['ratio_to_ingest_rate']}x the ingest rate")
