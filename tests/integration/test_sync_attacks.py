@@ -320,17 +320,8 @@ def _record_reply(a: Node) -> bytes:
     dest = tls.file_fingerprint(tls.paths(a.home)[0])
     ident = _backup_identity(a.home)
     headers = auth.Session().headers(key, "GET", "/v1/identity", ident, dest)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    with _connect(a.port) as raw, ctx.wrap_socket(raw) as t:
-        t.sendall(("GET /v1/identity HTTP/1.1\r\nHost: x\r\n"
-                   + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode())
-        head = _read_head(t)
-        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-        body = head.split(b"\r\n\r\n", 1)[1]
-        while len(body) < length:
-            body += t.recv(65536)
-        return head.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n" + body
+    return _relay_to(a.port, ("GET /v1/identity HTTP/1.1\r\nHost: x\r\n"
+                              + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode())
 
 
 def _connect(port: int) -> socket.socket:
@@ -348,6 +339,7 @@ def _backup_identity(master_home: str) -> str:
 
 
 def _relay_to(port: int, head: bytes) -> bytes:
+    """Send a request head to the master over a TLS connection of this test's own; its whole reply."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     with _connect(port) as raw, ctx.wrap_socket(raw) as t:
