@@ -193,6 +193,9 @@ def test_the_sync_interface_runs_over_tls_with_client_certificates(tmp_path: Pat
         plain.request("GET", "/v1/identity")
         plain.getresponse().read()
     assert _tls_reply(a.port, crt_a, None) is None  # no client certificate: refused
+    other_dir = tmp_path / "other-pki"
+    other_dir.mkdir()
+    assert _tls_reply(a.port, crt_a, _cert(other_dir, "mallory")) is None  # one from another CA: refused
     assert (_tls_reply(a.port, crt_a, (crt_b, key_b)) or b"").startswith(b"HTTP/1.1 4")  # through TLS; unsigned
 
 
