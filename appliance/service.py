@@ -35,7 +35,8 @@ from dssync.appliance.home import Appliance
 from dssync.appliance.verify import verify_store
 from dssync.consumers.packs import Packs
 from dssync.consumers.store import Digest, Row
-from dssync.errors import DssyncError, LockedError, TransientError
+from dssync.doorbell import Doorbell
+from dssync.errors import DssyncError, LockedError, NotFoundError, TransientError
 from dssync.layout import log_dir, mirror_states, run_dir, service_file
 from dssync.log.base import LogReader
 from dssync.log.factory import open_log_reader
@@ -49,6 +50,9 @@ from dssync.sync import auth, protocol, server, tls
 
 log = logging.getLogger("dssync.service")
 APPLY_INTERVAL_S = 0.005
+"""How often the apply loop looks for the peer's new records when nothing rings (Kafka transports)."""
+RING_INTERVAL_S = 0.05
+"""How often it looks anyway where the file mirror rings its doorbell (``dssync.doorbell``)."""
 STATUS_EVERY_S = 1.0
 STATUS_COST_FACTOR = 20
 """``status.json`` is rewritten every ``STATUS_EVERY_S``, or less often when the index scan it
@@ -136,6 +140,12 @@ class Service:
 
     def log_reader(self) -> FileLog:
         return FileLog(log_dir(self.home))
+
+    def served_end(self, beyond: int, wait_s: float) -> int:
+        log = self.app.log
+        if not isinstance(log, FileLog):
+            raise NotFoundError(f"{self.config.name}'s log is a Kafka topic", hint="its peer reads it from the broker")
+        return log.wait_durable(beyond, wait_s, self.stopping.is_set)
 
     def pack_reader(self) -> Packs:
         """A reader of the store's segment bytes (packs and log-resident files) for a thread
@@ -250,8 +260,11 @@ class Service:
         last_status, status_every = 0.0, STATUS_EVERY_S
         last_error = ""
         beat = Heartbeat(self.app, self.lock, self.config.monitor.heartbeat_s)
+        bell = Doorbell.open(self.home) if self.config.sync.transport == "http" else None
         try:
             while not self.stopping.is_set():
+                if bell is not None:
+                    bell.clear()  # before looking: a ring from now on is kept
                 try:
                     n = self.applier.step()
                 except DssyncError as exc:
@@ -273,9 +286,16 @@ class Service:
                     last_status = time.monotonic()
                     status_every = max(STATUS_EVERY_S, STATUS_COST_FACTOR * (last_status - now))
                 if not n:
-                    self.stopping.wait(APPLY_INTERVAL_S)
+                    if bell is None:
+                        self.stopping.wait(APPLY_INTERVAL_S)
+                    else:
+                        self.stopping.wait(RING_INTERVAL_S, wake=bell.fileno())
         finally:
+            if bell is not None:
+                bell.close()
             self.stopping.set()
+            if isinstance(self.app.log, FileLog):
+                self.app.log.wake_waiters()  # the sync interface's long polls end now
             monitor_thread.join(timeout=30)
             self.probes.close()
             if metrics_srv is not None:

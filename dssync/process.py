@@ -70,15 +70,16 @@ class StopFlag:
         self._requested = True
         self._poke()
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait up to ``timeout`` seconds for a stop request; return whether one is up."""
+    def wait(self, timeout: float | None = None, wake: int | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for a stop request, or until the file descriptor
+        ``wake`` turns readable (a doorbell: the caller reads it); return whether a stop is up."""
         if self._requested:
             return True
         try:
-            ready, _, _ = select.select([self._r], [], [], timeout)
+            ready, _, _ = select.select([self._r] if wake is None else [self._r, wake], [], [], timeout)
         except (OSError, ValueError):  # closed under us: the process is ending
             return self._requested
-        if ready:
+        if self._r in ready:
             got = b""
             with contextlib.suppress(OSError):  # BlockingIOError: another waiter read it first
                 got = os.read(self._r, 512)

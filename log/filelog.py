@@ -8,7 +8,11 @@ after it, so a reader sees either the whole batch (its CRC checks) or nothing of
 Durability: ``fsync="always"`` (default) fsyncs every append before it returns;
 ``"interval"`` at most every ``fsync_interval_ms``; ``"never"`` leaves it to the OS. A process
 kill loses nothing under any policy (the page cache survives); a power cut can lose the
-un-fsynced tail, which recovery then cuts cleanly.
+un-fsynced tail, which recovery then cuts cleanly. ``durable_end`` says how far the log is
+durable under its policy, and is what may leave the machine: the sync interface serves the peer
+nothing beyond it, so a peer never mirrors a batch a power cut could take back (offsets that a
+restarted writer would then reuse for other events). Opening for writing fsyncs what an earlier
+process left written, since it is served from then on.
 
 Recovery: opening for writing finds where the log ends and cuts what a crash left torn, at a
 cost that does not grow with the log (Kafka's recovery point and clean-shutdown marker):
@@ -32,6 +36,7 @@ import contextlib
 import fcntl
 import json
 import os
+import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
@@ -150,6 +155,8 @@ class FileLog:
         self.recovery: RecoveryReport | None = None
         self._base_offset = base_offset
         self._scan_all = scan_all
+        self._durable = threading.Condition()
+        self._durable_end = 0
         self.retain_from: int | None = None
         """Retention never deletes a segment holding this offset or later (the local store's
         apply position: a peer's mirror may fall behind retention, the local store may not)."""
@@ -178,6 +185,8 @@ class FileLog:
         try:
             self.recovery = self._recover()
             self._open_active()
+            assert self._fd is not None
+            os.fdatasync(self._fd)  # a crashed writer's unsynced tail: durable before it is served
         except BaseException:
             self.close()
             raise
@@ -265,6 +274,31 @@ class FileLog:
         """What a failed sync falls back to: the active segment's size, the next offset, its
         index entries and the last timestamp as they were at the last sync that worked."""
         self._synced = (self._active_size, self._next_offset, len(self._entries), self._last_ts)
+        self._set_durable(self._next_offset)
+
+    def _set_durable(self, end: int) -> None:
+        with self._durable:
+            self._durable_end = end
+            self._durable.notify_all()
+
+    def durable_end(self) -> int:
+        """One past the last offset that is durable under the fsync policy (every written
+        offset under ``"never"``, which promises nothing past a process kill). Writer only."""
+        self._require_writer()
+        return self._durable_end
+
+    def wait_durable(self, beyond: int, timeout_s: float, cancelled: Callable[[], bool] = lambda: False) -> int:
+        """Wait up to ``timeout_s`` for ``durable_end()`` to pass ``beyond``, or for
+        ``cancelled()`` (checked again by ``wake_waiters``); return it. Any thread of the
+        writing process: the sync interface waits here for new batches."""
+        with self._durable:
+            self._durable.wait_for(lambda: self._durable_end > beyond or cancelled(), timeout_s)
+            return self._durable_end
+
+    def wake_waiters(self) -> None:
+        """Make every ``wait_durable`` check its ``cancelled`` again (a service stopping)."""
+        with self._durable:
+            self._durable.notify_all()
 
     def _undo_unsynced(self) -> None:
         """After a failed sync, forget every batch written since the last good one: cut the
@@ -279,6 +313,7 @@ class FileLog:
                 os.ftruncate(self._index_fd, entries * seg.INDEX_ENTRY.size)
         self._active_size, self._next_offset, self._last_ts = size, nxt, ts
         del self._entries[entries:]
+        self._set_durable(nxt)
 
     def _require_writer(self) -> None:
         if self._fd is None:
@@ -380,6 +415,8 @@ class FileLog:
         self._active_size += len(data)
         self._next_offset = base + count
         self._last_ts = ts
+        if self.fsync == "never":
+            self._set_durable(self._next_offset)
         entry = (base, pos, ts)
         self._entries.append(entry)
         with contextlib.suppress(OSError):  # the index is a hint; recovery rebuilds it

@@ -16,6 +16,9 @@ Where the mirror must start:
   recreated, the gap is counted exactly (events, and bytes from the peer's retirement
   ledger), recorded in ``state.json``, and repaired the same way, with a snapshot.
 
+After each transfer it made durable, and after a snapshot or a new mirror log, the mirror
+rings the service's doorbell (``dssync.doorbell``), which applies the batches at once.
+
 Transient failures are retried with exponential backoff and one log line is written per state
 change (connected, disconnected, refused, gap), never one per retry (``sync.mirror_base``).
 """
@@ -31,6 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from dssync import layout
+from dssync.doorbell import Ringer
 from dssync.errors import (
     CorruptLogError,
     GapError,
@@ -62,6 +66,7 @@ class Mirror(MirrorService):
         self.cfg.sync.check_secret()  # refused now, with its remedy, not on every retry
         self.peer: protocol.Identity | None = None
         self.out: FileLog | None = None
+        self.bell = Ringer(home)
 
     def _state_doc(self) -> dict[str, Any]:
         return {**self.state, "mirror_end_offset": self.out.end_offset() if self.out else None}
@@ -114,6 +119,7 @@ class Mirror(MirrorService):
             self._open_out(self.peer.log_start_offset)
             layout.write_json(os.path.join(self._dir(), START_FILE), {"advance_to": self.peer.log_start_offset},
                               durable=True)
+            self.bell.ring()
 
     # ------------------------------------------------------------------ copying
 
@@ -143,7 +149,7 @@ class Mirror(MirrorService):
                     view = memoryview(body)  # batches are checked and written in place, never copied
                     spans, frm, complete = _spans(view, frm)
                     if spans:
-                        writing = pool.submit(_write, out, view, spans)
+                        writing = pool.submit(_write, out, view, spans, self.bell)
                     if not complete:
                         if writing is not None:
                             self._count(writing.result())
@@ -203,10 +209,12 @@ class Mirror(MirrorService):
         layout.write_json(os.path.join(snap_dir, "snapshot.json"),
                           {"peer": self.peer.name, "epoch": int(time.time() * 1000), "covers_to": covers_to,
                            "events": events, "store_id": store_id}, durable=True)
+        self.bell.ring()
         self._set("connected", f"snapshot of {events} events loaded; mirroring from offset {covers_to}")
 
     def close(self) -> None:
         super().close()
+        self.bell.close()
         if self.out is not None:
             self.out.close()
             self.out = None
@@ -233,8 +241,9 @@ def _spans(view: memoryview, frm: int) -> tuple[list[tuple[int, int, int]], int,
     return spans, at, pos == len(view)
 
 
-def _write(out: FileLog, view: memoryview, spans: list[tuple[int, int, int]]) -> tuple[int, int, int]:
-    """Check and write one response's batches, then one fsync; (batches, records, bytes)."""
+def _write(out: FileLog, view: memoryview, spans: list[tuple[int, int, int]], bell: Ringer) -> tuple[int, int, int]:
+    """Check and write one response's batches, then one fsync and a ring of the service's
+    doorbell; (batches, records, bytes)."""
     for pos, total, _count in spans:
         try:
             out.append_raw(view[pos : pos + total], sync=False)
@@ -242,6 +251,7 @@ def _write(out: FileLog, view: memoryview, spans: list[tuple[int, int, int]]) ->
             # a damaged or misplaced batch is never written; ask again from our end offset
             raise TransientError(f"batch refused: {exc.message}") from None
     out.commit()  # one fsync per transfer, before its batches count as copied
+    bell.ring()
     return len(spans), sum(c for _p, _t, c in spans), sum(t for _p, t, _c in spans)
 
 

@@ -35,7 +35,7 @@ from urllib.parse import parse_qs, urlparse
 from dssync import config as cfgmod
 from dssync.consumers.packs import Packs
 from dssync.consumers.store import Row
-from dssync.errors import OffsetOutOfRangeError, PairingRefusedError
+from dssync.errors import NotFoundError, OffsetOutOfRangeError, PairingRefusedError
 from dssync.log.filelog import FileLog
 from dssync.process import StopFlag
 from dssync.sync import auth, protocol, snapshot
@@ -67,6 +67,11 @@ class PeerFacing(Protocol):
 
     def log_reader(self) -> FileLog:
         """A new reader of the appliance's own log (the caller closes it)."""
+        ...
+
+    def served_end(self, beyond: int, wait_s: float) -> int:
+        """One past the last offset of the own log the peer may be served (what is durable),
+        after waiting up to ``wait_s`` for it to pass ``beyond`` (less if the service stops)."""
         ...
 
     def snapshot_rows(self) -> AbstractContextManager[tuple[Iterator[Row], int, int, str]]:
@@ -188,21 +193,23 @@ class SyncHandler(Handler):
             self._error(404, "unknown endpoint")
 
     def _log(self, svc: PeerFacing, frm: int, max_bytes: int, wait_ms: int) -> None:
-        log = svc.log_reader()
-        deadline = time.monotonic() + wait_ms / 1000
-        while True:
-            start, end = log.start_offset(), log.end_offset()
-            if frm < start or frm > end:
-                self._json(416, {"start": start, "end": end, "retired": log.retired()})
-                return
-            if frm < end or time.monotonic() >= deadline or svc.stopping.is_set():
-                break
-            time.sleep(0.003)
+        try:
+            end = svc.served_end(frm, 0)
+            log = svc.log_reader()
+        except NotFoundError as exc:
+            self._error(404, exc.message)
+            return
+        start = log.start_offset()
+        if start <= frm == end:  # nothing new: wait for the next durable batch
+            end = svc.served_end(frm, wait_ms / 1000)
+        if frm < start or frm > end:
+            self._json(416, {"start": start, "end": end, "retired": log.retired()})
+            return
         out: list[bytes] = []
         size = 0
         try:
-            for b in log.batches(frm):
-                if out and size + b.size > max_bytes:
+            for b in log.batches(frm) if frm < end else ():
+                if b.next_offset > end or (out and size + b.size > max_bytes):
                     break
                 out.append(b.raw)
                 size += b.size

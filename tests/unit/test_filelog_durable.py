@@ -1,0 +1,100 @@
+"""The file log's durable end: how far the log may be served to the peer under its fsync policy."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from dssync.errors import ResourceError
+from dssync.log.filelog import FileLog
+
+
+def test_every_append_is_durable_at_once_under_always(tmp_path: Path) -> None:
+    with FileLog(str(tmp_path / "log"), writer=True, create=True, fsync="always") as log:
+        log.append([b"a", b"b"])
+        assert log.durable_end() == log.end_offset() == 2
+
+
+def test_under_interval_the_durable_end_waits_for_the_next_sync(tmp_path: Path) -> None:
+    now = [1_000_000]
+    with FileLog(str(tmp_path / "log"), writer=True, create=True, fsync="interval", fsync_interval_ms=1000,
+                 clock_ms=lambda: now[0]) as log:
+        log.append([b"a", b"b"])
+        assert (log.end_offset(), log.durable_end()) == (2, 0)  # written, not synced: not served
+        now[0] += 1000
+        log.append([b"c"])
+        assert log.durable_end() == 3
+        log.append([b"d"])
+        assert log.durable_end() == 3
+        log.flush()
+        assert log.durable_end() == 4
+
+
+def test_under_never_every_written_offset_counts(tmp_path: Path) -> None:
+    with FileLog(str(tmp_path / "log"), writer=True, create=True, fsync="never") as log:
+        log.append([b"a"])
+        assert log.durable_end() == 1
+
+
+def test_a_failed_fsync_never_moves_the_durable_end_past_what_it_cut(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    log = FileLog(str(tmp_path / "log"), writer=True, create=True, fsync="always")
+    log.append([b"kept"])
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+    with monkeypatch.context() as m:
+        m.setattr(os, "fdatasync", failing)
+        with pytest.raises(ResourceError):
+            log.append([b"lost", b"lost"])
+    assert log.durable_end() == log.end_offset() == 1
+    log.close()
+
+
+def test_a_reopened_log_syncs_what_an_earlier_writer_left_before_counting_it_durable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = str(tmp_path / "log")
+    now = [1_000_000]
+    old = FileLog(d, writer=True, create=True, fsync="interval", fsync_interval_ms=10**9, clock_ms=lambda: now[0])
+    old.append([b"a", b"b"])
+    assert old.durable_end() == 0
+    os.close(old._lock_fd)  # the process dies: no close, no sync  # type: ignore[arg-type]
+    old._lock_fd = None
+    synced: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
+    with FileLog(d, writer=True, fsync="interval", fsync_interval_ms=10**9) as log:
+        assert synced  # the open synced the tail it found
+        assert log.durable_end() == log.end_offset() == 2
+
+
+def test_a_waiter_wakes_when_an_append_becomes_durable_and_not_before(tmp_path: Path) -> None:
+    with FileLog(str(tmp_path / "log"), writer=True, create=True, fsync="always") as log:
+        log.append([b"a"])
+        assert log.wait_durable(1, 0.05) == 1  # nothing new: the wait times out
+        got: list[int] = []
+        waiter = threading.Thread(target=lambda: got.append(log.wait_durable(1, 30)))
+        waiter.start()
+        time.sleep(0.05)
+        assert not got
+        log.append([b"b", b"c"])
+        waiter.join(30)
+        assert got == [3]
+
+
+def test_a_stop_ends_a_wait_at_once(tmp_path: Path) -> None:
+    stop = threading.Event()
+    with FileLog(str(tmp_path / "log"), writer=True, create=True) as log:
+        got: list[int] = []
+        waiter = threading.Thread(target=lambda: got.append(log.wait_durable(0, 30, stop.is_set)))
+        waiter.start()
+        time.sleep(0.05)
+        stop.set()
+        log.wake_waiters()
+        waiter.join(30)
+        assert got == [0]
