@@ -29,6 +29,7 @@ from dssync.errors import OffsetOutOfRangeError, PairingRefusedError, TransientE
 from dssync.log.base import LogReader
 from dssync.log.factory import open_peer_log
 from dssync.log.filelog import FileLog
+from dssync.monitor.latency import LatencyHistogram
 from dssync.process import StopFlag
 from dssync.sync import protocol
 
@@ -65,6 +66,14 @@ class PeerApplier:
         self._next_gap_check = 0.0
         self._consumers: dict[str, Consumer] = {}
         self._started: set[str] = set()
+        self.latency: dict[str, LatencyHistogram] = {}
+        """Replication latency by peer (``dssync.monitor.latency``), from the first apply."""
+
+    def _consumer(self, peer: str, log: LogReader) -> Consumer:
+        """A consumer of ``peer``'s log whose commits are observed in ``latency``."""
+        hist = self.latency.setdefault(peer, LatencyHistogram())
+        return Consumer(log, self.app.store, layout.source_name(peer), batch_records=BATCH_RECORDS, check_refs=True,
+                        on_applied=lambda records: hist.observe_batches(records.timestamps, time.time()))
 
     def step(self) -> int:
         """Apply what arrived since the last call; return records applied. The clock then
@@ -122,8 +131,7 @@ class PeerApplier:
             finally:
                 client.close()
             source = layout.source_name(self.peer.name)
-            self._consumers[source] = Consumer(self.open_peer_log(self.peer.name), self.app.store, source,
-                                               batch_records=BATCH_RECORDS, check_refs=True)
+            self._consumers[source] = self._consumer(self.peer.name, self.open_peer_log(self.peer.name))
             with self.lock:
                 self.app.store.advance(source, self.peer.log_start_offset)
             log.info("reading %s's topic from offset %d", self.peer.name, self.app.store.committed(source))
@@ -157,12 +165,12 @@ class PeerApplier:
 
     # ------------------------------------------------------------------ the file mirror's logs
 
-    def _mirror_consumer(self, source: str, path: str) -> Consumer:
+    def _mirror_consumer(self, peer: str, path: str) -> Consumer:
+        source = layout.source_name(peer)
         consumer = self._consumers.get(source)
         if consumer is None or not isinstance(consumer.log, FileLog) or consumer.log.directory != path:
             self._drop(source)
-            consumer = self._consumers[source] = Consumer(FileLog(path), self.app.store, source,
-                                                          batch_records=BATCH_RECORDS, check_refs=True)
+            consumer = self._consumers[source] = self._consumer(peer, FileLog(path))
         return consumer
 
     def _apply_mirror_log(self, peer: str) -> int:
@@ -170,7 +178,7 @@ class PeerApplier:
         if os.path.exists(path + layout.SNAPSHOT_SUFFIX):
             return 0  # a snapshot of this peer is loading: its log continues where it ends
         source = layout.source_name(peer)
-        consumer = self._mirror_consumer(source, path)
+        consumer = self._mirror_consumer(peer, path)
         if source not in self._started:
             start = layout.read_json(os.path.join(path, layout.START_FILE)).get("advance_to")
             if start is None:

@@ -41,6 +41,7 @@ from dssync.layout import log_dir, mirror_states, run_dir, service_file
 from dssync.log.base import LogReader
 from dssync.log.factory import open_log_reader
 from dssync.log.filelog import FileLog
+from dssync.monitor import latency
 from dssync.monitor.metrics import serve_metrics
 from dssync.monitor.monitor import Monitor
 from dssync.monitor.probes import ServiceProbes
@@ -177,10 +178,20 @@ class Service:
             "listen": self.config.sync.listen, "interface": self.config.sync.interface,
             "refusals": dict(self.refusals),
             "requests": self.sync_server.counters() if self.sync_server is not None else {},
+            "replication_latency": self.replication_latency(),
         }
         doc["mirrors"] = mirror_states(self.home)
         doc["pid"] = os.getpid()
         return doc
+
+    def replication_latency(self) -> dict[str, Any]:
+        """By peer: batches applied since the service started, p50/p99 and the share within
+        50 ms (``dssync.monitor.latency``), and the histogram they come from."""
+        out = {}
+        for peer, hist in list(self.applier.latency.items()):
+            snap = hist.snapshot()
+            out[peer] = {**latency.summary(snap), "histogram": snap}
+        return out
 
     def verify(self) -> dict[str, Any]:
         """Run 'dssync verify' on the store this service owns. Traffic and the mirror's apply
@@ -224,7 +235,8 @@ class Service:
         """What the Prometheus endpoint exports: the monitor's latest report and the sync
         interface's counters (refused requests by reason, connections dropped at the cap)."""
         srv = self.sync_server
-        return {**self.monitor.latest(), "sync_server": srv.counters() if srv is not None else {}}
+        return {**self.monitor.latest(), "sync_server": srv.counters() if srv is not None else {},
+                "replication_latency": {p: h.snapshot() for p, h in list(self.applier.latency.items())}}
 
     def request_stop(self, restart: bool = False) -> None:
         self.restart = restart

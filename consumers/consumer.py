@@ -22,14 +22,16 @@ class Consumer:
     """Applies ``log`` to ``store`` under the source name ``source``."""
 
     def __init__(self, log: LogReader, store: Store, source: str, batch_records: int = 20_000,
-                 check_refs: bool = False) -> None:
+                 check_refs: bool = False, on_applied: Callable[[RecordColumns], None] | None = None) -> None:
         """``check_refs``: a peer's log: every segment's bytes must hash to its reference
-        (``Store.apply_columns``)."""
+        (``Store.apply_columns``). ``on_applied``: called by ``step`` with the records it
+        committed, right after the commit (the replication latency is measured there)."""
         self.log = log
         self.store = store
         self.source = source
         self.batch_records = batch_records
         self.check_refs = check_refs
+        self.on_applied = on_applied
 
     def step(self) -> ApplyResult:
         """Apply up to ``batch_records`` records in one transaction; empty result at the end."""
@@ -49,7 +51,10 @@ class Consumer:
             if through is not None and through > frm:
                 self.store.advance(self.source, through)
             return ApplyResult()
-        return self.store.apply_columns(self.source, records, check_refs=self.check_refs)
+        result = self.store.apply_columns(self.source, records, check_refs=self.check_refs)
+        if result.applied and self.on_applied is not None:
+            self.on_applied(records)
+        return result
 
     def catch_up(self, progress: Callable[[int], None] | None = None) -> int:
         """Apply until the end of the log as it was when called; return records applied."""

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from dssync.monitor.evaluate import STATUSES
@@ -56,6 +56,17 @@ class LagCollector(Collector):
         yield alarms
         yield _suppressed(me, r)
         yield from _sync_server(me, r.get("sync_server") or {})
+        yield _replication_latency(me, r.get("replication_latency") or {})
+
+
+def _replication_latency(me: str, by_peer: dict[str, Any]) -> HistogramMetricFamily:
+    """Append on the peer -> committed here, per batch (``dssync.monitor.latency``)."""
+    h = HistogramMetricFamily("dssync_replication_latency_seconds",
+                              "Time from a batch's append on the peer to its commit in this store.",
+                              labels=["appliance", "peer"])
+    for peer, snap in sorted(by_peer.items()):
+        h.add_metric([me, peer], [(str(b), float(c)) for b, c in snap["buckets"]], snap["sum_s"])
+    return h
 
 
 def _suppressed(me: str, r: dict[str, Any]) -> CounterMetricFamily:

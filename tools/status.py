@@ -104,6 +104,11 @@ def status_cmd(home: str, as_json: bool) -> None:
         table([("sync", f"{sync['role']} of {sync['peer']} over {sync['interface']} {sync['listen']}: {state}")])
         for reason in (sync.get("refusals") or {}).values():
             table([("refused", reason)])
+        for peer, lat in (sync.get("replication_latency") or {}).items():
+            if lat.get("batches"):
+                table([(f"latency {peer}", f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, "
+                                           f"{lat['within_50ms']:.1%} within 50 ms ({lat['batches']} batches applied; "
+                                           "append on the peer -> committed here)")])
     lag = doc.get("lag")
     if lag:
         paths = ", ".join(f"{k} {v}" for k, v in lag["paths"].items())

@@ -78,6 +78,9 @@ def test_a_mirror_stopped_under_load_raises_alarms_that_clear_after_catch_up(
         assert 'dssync_alarm_active{alarm="mirror_stopped",appliance="shb",path="mirror:sha",severity="critical"} 1.0' \
             in scraped
         assert 'dssync_lag_seconds{appliance="shb",path="mirror",peer="sha"}' in scraped
+        # the master's batches applied here so far, by latency (append there -> committed here)
+        assert 'dssync_replication_latency_seconds_bucket{appliance="shb",le="0.05",peer="sha"}' in scraped
+        assert 'dssync_replication_latency_seconds_count{appliance="shb",peer="sha"} 0.0' not in scraped
 
         stop_load.set()
         loader.join()

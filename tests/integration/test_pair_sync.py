@@ -49,6 +49,11 @@ def test_pairing_overwrites_the_backup_and_both_directions_converge(tmp_path: Pa
         assert inspected["source"] == "service" and inspected["digest"] and inspected["live_segments"] > 0
     mirrors = b.status()["mirrors"]["sha"]
     assert mirrors["not_copied_events"] == 0 and mirrors["copied_records"] > 0
+    # the master's batches the backup applied, timed from the append there to the commit here
+    latency = b.status()["sync"]["replication_latency"]["sha"]
+    assert latency["batches"] > 0 and latency["histogram"]["count"] == latency["batches"]
+    assert 0 <= latency["p50_ms"] <= latency["p99_ms"]
+    assert "latency sha" in dss("status", b.home).stdout
 
 
 def test_the_backup_waits_for_its_restart_before_syncing(tmp_path: Path) -> None:
