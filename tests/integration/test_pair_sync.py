@@ -158,7 +158,9 @@ def test_bench_sync_prints_every_figure_with_its_baseline() -> None:
     assert m["system"] > 0 and m["baseline"] > 0 and m["ratio"] == pytest.approx(m["system"] / m["baseline"], rel=0.02)
     assert len(m["system_runs"]) == len(m["baseline_runs"]) == len(m["baseline_tls_runs"]) == 2
     assert m["ratio_to_tls_copy"] == pytest.approx(m["system"] / m["baseline_tls"], rel=0.02)
-    assert doc["replication"]["latency_ms"]["samples"] > 0
+    lat = doc["replication"]["latency_ms"]  # from the backup's histogram, over the paced traffic only
+    assert lat["samples"] > 0 and 0 <= lat["p50_ms"] <= lat["p99_ms"] and 0 <= lat["within_50ms"] <= 1
+    assert doc["replication"]["polled_latency_ms"]["samples"] > 0
     hop = doc["replication"]["mirror_hop_ms"]  # append -> the backup's mirror log
     assert hop["samples"] > 0 and hop["p50"] is not None and hop["p99"] >= hop["p50"]
     catch_up = doc["replication"]["catch_up"]  # what arrived while the mirror was down was caught up
