@@ -26,6 +26,7 @@ from dssync.appliance import snapshots
 from dssync.appliance.home import Appliance
 from dssync.consumers.consumer import Consumer
 from dssync.errors import OffsetOutOfRangeError, PairingRefusedError, TransientError
+from dssync.hlc import LOGICAL_BITS, MAX_DRIFT_MS
 from dssync.log.base import LogReader
 from dssync.log.factory import open_peer_log
 from dssync.log.filelog import FileLog
@@ -64,6 +65,7 @@ class PeerApplier:
         """The peer on a Kafka transport, once it has answered."""
         self._next_handshake = 0.0
         self._next_gap_check = 0.0
+        self._next_clock_warning = 0.0
         self._consumers: dict[str, Consumer] = {}
         self._started: set[str] = set()
         self.latency: dict[str, LatencyHistogram] = {}
@@ -82,7 +84,14 @@ class PeerApplier:
         applied = self._apply()
         if applied:
             with self.lock:
-                self.app.hlc.observe(int(self.app.store.meta().get("max_hlc", 0)))
+                newest = int(self.app.store.meta().get("max_hlc", 0))
+                within = self.app.hlc.observe(newest)
+            if not within and time.monotonic() >= self._next_clock_warning:
+                self._next_clock_warning = time.monotonic() + 60
+                log.warning("the peer's clock runs more than %d s ahead of this one (its newest event: %s): "
+                            "this clock follows it only that far; check both appliances' time (NTP)",
+                            MAX_DRIFT_MS // 1000, time.strftime("%Y-%m-%d %H:%M:%S",
+                                                                time.gmtime((newest >> LOGICAL_BITS) / 1000)))
         return applied
 
     def open_peer_log(self, peer: str) -> LogReader:

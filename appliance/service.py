@@ -179,6 +179,7 @@ class Service:
             "refusals": dict(self.refusals),
             "requests": self.sync_server.counters() if self.sync_server is not None else {},
             "replication_latency": self.replication_latency(),
+            "clock_observations_bounded": self.app.hlc.bounded,
         }
         doc["mirrors"] = mirror_states(self.home)
         doc["pid"] = os.getpid()

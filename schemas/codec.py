@@ -19,7 +19,7 @@ from typing import Any
 import fastavro
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
-from dssync.errors import CorruptLogError, UnknownSchemaError
+from dssync.errors import CorruptLogError, UnknownSchemaError, UsageError
 
 MAGIC = b"\xc3\x01"
 PREFIX = 10
@@ -86,6 +86,10 @@ def encode(name: str, fields: Event, version: int | None = None) -> bytes:
 
 
 def _zigzag(n: int) -> bytes:
+    """An Avro long; a value outside the signed 64-bit range is refused (``UsageError``):
+    its bytes would decode as another number."""
+    if not -(1 << 63) <= n < 1 << 63:
+        raise UsageError(f"{n} does not fit an Avro long (64-bit signed)")
     n = (n << 1) ^ (n >> 63)
     out = bytearray()
     while n > 0x7F:
@@ -142,10 +146,14 @@ def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
     shift = 7
     pos += 1
     while b & 0x80:
+        if shift > 63:
+            raise CorruptLogError("an Avro long runs over 10 bytes")
         b = buf[pos]
         n |= (b & 0x7F) << shift
         shift += 7
         pos += 1
+    if n >> 64:
+        raise CorruptLogError("an Avro long holds more than 64 bits")
     return (n >> 1) ^ -(n & 1), pos
 
 

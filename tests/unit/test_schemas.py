@@ -89,6 +89,25 @@ def test_fast_eviction_decoding_matches_fastavro(origin: str, hlc: int, ref: byt
     assert codec.decode_fast(value) == codec.decode(value)
 
 
+@pytest.mark.parametrize("hlc", [1 << 63, (1 << 64) + 5, -(1 << 63) - 1])
+def test_the_fast_encoder_refuses_a_value_outside_an_avro_long(hlc: int) -> None:
+    from dssync.errors import UsageError
+
+    with pytest.raises(UsageError, match="Avro long"):
+        codec.encode_segment_stored(codec.origin_field("sh1"), hlc, b"r" * 16, b"x")
+
+
+def test_the_fast_decoder_refuses_a_long_of_more_than_64_bits() -> None:
+    good = codec.encode("SegmentEvicted", {"origin": "sh1", "hlc": (1 << 63) - 1, "ref": b"r" * 16})
+    assert codec.decode_fast(good)["hlc"] == (1 << 63) - 1
+    head = codec.PREFIX + len(codec.origin_field("sh1"))
+    too_wide = good[:head] + b"\xff" * 9 + b"\x7f" + b"r" * 16  # ten bytes, 70 bits
+    too_long = good[:head] + b"\xff" * 10 + b"\x01" + b"r" * 16  # eleven bytes
+    for value in (too_wide, too_long):
+        with pytest.raises(CorruptLogError, match="Avro long"):
+            codec.decode_fast(value)
+
+
 def test_public_names_are_exported() -> None:
     for name in schemas.__all__:
         assert hasattr(schemas, name)
