@@ -97,6 +97,8 @@ class Service:
         cfg = cfgmod.load(home)
         if cfg.sync.role and cfg.sync.state == "restart-required":
             pairing.activate(home, cfg)
+        else:
+            pairing.finished(home)  # killed after its last step
         self.app = Appliance(home)
         self.config = self.app.config
         self.optimizer = Optimizer(self.config.name, self.app.chunker, self.app.hlc, _LockedSink(self.app, self.lock))

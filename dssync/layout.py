@@ -144,6 +144,17 @@ def write_json(path: str, doc: Any, mode: int | None = None, durable: bool = Fal
             f.flush()
             os.fsync(f.fileno())
     os.replace(tmp, path)
+    if durable:
+        sync_dir(os.path.dirname(path) or ".")
+
+
+def sync_dir(directory: str) -> None:
+    """fsync a directory: the names created, renamed or removed in it survive a power cut."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_private(path: str, data: bytes) -> None:
@@ -158,6 +169,7 @@ def write_private(path: str, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    sync_dir(os.path.dirname(path) or ".")
     _fsync_dir(os.path.dirname(path) or ".")
 
 
