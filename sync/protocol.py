@@ -140,7 +140,7 @@ class PeerClient:
             raise TransientError(f"peer {self.cfg.peer} unreachable: {exc or type(exc).__name__}") from None
         headers = {k.lower(): v for k, v in resp.getheaders()}
         try:
-            auth.check_reply(self.key, tag, resp.status, headers, [body], self.cfg.peer)
+            auth.check_reply(self.key, tag, resp.status, headers, len(body), self.cfg.peer)
         except PairingRefusedError as exc:
             self.close()
             if resp.status in (401, 409):

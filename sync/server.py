@@ -123,7 +123,8 @@ class Handler(BaseHTTPRequestHandler):
         parts = body if isinstance(body, list) else [body]
         headers = dict(headers or {})
         if self.request_tag:
-            headers[auth.H_REPLY] = auth.reply_tag(self.server.key, self.request_tag, status, headers, parts)
+            headers[auth.H_REPLY] = auth.reply_tag(self.server.key, self.request_tag, status, headers,
+                                                   sum(len(p) for p in parts))
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(sum(len(p) for p in parts)))
@@ -231,7 +232,7 @@ class SyncHandler(Handler):
                 self.send_header("X-Dssync-Rows", str(count))
                 signed = {"x-dssync-covers-to": str(covers_to), "x-dssync-store-id": store_id,
                           "x-dssync-rows": str(count)}
-                reply = auth.reply_tag(self.server.key, self.request_tag, 200, signed, [])
+                reply = auth.reply_tag(self.server.key, self.request_tag, 200, signed, 0)
                 self.send_header(auth.H_REPLY, reply)
                 self.end_headers()
                 tags = auth.StreamTags(self.server.key, reply)

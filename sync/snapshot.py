@@ -73,7 +73,7 @@ def download(client: PeerClient, directory: str) -> tuple[int, int, str]:
             client.close()
             raise TransientError(f"snapshot request failed with HTTP {resp.status}: {body}")
         headers = {k.lower(): v for k, v in resp.getheaders()}
-        auth.check_reply(client.key, tag, 200, headers, [], peer)
+        auth.check_reply(client.key, tag, 200, headers, 0, peer)
         reply = headers[auth.H_REPLY.lower()]
         covers_to = int(headers.get("x-dssync-covers-to") or 0)
         store_id = headers.get("x-dssync-store-id") or ""

@@ -37,11 +37,15 @@ def _inputs(tmp_path: Path, count: int, size: int) -> list[str]:
 
 
 def _kill_at_random(args: list[str], rng: random.Random, max_delay: float) -> int:
-    proc = subprocess.Popen(command(*args),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """Run ``dssync ARGS`` and SIGKILL it after a random delay; its exit status. A run that
+    ended before the kill must have succeeded, without a traceback."""
+    proc = subprocess.Popen(command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(rng.uniform(0.05, max_delay))
     proc.send_signal(signal.SIGKILL)
-    return proc.wait()
+    _out, err = proc.communicate(timeout=600)
+    if proc.returncode != -signal.SIGKILL:
+        assert proc.returncode == 0 and b"Traceback" not in err, err.decode(errors="replace")
+    return proc.returncode
 
 
 def _live_segments(home: str) -> dict[str, int]:
@@ -70,16 +74,21 @@ def test_ingest_killed_at_random_moments_loses_and_doubles_nothing(
     run_dssync("ingest", make_home("probe", "--fsync", fsync), inputs[0])
     one_file = time.time() - start  # a whole child process: start-up plus one input
     kills = attempts = 0
+    done: set[str] = set()
     while (kills < 4 or attempts < len(inputs)) and attempts < 16:
         path = inputs[attempts % len(inputs)]
         attempts += 1
         if _kill_at_random(["ingest", home, path], rng, one_file * 1.1) == -signal.SIGKILL:
             kills += 1
+        else:
+            done.add(path)  # reported done: it must all be there, whatever the later kills
         # after every kill the store is the exact projection of what the log kept
         assert run_dssync("verify", home).returncode == 0
     assert kills >= 4  # the runs really were killed mid-flight
     rec = json.loads(run_dssync("recover", home, "--json").stdout)
     assert rec["log_end_offset"] > 0
+    for path in sorted(done):  # every segment of an acknowledged ingest is known: nothing new to store
+        assert json.loads(run_dssync("ingest", home, path, "--json").stdout)["savings"] > 0.999
     run_dssync("ingest", home, *inputs)  # the operator sends the traffic again
     verify = json.loads(run_dssync("verify", home, "--json").stdout)
     assert verify["ok"] and verify["apply_lag"] == 0

@@ -102,18 +102,19 @@ def test_the_replay_guard_forgets_only_sessions_past_the_clock_window() -> None:
     assert guard.accept("c", 1, NOW + 2 * auth.MAX_SKEW_S + 1)
 
 
-def test_a_reply_is_bound_to_its_request_status_headers_and_body() -> None:
+def test_a_reply_is_bound_to_its_request_status_headers_and_length() -> None:
     headers = {"X-Dssync-Log-End": "10", "Content-Type": "application/octet-stream"}
-    tag = auth.reply_tag(KEY, "req", 200, headers, [b"abc", b"def"])
+    tag = auth.reply_tag(KEY, "req", 200, headers, 6)
     signed = {**headers, auth.H_REPLY: tag}
-    auth.check_reply(KEY, "req", 200, signed, [b"abcdef"], "peer")  # however the body was cut into parts
-    for req, status, hdrs, body in (("other", 200, signed, [b"abcdef"]), ("req", 416, signed, [b"abcdef"]),
-                                    ("req", 200, {**signed, "X-Dssync-Log-End": "11"}, [b"abcdef"]),
-                                    ("req", 200, signed, [b"abcdeF"]), ("req", 200, headers, [b"abcdef"])):
+    auth.check_reply(KEY, "req", 200, signed, 6, "peer")
+    auth.check_reply(KEY, "req", 200, {**signed, "Content-Type": "text/plain"}, 6, "peer")  # not a dssync header
+    for req, status, hdrs, length in (("other", 200, signed, 6), ("req", 416, signed, 6),
+                                      ("req", 200, {**signed, "X-Dssync-Log-End": "11"}, 6),
+                                      ("req", 200, signed, 5), ("req", 200, headers, 6)):
         with pytest.raises(PairingRefusedError, match="does not authenticate"):
-            auth.check_reply(KEY, req, status, hdrs, body, "peer")
+            auth.check_reply(KEY, req, status, hdrs, length, "peer")
     with pytest.raises(PairingRefusedError):
-        auth.check_reply(auth.derive_key("another-secret-000000"), "req", 200, signed, [b"abcdef"], "peer")
+        auth.check_reply(auth.derive_key("another-secret-000000"), "req", 200, signed, 6, "peer")
 
 
 def test_a_stream_cut_reordered_or_spliced_is_refused() -> None:
