@@ -25,6 +25,7 @@ from dssync import layout
 from dssync.appliance import snapshots
 from dssync.appliance.home import Appliance
 from dssync.consumers.consumer import Consumer
+from dssync.consumers.quarantine import Quarantine
 from dssync.errors import OffsetOutOfRangeError, PairingRefusedError, TransientError
 from dssync.hlc import LOGICAL_BITS, MAX_DRIFT_MS
 from dssync.log.base import LogReader
@@ -47,7 +48,7 @@ def drain(consumer: Consumer, lock: threading.RLock, stopped: Callable[[], bool]
     while not stopped():
         with lock:
             r = consumer.step()
-        if not r.applied:
+        if not (r.applied or r.skipped):
             break
         applied += r.applied
     return applied
@@ -75,7 +76,8 @@ class PeerApplier:
         """A consumer of ``peer``'s log whose commits are observed in ``latency``."""
         hist = self.latency.setdefault(peer, LatencyHistogram())
         return Consumer(log, self.app.store, layout.source_name(peer), batch_records=BATCH_RECORDS, check_refs=True,
-                        on_applied=lambda records: hist.observe_batches(records.timestamps, time.time()))
+                        on_applied=lambda records: hist.observe_batches(records.timestamps, time.time()),
+                        quarantine=Quarantine(self.home))
 
     def step(self) -> int:
         """Apply what arrived since the last call; return records applied. The clock then

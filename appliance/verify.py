@@ -26,6 +26,7 @@ from typing import Any
 
 from dssync import config as cfgmod
 from dssync import layout
+from dssync.consumers.quarantine import Quarantine
 from dssync.consumers.store import Store
 from dssync.errors import DssyncError
 from dssync.layout import source_name
@@ -81,7 +82,8 @@ def verify_store(home: str, store: Store, max_diffs: int = 20) -> Report:
             if committed > end:
                 rep.problems.append(f"{source}: store applied up to offset {committed} but the log ends at {end}")
             try:
-                _project(slog, source, store.began(source), committed, projection, rep)
+                _project(slog, source, store.began(source), committed, projection, rep,
+                         Quarantine(home).offsets(source))
             except DssyncError as exc:
                 rep.problems.append(f"{source}: {exc.message}")
         for ref, pack, pos, size in store.iter_live_segments():
@@ -158,13 +160,18 @@ def _records(slog: LogReader, rep: Report) -> Iterator[list[LogRecord]]:
         pos = chunk[-1].offset + 1
 
 
-def _project(slog: LogReader, source: str, began: int, committed: int, projection: Store, rep: Report) -> None:
+def _project(slog: LogReader, source: str, began: int, committed: int, projection: Store, rep: Report,
+             aside: set[int]) -> None:
     """Check every record of ``slog``; apply those from ``began`` (where the store began
-    reading it) to below ``committed`` to ``projection``."""
+    reading it) to below ``committed`` to ``projection``, except those the service set aside
+    (``aside``: offsets in quarantine, counted as such)."""
     pending: list[LogRecord] = []
     projection.advance(source, began)
     for chunk in _records(slog, rep):
         for rec in chunk:
+            if rec.offset in aside:
+                rep.events["quarantined"] = rep.events.get("quarantined", 0) + 1
+                continue
             ev = decode(rec.value)
             rep.events[ev["type"]] = rep.events.get(ev["type"], 0) + 1
             rep.log_records += 1

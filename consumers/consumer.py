@@ -8,30 +8,38 @@ then applies, exactly once.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
+from dssync.consumers.quarantine import MALFORMED, Quarantine, first_malformed
 from dssync.consumers.store import ApplyResult, Staged, Store
 from dssync.errors import OffsetOutOfRangeError
 from dssync.log.base import LogReader
 from dssync.log.columns import RecordColumns
 from dssync.schemas.columnar import EventColumns, decode_columns
 
+log = logging.getLogger("dssync.consumer")
+
 
 class Consumer:
     """Applies ``log`` to ``store`` under the source name ``source``."""
 
     def __init__(self, log: LogReader, store: Store, source: str, batch_records: int = 20_000,
-                 check_refs: bool = False, on_applied: Callable[[RecordColumns], None] | None = None) -> None:
+                 check_refs: bool = False, on_applied: Callable[[RecordColumns], None] | None = None,
+                 quarantine: Quarantine | None = None) -> None:
         """``check_refs``: a peer's log: every segment's bytes must hash to its reference
         (``Store.apply_columns``). ``on_applied``: called by ``step`` with the records it
-        committed, right after the commit (the replication latency is measured there)."""
+        committed, right after the commit (the replication latency is measured there).
+        ``quarantine``: a record that cannot be applied is set aside there and skipped
+        (``dssync.consumers.quarantine``); without one, ``step`` raises what apply raised."""
         self.log = log
         self.store = store
         self.source = source
         self.batch_records = batch_records
         self.check_refs = check_refs
         self.on_applied = on_applied
+        self.quarantine = quarantine
 
     def step(self) -> ApplyResult:
         """Apply up to ``batch_records`` records in one transaction; empty result at the end."""
@@ -51,10 +59,36 @@ class Consumer:
             if through is not None and through > frm:
                 self.store.advance(self.source, through)
             return ApplyResult()
-        result = self.store.apply_columns(self.source, records, check_refs=self.check_refs)
+        try:
+            result = self.store.apply_columns(self.source, records, check_refs=self.check_refs)
+        except MALFORMED:
+            if self.quarantine is None:
+                raise
+            return self._set_aside(records)
         if result.applied and self.on_applied is not None:
             self.on_applied(records)
         return result
+
+    def _set_aside(self, records: RecordColumns) -> ApplyResult:
+        """Apply the records before the first malformed one, or quarantine that one and move
+        past it (``skipped`` = 1); the next step goes on from there."""
+        assert self.quarantine is not None
+        found = first_malformed(records, self.check_refs)
+        if found is None:  # the read applies whole after all: whatever failed was not its content
+            return self.store.apply_columns(self.source, records, check_refs=self.check_refs)
+        i, why = found
+        if i > 0:
+            good = records.take(slice(0, i))
+            result = self.store.apply_columns(self.source, good, check_refs=self.check_refs)
+            if self.on_applied is not None:
+                self.on_applied(good)
+            return result
+        offset = int(records.offsets[0])
+        self.quarantine.add(self.source, offset, int(records.timestamps[0]), bytes(records.value(0)), why.message)
+        log.error("%s: the record at offset %d cannot be applied (%s): set aside in %s; the rest goes on",
+                  self.source, offset, why.message, self.quarantine.dir)
+        self.store.advance(self.source, offset + 1)
+        return ApplyResult(skipped=1)
 
     def catch_up(self, progress: Callable[[int], None] | None = None) -> int:
         """Apply until the end of the log as it was when called; return records applied."""

@@ -44,6 +44,7 @@ def alarm_specs(c: MonitorConfig) -> list[AlarmSpec]:
         AlarmSpec("retention_gap", "major", 1, 0, 0, cl),
         AlarmSpec("pairing_refused", "critical", 1, 0, 0, cl),
         AlarmSpec("digest_mismatch", "critical", 1, 0, r, cl),
+        AlarmSpec("peer_data_quarantined", "critical", 1, 0, 0, cl),
     ]
 
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from dssync import config as cfgmod
 from dssync import layout
+from dssync.consumers.quarantine import Quarantine, directory
 from dssync.consumers.store import Digest
 from dssync.errors import DssyncError
 from dssync.layout import mirror_state
@@ -184,6 +185,13 @@ class ServiceProbes:
         out[("pairing_refused", "sync")] = (1.0 if refused else 0.0,
                                              "; ".join(f"{p}: {r}" for p, r in refused.items()) or "no refusal")
         out[("digest_mismatch", "pair")] = self._digests(now, paths)
+        aside = Quarantine(svc.home).entries()
+        first = aside[0] if aside else None
+        out[("peer_data_quarantined", "sync")] = (
+            float(len(aside)),
+            f"{len(aside)} record(s) of the peer set aside in {directory(svc.home)}; the first: {first['source']} "
+            f"offset {first['offset']}: {first['reason']} (compare the stores with 'dssync verify A B'; remove the "
+            "files once handled)" if first else "nothing set aside")
         return out
 
     def _digests(self, now: float, paths: dict[str, dict[str, Any]]) -> tuple[float | None, str]:

@@ -77,3 +77,52 @@ def test_a_peer_segment_whose_bytes_do_not_hash_to_its_reference_is_refused_with
     assert store.committed("log:sh1") == 0 and store.stats()["rows"] == 0
     log.reads = [[good(i) for i in range(6)]]
     assert Consumer(log, store, "log:sh1", check_refs=True).step().applied == 6  # type: ignore[arg-type]
+
+
+class ListLog(ScriptedLog):
+    """A whole log in memory, read from any offset."""
+
+    def __init__(self, records: list[LogRecord]) -> None:
+        super().__init__([], end=len(records))
+        self.records = records
+
+    def read(self, from_offset: int, max_records: int = 10_000) -> list[LogRecord]:
+        return [r for r in self.records if r.offset >= from_offset][:max_records]
+
+
+def test_a_peer_record_that_cannot_be_applied_is_set_aside_and_the_rest_applied(tmp_path: Path) -> None:
+    from dssync.consumers.quarantine import Quarantine
+    from dssync.producers.hierarchy import segment_ref
+
+    def good(offset: int) -> LogRecord:
+        data = b"segment %d" % offset + b"." * 32
+        return LogRecord(offset, 1000 + offset, encode_segment_stored(origin_field("sh1"), offset + 1,
+                                                                      segment_ref(data), data))
+
+    cut = LogRecord(3, 1003, good(3).value[:-5])  # CRC-valid in its batch, but its body is cut short
+    records = [good(0), good(1), good(2), cut, good(4), _rec(5), good(6), good(7)]  # 5: a forged segment
+    store = Store(str(tmp_path / "store"), create=True, fsync=False)
+    aside = Quarantine(str(tmp_path))
+    consumer = Consumer(ListLog(records), store, "log:sha", check_refs=True, quarantine=aside)  # type: ignore[arg-type]
+    applied = skipped = 0
+    while store.committed("log:sha") < len(records):
+        r = consumer.step()
+        assert r.applied or r.skipped  # every step moves on
+        applied, skipped = applied + r.applied, skipped + r.skipped
+    assert (applied, skipped) == (6, 2)
+    assert store.stats()["live_segments"] == 6
+    entries = aside.entries()
+    assert [(e["source"], e["offset"], e["appended_ms"]) for e in entries] == [("log:sha", 3, 1003), ("log:sha", 5, 0)]
+    assert "hash to its reference" in entries[1]["reason"] and entries[0]["reason"]
+    assert (tmp_path / "quarantine" / entries[0]["file"]).read_bytes() == cut.value  # kept as it came
+    assert consumer.step().applied == 0 and len(aside.entries()) == 2  # nothing set aside twice
+
+
+def test_without_a_quarantine_a_record_that_cannot_be_applied_stops_the_consumer(tmp_path: Path) -> None:
+    from dssync.errors import CorruptLogError
+
+    store = Store(str(tmp_path), create=True, fsync=False)
+    bad = LogRecord(0, 0, _rec(0).value[:-5])
+    with pytest.raises(CorruptLogError):
+        Consumer(ListLog([bad]), store, "log:sh1").step()  # type: ignore[arg-type]
+    assert store.committed("log:sh1") == 0
