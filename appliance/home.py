@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, BinaryIO
 
 from dssync import config as cfgmod
+from dssync import crashpoint
 from dssync.consumers.consumer import Consumer
 from dssync.consumers.store import Store
 from dssync.errors import CorruptLogError, DssyncError, UsageError, from_os_error
@@ -167,6 +168,7 @@ class Appliance:
 
         def durable() -> None:
             pending.result()  # raises what the log write raised: then nothing is committed
+            crashpoint.reached("ingest.log-durable")
 
         try:
             self.store.apply_columns(self.source, prepared.columns, before_commit=durable)

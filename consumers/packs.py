@@ -25,6 +25,7 @@ import threading
 
 import numpy as np
 
+from dssync import crashpoint
 from dssync.errors import CorruptStoreError, from_os_error
 from dssync.log.segment import segment_path
 
@@ -229,6 +230,7 @@ class Packs:
     def _flush(self, buf: list[bytes] | list[memoryview]) -> None:
         if buf and self._fd is not None:
             view = memoryview(buf[0] if len(buf) == 1 else b"".join(buf))
+            crashpoint.tear("packs.torn-write", self._fd, view)
             while view:
                 n = os.write(self._fd, view)
                 view = view[n:]

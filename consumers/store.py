@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dssync import crashpoint
 from dssync.consumers import merge
 from dssync.consumers.packs import Packs
 from dssync.consumers.refindex import Entries, RefIndex, halves
@@ -503,6 +504,7 @@ class Store:
         if staged is not None:
             if before_commit is not None:
                 before_commit()
+            crashpoint.reached("store.staged")
             self.commit_staged(staged)
         return result
 

@@ -26,3 +26,16 @@ def reached(name: str) -> None:
     _left -= 1
     if _left <= 0:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def tear(name: str, fd: int | None, data: bytes | memoryview) -> None:
+    """A write torn by the crash: if this point is armed (and its turn has come), write the
+    first half of ``data`` to ``fd``, then die by SIGKILL; otherwise do nothing (the caller
+    writes ``data`` whole, as always)."""
+    global _left
+    if name != _name or fd is None:
+        return
+    _left -= 1
+    if _left <= 0:
+        os.write(fd, memoryview(data)[: len(data) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dssync import crashpoint
 from dssync.errors import (
     CorruptLogError,
     DssyncError,
@@ -402,6 +403,7 @@ class FileLog:
         if self._active_size > 0 and self._active_size + len(data) > self.segment_bytes:
             self._roll()
         assert self._fd is not None and self._index_fd is not None
+        crashpoint.tear("log.torn-write", self._fd, data)
         try:
             written = os.write(self._fd, data)
             while written < len(data):
@@ -421,6 +423,7 @@ class FileLog:
         self._entries.append(entry)
         with contextlib.suppress(OSError):  # the index is a hint; recovery rebuilds it
             os.write(self._index_fd, seg.INDEX_ENTRY.pack(*entry))
+        crashpoint.reached("log.written")
         if sync:
             self._maybe_sync()
         return base

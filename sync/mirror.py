@@ -33,7 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
-from dssync import layout
+from dssync import crashpoint, layout
 from dssync.doorbell import Ringer
 from dssync.errors import (
     CorruptLogError,
@@ -250,6 +250,7 @@ def _write(out: FileLog, view: memoryview, spans: list[tuple[int, int, int]], be
         except (CorruptLogError, OffsetOutOfRangeError) as exc:
             # a damaged or misplaced batch is never written; ask again from our end offset
             raise TransientError(f"batch refused: {exc.message}") from None
+    crashpoint.reached("mirror.written")
     out.commit()  # one fsync per transfer, before its batches count as copied
     bell.ring()
     return len(spans), sum(c for _p, _t, c in spans), sum(t for _p, t, _c in spans)
