@@ -34,6 +34,7 @@ from dssync.appliance.heartbeat import Heartbeat
 from dssync.appliance.home import Appliance
 from dssync.appliance.verify import verify_store
 from dssync.consumers.packs import Packs
+from dssync.consumers.quarantine import Quarantine
 from dssync.consumers.store import Digest, Row
 from dssync.doorbell import Doorbell
 from dssync.errors import DssyncError, LockedError, NotFoundError, TransientError
@@ -184,6 +185,7 @@ class Service:
             "clock_observations_bounded": self.app.hlc.bounded,
         }
         doc["mirrors"] = mirror_states(self.home)
+        doc["quarantine"] = Quarantine(self.home).entries()
         doc["pid"] = os.getpid()
         return doc
 

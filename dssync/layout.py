@@ -170,15 +170,6 @@ def write_private(path: str, data: bytes) -> None:
         os.close(fd)
     os.replace(tmp, path)
     sync_dir(os.path.dirname(path) or ".")
-    _fsync_dir(os.path.dirname(path) or ".")
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def mirror_state(home: str, peer: str) -> dict[str, Any]:

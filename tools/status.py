@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from dssync.appliance.home import log_size
+from dssync.consumers.quarantine import Quarantine
 from dssync.errors import DssyncError
 from dssync.layout import mirror_states, source_name
 from dssync.log.factory import open_log_reader
@@ -57,6 +58,7 @@ def collect(home: str) -> dict[str, Any]:
     doc["sync"] = {"role": cfg.sync.role, "state": cfg.sync.state, "peer": cfg.sync.peer,
                    "listen": cfg.sync.listen, "interface": cfg.sync.interface}
     doc["mirrors"] = mirror_states(home)
+    doc["quarantine"] = Quarantine(home).entries()
     client = ControlClient.for_home(home)
     if client is not None:  # the running service's monitor: worst path status and raised alarms
         with contextlib.suppress(DssyncError):
@@ -115,6 +117,9 @@ def status_cmd(home: str, as_json: bool) -> None:
         table([("lag", f"worst {lag['worst']} ({paths}); see 'dssync lag'")])
         for a in lag["alarms"]:
             table([("alarm", f"{a['severity']} {a['alarm']} on {a['path']}: {a['evidence']}")])
+    for e in doc.get("quarantine", []):
+        table([("set aside", f"{e['source']} offset {e['offset']}: {e['reason']} ({e['bytes']} bytes in "
+                             f"quarantine/{e['file']})")])
     for peer, m in doc.get("mirrors", {}).items():
         table([(f"mirror {peer}", f"{m.get('state')}: {m.get('copied_records', 0)} events copied, "
                                   f"{m.get('not_copied_events', 0)} not copied ({m.get('not_copied_bytes', 0)} bytes), "

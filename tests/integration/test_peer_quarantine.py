@@ -47,3 +47,4 @@ def test_a_malformed_peer_record_is_quarantined_with_an_alarm_and_the_sync_goes_
     report = json.loads(dss("verify", b.home, "--json").stdout)
     assert report["ok"] and report["events"]["quarantined"] == 1  # the projection skips what was set aside
     assert "set aside" in b.log("serve") and "Traceback" not in b.log("serve")
+    assert f"log:sha offset {at}" in dss("status", b.home).stdout  # the operator sees it in status too
