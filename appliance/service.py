@@ -296,6 +296,9 @@ class Service:
                         last_error = ""
                 now = time.monotonic()
                 beat.tick(now)
+                if isinstance(self.app.log, FileLog):
+                    with self.lock:
+                        self.app.log.sync_if_due()  # under fsync "interval": a quiet log's tail is served too
                 if now - last_status > status_every:
                     with self.lock:
                         extra = {**self.app.status_extra(), "sync_state": self.config.sync.state}

@@ -506,6 +506,17 @@ class FileLog:
     def flush(self) -> None:
         self._sync()
 
+    def sync_if_due(self) -> None:
+        """Under ``"interval"``: sync what is written and not yet durable once the interval
+        has passed, even if nothing else is appended (a quiet log's last batches would otherwise
+        wait for the next append to become durable, and to be served). The writing process calls
+        it every so often; it costs nothing when everything is durable."""
+        if self.fsync == "interval" and self._fd is not None and self._durable_end < self._next_offset:
+            now = self._clock_ms()
+            if now - self._last_sync_ms >= self.fsync_interval_ms:
+                self._sync()
+                self._last_sync_ms = now
+
     def commit(self) -> None:
         """Apply the fsync policy to what was appended with ``sync=False``."""
         self._maybe_sync()

@@ -98,3 +98,15 @@ def test_a_stop_ends_a_wait_at_once(tmp_path: Path) -> None:
         log.wake_waiters()
         waiter.join(30)
         assert got == [0]
+
+
+def test_under_interval_a_quiet_log_becomes_durable_once_the_interval_has_passed(tmp_path: Path) -> None:
+    now = [1_000_000]
+    with FileLog(str(tmp_path / "log"), writer=True, create=True, fsync="interval", fsync_interval_ms=1000,
+                 clock_ms=lambda: now[0]) as log:
+        log.append([b"a"])
+        log.sync_if_due()
+        assert log.durable_end() == 0  # not yet due
+        now[0] += 1000
+        log.sync_if_due()  # nothing appended since: it syncs all the same
+        assert log.durable_end() == 1
