@@ -21,6 +21,7 @@ import duckdb
 from dssync import __version__
 from dssync.appliance import Appliance
 from dssync.appliance import replay as replay_home
+from dssync.bench.chaos import chaos
 from dssync.bench.demo import demo
 from dssync.config import KafkaConfig
 from dssync.errors import CorruptStoreError, DssyncError, NotFoundError, UsageError, from_os_error
@@ -245,6 +246,7 @@ cli.add_command(status_cmd)
 cli.add_command(lag_cmd)
 cli.add_command(bench)
 cli.add_command(demo)
+cli.add_command(chaos)
 cli.add_command(serve_cmd)
 cli.add_command(mirror_cmd)
 cli.add_command(mirror_topic_cmd)

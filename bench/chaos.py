@@ -1,0 +1,253 @@
+"""``dssync chaos``: fault campaigns against real processes, with what they found.
+
+``dssync chaos kill`` is the SIGKILL campaign. Each run starts a real ``dssync`` child on an
+appliance home and kills it: at a named crash point inside a write path (``dssync.crashpoint``:
+a torn log batch, a batch written before its fsync, the log durable before the store commit, a
+torn pack write, segment bytes synced before the DuckDB transaction), on its N-th passage
+there, or at a random moment; a run of ``replay`` now and then, killed at a random moment.
+After every kill the home must verify (the store is the exact projection of what its log
+kept); a run that was not killed must have succeeded, without a traceback. At the end the
+traffic is sent again, as an operator would, and the campaign checks that nothing an ingest
+reported as done was lost, that no segment was stored twice in the log, and that the store
+holds exactly what a home that was never killed holds (one home per fsync policy: ``always``
+keeps new segments in the log files, ``never`` writes them to packs).
+
+Findings are counted and the first ones quoted; the exit code is 1 if there is any. Runs and
+their outcome (killed where, completed, verified) are in the ``--json`` report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+
+from dssync.bench import workload
+from dssync.crashpoint import ENV
+from dssync.errors import ChildRunError
+from dssync.layout import log_dir
+from dssync.log.filelog import FileLog
+from dssync.process import command
+from dssync.schemas import decode
+from dssync.tools import output
+from dssync.tools.output import emit_json
+
+POINTS = {
+    "always": ("log.torn-write", "log.written", "ingest.log-durable", "store.staged"),
+    "never": ("log.torn-write", "log.written", "ingest.log-durable", "store.staged", "packs.torn-write"),
+}
+"""The crash points an ingest passes, by the home's fsync policy (with fsync on, new segments
+stay in the log files and no pack is written)."""
+REPLAY_EVERY = 10
+
+
+@dataclass
+class Campaign:
+    runs: int = 0
+    killed: Counter[str] = field(default_factory=Counter)
+    completed: int = 0
+    verified: int = 0
+    findings: list[str] = field(default_factory=list)
+
+    def find(self, what: str) -> None:
+        self.findings.append(what)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"runs": self.runs, "killed": sum(self.killed.values()), "killed_at": dict(sorted(self.killed.items())),
+                "completed": self.completed, "verified": self.verified, "findings": len(self.findings),
+                "first_findings": self.findings[:10], "ok": not self.findings}
+
+
+def _run(args: list[str], env: dict[str, str] | None = None, kill_after: float | None = None
+         ) -> tuple[int, str]:
+    """Run ``dssync ARGS``; SIGKILL it after ``kill_after`` seconds if given; (exit status, stderr)."""
+    proc = subprocess.Popen(command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, **(env or {})})
+    if kill_after is not None:
+        try:
+            proc.wait(timeout=kill_after)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+    _out, err = proc.communicate(timeout=600)
+    return proc.returncode, err.decode(errors="replace")
+
+
+def _json(*args: str) -> tuple[int, dict[str, Any], str]:
+    p = subprocess.run(command(*args), capture_output=True, text=True, timeout=600)
+    try:
+        doc = json.loads(p.stdout) if p.stdout.strip() else {}
+    except ValueError:
+        doc = {}
+    return p.returncode, doc, p.stderr
+
+
+def _init(home: str, name: str, fsync: str) -> None:
+    p = subprocess.run(command("init", home, "--name", name, "--model", "SH-7080", "--version", "9.14",
+                               "--fsync", fsync), capture_output=True, text=True, timeout=600)
+    if p.returncode != 0:
+        raise ChildRunError(f"dssync init {home} failed: {p.stderr.strip()}")
+
+
+def _live(home: str) -> dict[str, int]:
+    _code, doc, _err = _json("inspect", "store", home, "--refs", "100000000", "--json")
+    return {r["ref"]: r["size"] for r in doc.get("refs", []) if r["live"] and r["level"] == 0}
+
+
+def _stored_twice(home: str) -> int:
+    counts: Counter[bytes] = Counter()
+    log = FileLog(log_dir(home))
+    for rec in log.read(log.start_offset(), 100_000_000):
+        ev = decode(rec.value)
+        if ev["type"] == "SegmentStored":
+            counts[ev["ref"]] += 1
+    return sum(1 for n in counts.values() if n > 1)
+
+
+def _check_run(c: Campaign, what: str, code: int, err: str) -> bool:
+    """Count a run's outcome; True if it was killed."""
+    c.runs += 1
+    if code == -signal.SIGKILL:
+        return True
+    if code != 0 or "Traceback" in err:
+        c.find(f"{what} exited {code} without being killed: {err.strip()[-300:]}")
+    else:
+        c.completed += 1
+    return False
+
+
+def _verify(c: Campaign, home: str, after: str) -> None:
+    code, doc, err = _json("verify", home, "--json")
+    c.verified += 1
+    if code != 0 or not doc.get("ok"):
+        c.find(f"verify failed after {after}: {doc.get('problems') or err.strip()[-300:]}")
+
+
+def kill_campaign(directory: str, runs: int, seed: int, size: int,
+                  progress: Callable[[int], None] | None = None) -> Campaign:
+    """The SIGKILL campaign of the module docstring, in ``directory``."""
+    rng = random.Random(seed)
+    c = Campaign()
+    releases = workload.versions(seed, size, runs + 1, churn=0.5)  # each version edits half the last: new data
+    inputs: dict[str, list[str]] = {"always": [], "never": []}
+    homes = {}
+    for fsync in ("always", "never"):
+        clean, home = os.path.join(directory, f"clean-{fsync}"), os.path.join(directory, f"home-{fsync}")
+        _init(clean, "clean", fsync)
+        _init(home, "sh1", fsync)
+        homes[fsync] = (clean, home)
+    first = _write_input(directory, 0, next(releases))
+    t0 = time.monotonic()
+    code, err = _run(["ingest", homes["never"][0], first])
+    one_run = time.monotonic() - t0  # a child's start-up plus one input
+    if code != 0:
+        raise ChildRunError(f"the campaign's first ingest failed: {err.strip()[-300:]}")
+    inputs["never"].append(first)
+    done: dict[str, set[str]] = {"always": set(), "never": set()}
+    for i in range(runs):
+        fsync = ("always", "never")[i % 2]
+        _clean, home = homes[fsync]
+        if i % REPLAY_EVERY == REPLAY_EVERY - 1 and inputs[fsync]:
+            before = _digest(home)
+            code, err = _run(["replay", home], kill_after=rng.uniform(0.05, one_run * 3))
+            if _check_run(c, "replay", code, err):
+                c.killed["replay (random moment)"] += 1
+            _verify(c, home, "a replay")
+            if _digest(home) != before:
+                c.find(f"a replay, killed or not, changed the store's digest of {home}")
+        else:
+            path = _write_input(directory, i + 1, next(releases))
+            inputs[fsync].append(path)
+            if rng.random() < 0.7:
+                point = rng.choice(POINTS[fsync])
+                code, err = _run(["ingest", home, path], env={ENV: f"{point}:{rng.randint(1, 2)}"})
+                where = point
+            else:
+                code, err = _run(["ingest", home, path], kill_after=rng.uniform(0.05, one_run * 1.5))
+                where = "ingest (random moment)"
+            if _check_run(c, f"ingest at {where}", code, err):
+                c.killed[where] += 1
+            else:
+                done[fsync].add(path)
+            _verify(c, home, f"a kill at {where}")
+        if progress is not None:
+            progress(1)
+    for fsync, (clean, home) in homes.items():
+        for path in sorted(done[fsync]):  # acknowledged: every segment of it is there
+            code, doc, err = _json("ingest", home, path, "--json")
+            if code != 0 or doc.get("savings", 0) < 0.999:
+                c.find(f"an ingest reported done lost data on {home} ({fsync}): {path} saves "
+                       f"{doc.get('savings')} when sent again")
+        for target in (clean, home):  # the clean home gets its traffic once; the other, again
+            code, err = _run(["ingest", target, *inputs[fsync]])
+            if code != 0:
+                c.find(f"ingesting the campaign's traffic into {target} failed: {err.strip()[-300:]}")
+        _verify(c, home, "the traffic sent again")
+        if _live(home) != _live(clean):
+            c.find(f"{home} ({fsync}) does not hold what a home never killed holds")
+        twice = _stored_twice(home)
+        if twice:
+            c.find(f"{twice} segment(s) stored twice in the log of {home} ({fsync})")
+    return c
+
+
+def _write_input(directory: str, i: int, data: bytes) -> str:
+    path = os.path.join(directory, f"input{i:05d}.tar")
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def _digest(home: str) -> str:
+    _code, doc, _err = _json("inspect", "store", home, "--json")
+    return str(doc.get("digest", ""))
+
+
+@click.group("chaos")
+def chaos() -> None:
+    """Fault campaigns against real processes, and what they found."""
+
+
+@chaos.command("kill")
+@click.option("--runs", type=click.IntRange(1, 100_000), default=500, show_default=True,
+              help="Processes started and (most of them) killed.")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--size", type=int, default=2_000_000, show_default=True, help="Bytes of each of the 4 inputs.")
+@click.option("--json", "as_json", is_flag=True)
+def kill_cmd(runs: int, seed: int, size: int, as_json: bool) -> None:
+    """SIGKILL at named crash points and random moments: ingest and replay, checked after each.
+
+    \b
+    Example:
+      dssync chaos kill --runs 500
+      dssync chaos kill --runs 40 --json
+    """
+    directory = tempfile.mkdtemp(prefix="dssync-chaos-")
+    try:
+        with output.progress("SIGKILL campaign", runs, enabled=not as_json) as advance:
+            c = kill_campaign(directory, runs, seed, size, advance)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    doc = c.as_dict()
+    if as_json:
+        emit_json(doc)
+    else:
+        click.echo(f"runs {doc['runs']}: killed {doc['killed']}, completed {doc['completed']}; "
+                   f"{doc['verified']} verifies")
+        for where, n in doc["killed_at"].items():
+            click.echo(f"  killed at {where}: {n}")
+        click.echo(f"findings: {doc['findings']}")
+        for f in doc["first_findings"]:
+            click.echo(f"  {f}")
+    if c.findings:
+        raise SystemExit(1)

@@ -1,0 +1,16 @@
+"""The fault campaigns, sampled: each runs for real and must find nothing."""
+
+from __future__ import annotations
+
+import json
+
+from tests.pair import dss
+
+
+def test_a_sample_of_the_sigkill_campaign_kills_at_named_points_and_finds_nothing() -> None:
+    p = dss("chaos", "kill", "--runs", "24", "--size", "1000000", "--seed", "3", "--json", check=False)
+    doc = json.loads(p.stdout)
+    assert p.returncode == 0 and doc["ok"], doc["first_findings"]
+    assert doc["runs"] == 24 and doc["verified"] >= 24
+    named = {k: n for k, n in doc["killed_at"].items() if "random" not in k}
+    assert sum(named.values()) >= 5 and len(named) >= 3  # really killed, at several points of the write paths
