@@ -62,11 +62,11 @@ class HybridLogicalClock:
         """Fold in a clock value read from another appliance's event, at most the drift bound
         ahead of the wall clock; return False when the bound cut it."""
         ceiling = (self._wall_ms() + self._max_drift_ms) << LOGICAL_BITS
-        within = remote <= ceiling
         with self._lock:
+            if remote <= self._last:
+                return True  # already ordered after it (this appliance's own past included)
+            within = remote <= ceiling
             if not within:
                 self.bounded += 1
-            folded = min(remote, ceiling)
-            if folded > self._last:
-                self._last = folded
+            self._last = max(self._last, min(remote, ceiling))
         return within

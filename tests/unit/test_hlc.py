@@ -47,3 +47,9 @@ def test_the_clock_refuses_to_pass_the_largest_avro_long() -> None:
     clock = HybridLogicalClock(MAX_HLC, wall_ms=lambda: 1_000)
     with pytest.raises(UsageError, match="2\\*\\*63"):
         clock.now()
+
+
+def test_its_own_past_ahead_of_the_wall_clock_is_not_counted_as_a_peer_far_ahead() -> None:
+    own_past = 5_000_000 << LOGICAL_BITS
+    clock = HybridLogicalClock(own_past, wall_ms=lambda: 5_000_000 - 3_600_000, max_drift_ms=60_000)
+    assert clock.observe(own_past) is True and clock.bounded == 0
