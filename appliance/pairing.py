@@ -80,6 +80,7 @@ def activate(home: str, cfg: cfgmod.Config) -> None:
         _new_log(home, base)
     cfg.store_id = master.store_id
     cfg.sync.paired_store_id = master.store_id
+    cfgmod.save(home, cfg)  # still restart-required; the new store reads where the new log begins
     with Appliance(home) as app:
         if app.log.end_offset() <= base:  # not appended by an earlier, interrupted run
             app.log.append([encode("StoreReset", {
