@@ -201,9 +201,12 @@ class SyncHandler(Handler):
             self._error(404, exc.message)
             return
         start = log.start_offset()
-        if start <= frm == end:  # nothing new: wait for the next durable batch
-            end = svc.served_end(frm, wait_ms / 1000)
-        if frm < start or frm > end:
+        if frm >= max(start, end):  # nothing new that is durable
+            if frm > end and frm > log.end_offset():  # not even written: this log was recreated or cut
+                self._json(416, {"start": start, "end": end, "retired": log.retired()})
+                return
+            end = svc.served_end(frm, wait_ms / 1000)  # wait for the next durable batch
+        if frm < start:
             self._json(416, {"start": start, "end": end, "retired": log.retired()})
             return
         out: list[bytes] = []
