@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import threading
 import time
@@ -12,6 +11,7 @@ import pytest
 
 from dssync.errors import ResourceError
 from dssync.log.filelog import FileLog
+from tests.unit.faults import failing_fsync
 
 
 def test_every_append_is_durable_at_once_under_always(tmp_path: Path) -> None:
@@ -46,12 +46,8 @@ def test_a_failed_fsync_never_moves_the_durable_end_past_what_it_cut(tmp_path: P
     log = FileLog(str(tmp_path / "log"), writer=True, create=True, fsync="always")
     log.append([b"kept"])
 
-    def failing(fd: int) -> None:
-        raise OSError(errno.EIO, "Input/output error")
-    with monkeypatch.context() as m:
-        m.setattr(os, "fdatasync", failing)
-        with pytest.raises(ResourceError):
-            log.append([b"lost", b"lost"])
+    with failing_fsync(monkeypatch), pytest.raises(ResourceError):
+        log.append([b"lost", b"lost"])
     assert log.durable_end() == log.end_offset() == 1
     log.close()
 

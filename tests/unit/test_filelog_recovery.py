@@ -13,6 +13,7 @@ import pytest
 from dssync.errors import CorruptLogError, LockedError, OffsetOutOfRangeError, ResourceError
 from dssync.log import segment as seg
 from dssync.log.filelog import CLEAN, FileLog
+from tests.unit.faults import failing_fsync
 
 
 def _fill(directory: str, batches: int = 40, per_batch: int = 5, segment_bytes: int = 16 * 1024) -> list[bytes]:
@@ -269,21 +270,15 @@ def test_retention_keeps_what_the_local_store_has_not_applied(tmp_path: Path) ->
 @pytest.mark.parametrize("fsync", ["always", "never"])
 def test_a_failed_fsync_cuts_what_it_would_have_made_durable_and_the_next_append_takes_its_offsets(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: str) -> None:
-    import errno
-
     d = str(tmp_path / "log")
     log = FileLog(d, writer=True, create=True, fsync=fsync, segment_bytes=4096)
     log.append([b"kept%d" % i for i in range(30)])
     log.flush()
     size = os.path.getsize(seg.segment_path(d, log.segments()[-1]))
 
-    def failing(fd: int) -> None:
-        raise OSError(errno.EIO, "Input/output error")
-    with monkeypatch.context() as m:
-        m.setattr(os, "fdatasync", failing)
-        with pytest.raises(ResourceError, match="syncing the log"):
-            log.append([b"lost%d" % i for i in range(3)])
-            log.flush()  # the policy "never" syncs here
+    with failing_fsync(monkeypatch), pytest.raises(ResourceError, match="syncing the log"):
+        log.append([b"lost%d" % i for i in range(3)])
+        log.flush()  # the policy "never" syncs here
     assert log.end_offset() == 30
     assert os.path.getsize(seg.segment_path(d, log.segments()[-1])) == size
     assert [r.value for r in FileLog(d).read(0, 100)] == [b"kept%d" % i for i in range(30)]  # never served
@@ -293,16 +288,9 @@ def test_a_failed_fsync_cuts_what_it_would_have_made_durable_and_the_next_append
 
 
 def test_a_close_whose_sync_fails_closes_its_files_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import errno
-
     d = str(tmp_path / "log")
     log = FileLog(d, writer=True, create=True, fsync="never")
     log.append([b"x"])
-
-    def failing(fd: int) -> None:
-        raise OSError(errno.EIO, "Input/output error")
-    with monkeypatch.context() as m:
-        m.setattr(os, "fdatasync", failing)
-        with pytest.raises(ResourceError):
-            log.close()
+    with failing_fsync(monkeypatch), pytest.raises(ResourceError):
+        log.close()
     FileLog(d, writer=True).close()  # the lock was released
