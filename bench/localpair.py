@@ -11,10 +11,12 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from dssync.bench.unprotected import MODULE as UNPROTECTED_MODULE
 from dssync.errors import ChildRunError
 from dssync.layout import source_name
 from dssync.process import command
@@ -46,6 +48,8 @@ class Node:
     port: int
     logs: str
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    unprotected: bool = False
+    """Run serve and mirror without the link's protection (``dssync.bench.unprotected``)."""
 
     def start(self, what: str) -> None:
         """Start ``serve`` or ``mirror`` unless it runs; for serve, wait until it answers."""
@@ -53,8 +57,9 @@ class Node:
         if old is not None and old.poll() is None:
             return
         with open(os.path.join(self.logs, f"{self.name}.{what}.log"), "ab") as log:
-            self.procs[what] = subprocess.Popen([*command(), what, self.home],
-                                                stderr=log, stdout=log)
+            argv = ([sys.executable, "-P", "-m", UNPROTECTED_MODULE] if self.unprotected and what in ("serve", "mirror")
+                    else command())
+            self.procs[what] = subprocess.Popen([*argv, what, self.home], stderr=log, stdout=log)
         if what == "serve":
             self.wait_for_service()
 
@@ -106,12 +111,13 @@ class Node:
 
 
 def make_pair(directory: str, model_b: str = "SH-7080", version_b: str = "9.14", secret_b: str = SECRET,
-              fsync: str = "never", extra_a: tuple[str, ...] = ()) -> tuple[Node, Node]:
-    """Create two homes, sha (master) and shb (backup), configured as a pair on loopback."""
+              fsync: str = "never", extra_a: tuple[str, ...] = (), unprotected: bool = False) -> tuple[Node, Node]:
+    """Create two homes, sha (master) and shb (backup), configured as a pair on loopback
+    (``unprotected``: their link without TLS and MACs, for the sync benchmark only)."""
     logs = os.path.join(directory, "logs")
     os.makedirs(logs, exist_ok=True)
-    a = Node("sha", os.path.join(directory, "sha"), free_port(), logs)
-    b = Node("shb", os.path.join(directory, "shb"), free_port(), logs)
+    a = Node("sha", os.path.join(directory, "sha"), free_port(), logs, unprotected=unprotected)
+    b = Node("shb", os.path.join(directory, "shb"), free_port(), logs, unprotected=unprotected)
     dss("init", a.home, "--name", "sha", "--model", "SH-7080", "--version", "9.14", "--fsync", fsync, *extra_a)
     dss("init", b.home, "--name", "shb", "--model", model_b, "--version", version_b, "--fsync", fsync)
     dss("sync", "configure", a.home, "--role", "master", "--peer", f"127.0.0.1:{b.port}",

@@ -1,17 +1,22 @@
 """``dssync bench sync``: the pair's replication, measured against its baselines in one run.
 
 * mirror throughput: the mirror copying a log of ``--log-mb`` MB from the peer (over TLS, every
-  request and reply authenticated), against fetching the same segment files raw into a
-  directory with the same fsync policy, over plain HTTP on loopback and over HTTPS (the
-  encryption's cost alone);
+  request and reply authenticated), against the same mirror without that protection
+  (``dssync.bench.unprotected``: what TLS and the MACs cost) and against fetching the same
+  segment files raw into a directory with the same fsync policy, over plain HTTP on loopback
+  and over HTTPS (the encryption's cost alone);
 * end-to-end latency, p50 and p99, from append on the master to committed in the backup's
-  store, while traffic runs at half of the measured ingest capacity: from the backup's own
-  histogram (``dssync.monitor.latency``, read before and after), and as a client polling the
-  backup every 2 ms sees it (which adds the poller's own delays on a busy machine), with the
-  first hop (append to the backup's mirror log) polled the same way;
+  store, while traffic runs at half of the measured ingest capacity, with and without the
+  link's protection: from the backup's own histogram (``dssync.monitor.latency``, read before
+  and after), and as a client polling the backup every 2 ms sees it (which adds the poller's
+  own delays on a busy machine), with the first hop (append to the backup's mirror log) polled
+  the same way;
 * catch-up after an interruption of ``--interruption`` seconds at that load: time until the
   backup has applied everything again, and the catch-up rate against the ingest rate;
 * savings retained by the backup after failover, as a fraction of the master's.
+
+Throughput and latency are run ``--repeat`` times, protected and unprotected in alternating
+order, each on a fresh pair; the report gives the medians and every run's figure.
 """
 
 from __future__ import annotations
@@ -130,26 +135,29 @@ def _wait_applied(node: Node, source: str, target: int, timeout: float = 600) ->
     raise RuntimeError(f"{node.name} did not apply {source} up to {target}")
 
 
+def _median(runs: list[dict[str, Any]], key: str) -> float:
+    return float(statistics.median(r[key] for r in runs))
+
+
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The medians of system and baseline over ``runs``, their ratio, and every run's figures
-    (the machines are shared: one run of either side can be off by half)."""
-    system = statistics.median(r["system"] for r in runs)
-    baseline = statistics.median(r["baseline"] for r in runs)
+    """The medians of the mirror with and without its protection and of the raw copies over
+    ``runs``, their ratios, and every run's figures (the machines are shared: one run of either
+    side can be off by half)."""
+    system, bare = _median(runs, "system"), _median(runs, "unprotected")
+    baseline, tls_copy = _median(runs, "baseline"), _median(runs, "baseline_tls")
     out = dict(min(runs, key=lambda r: abs(r["system"] - system)))  # events/s etc. of the median run
     out.update({"system": round(system, 1), "baseline": round(baseline, 1), "ratio": round(system / baseline, 3),
-                "system_runs": sorted(r["system"] for r in runs),
-                "baseline_runs": sorted(r["baseline"] for r in runs)})
-    if all("baseline_tls" in r for r in runs):
-        tls_copy = statistics.median(r["baseline_tls"] for r in runs)
-        out.update({"baseline_tls": round(tls_copy, 1), "ratio_to_tls_copy": round(system / tls_copy, 3),
-                    "baseline_tls_runs": sorted(r["baseline_tls"] for r in runs)})
+                "unprotected": round(bare, 1), "protection_cost": round(1 - system / bare, 3),
+                "baseline_tls": round(tls_copy, 1), "ratio_to_tls_copy": round(system / tls_copy, 3)})
+    for key in ("system", "unprotected", "baseline", "baseline_tls"):
+        out[f"{key}_runs"] = sorted(r[key] for r in runs)
     return out
 
 
-def mirror_throughput(directory: str, log_mb: int, fsync: str, tls_first: bool = False) -> dict[str, Any]:
-    """The mirror's copy of a fresh log, then the raw copies over HTTP and HTTPS (``tls_first``:
-    HTTPS first; the two orders alternate between runs, as the disk's speed drifts)."""
-    a, b = make_pair(os.path.join(directory, "tp"), fsync=fsync)
+def _mirror_copy(directory: str, log_mb: int, fsync: str, unprotected: bool) -> tuple[dict[str, Any], str]:
+    """The mirror's copy of a fresh log of ``log_mb`` MB from a fresh pair: (its figures, the
+    master's log directory, for the raw copies)."""
+    a, b = make_pair(directory, fsync=fsync, unprotected=unprotected)
     try:
         for n in (a, b):
             n.start("serve")
@@ -188,18 +196,31 @@ def mirror_throughput(directory: str, log_mb: int, fsync: str, tls_first: bool =
     finally:
         a.stop_all()
         b.stop_all()
+    return ({"rate": copied / MB / secs, "events_per_s": round((end - first) / secs), "log_bytes": src_bytes,
+             "seconds": round(secs, 3)}, os.path.join(a.home, "log"))
+
+
+def mirror_throughput(directory: str, log_mb: int, fsync: str, flip: bool = False) -> dict[str, Any]:
+    """One run: the mirror's copy of a fresh log with its protection and without it
+    (``dssync.bench.unprotected``), then the raw copies of the same log over HTTP and HTTPS
+    (``flip``: each pair of the two in the other order; the orders alternate between runs, as
+    the disk's speed drifts)."""
+    mirrors = {}
+    for bare in ((False, True) if not flip else (True, False)):
+        mirrors[bare] = _mirror_copy(os.path.join(directory, "bare" if bare else "tp"), log_mb, fsync, bare)
+    protected, src_log = mirrors[False]
     copies = {}
-    for over in (("http", "https") if tls_first is False else ("https", "http")):  # alternated between runs
+    for over in (("http", "https") if not flip else ("https", "http")):
         os.sync()
-        copies[over] = _raw_copy(os.path.join(a.home, "log"), os.path.join(directory, "raw-copy"), fsync,
+        copies[over] = _raw_copy(src_log, os.path.join(directory, "raw-copy"), fsync,
                                  tls_dir=os.path.join(directory, "tls") if over == "https" else None)
     (base_secs, base_bytes), (tls_secs, tls_bytes) = copies["http"], copies["https"]
-    events = end - first
-    sys_rate, base_rate, tls_rate = copied / MB / secs, base_bytes / MB / base_secs, tls_bytes / MB / tls_secs
-    return {"unit": "MB_per_s", "system": round(sys_rate, 1), "baseline": round(base_rate, 1),
-            "ratio": round(sys_rate / base_rate, 3), "baseline_tls": round(tls_rate, 1),
-            "ratio_to_tls_copy": round(sys_rate / tls_rate, 3), "events_per_s": round(events / secs),
-            "log_bytes": src_bytes, "seconds": round(secs, 3)}
+    sys_rate, base_rate, tls_rate = protected["rate"], base_bytes / MB / base_secs, tls_bytes / MB / tls_secs
+    return {"unit": "MB_per_s", "system": round(sys_rate, 1), "unprotected": round(mirrors[True][0]["rate"], 1),
+            "baseline": round(base_rate, 1), "ratio": round(sys_rate / base_rate, 3),
+            "baseline_tls": round(tls_rate, 1), "ratio_to_tls_copy": round(sys_rate / tls_rate, 3),
+            "events_per_s": protected["events_per_s"], "log_bytes": protected["log_bytes"],
+            "seconds": protected["seconds"]}
 
 
 def _pace(node: Node, rate_mbps: float, stop: threading.Event, sent: list[float], seed: int) -> None:
@@ -251,18 +272,26 @@ def _histogram(status: dict[str, Any]) -> dict[str, Any]:
     return lat["histogram"] if lat else latency.LatencyHistogram().snapshot()
 
 
-def latency_and_catchup(directory: str, seconds: float, interruption: float, fsync: str) -> dict[str, Any]:
-    from dssync.tools.control import ControlClient
-
-    a, b = make_pair(os.path.join(directory, "lat"), fsync=fsync)
-    out: dict[str, Any] = {}
+def _converged_pair(directory: str, fsync: str, unprotected: bool = False) -> tuple[Node, Node]:
+    a, b = make_pair(directory, fsync=fsync, unprotected=unprotected)
     try:
         for n in (a, b):
             n.start("serve")
         for n in (a, b):
             n.start("mirror")
         wait_converged(a, b)
-        # ingest capacity of the master's service, on new data
+    except BaseException:
+        a.stop_all()
+        b.stop_all()
+        raise
+    return a, b
+
+
+def capacity_and_catchup(directory: str, interruption: float, fsync: str) -> dict[str, Any]:
+    """The master's ingest capacity on new data, then the backup's catch-up after its mirror
+    was stopped for ``interruption`` seconds while the master took half that load."""
+    a, b = _converged_pair(os.path.join(directory, "catch-up"), fsync)
+    try:
         data = random.Random(5).randbytes(32 * MB)
         path = os.path.join(directory, "capacity.bin")
         with open(path, "wb") as f:
@@ -271,13 +300,43 @@ def latency_and_catchup(directory: str, seconds: float, interruption: float, fsy
         a.ingest(path)
         capacity = len(data) / MB / (time.perf_counter() - t0)
         rate = capacity / 2
-        out["ingest_capacity_MB_per_s"] = round(capacity, 1)
-        out["load_MB_per_s"] = round(rate, 1)
         wait_converged(a, b, timeout=300)
-        # latency: poll the backup's applied offset; match it to the master's append times
+        log_a = FileLog(os.path.join(a.home, "log"))
+        b.kill("mirror")
         stop = threading.Event()
-        sent: list[float] = []
-        loader = threading.Thread(target=_pace, args=(a, rate, stop, sent, 101))
+        loader = threading.Thread(target=_pace, args=(a, rate, stop, [], 202))
+        loader.start()
+        time.sleep(interruption)
+        behind_from = FileLog(os.path.join(b.home, "mirror", "sha")).end_offset()
+        b.start("mirror")
+        t0 = time.time()
+        target = log_a.end_offset()
+        done = _wait_applied(b, source_name("sha"), target)
+        stop.set()
+        loader.join()
+        catch = done - t0
+        backlog_mb = log_a.bytes_from(behind_from) / MB
+        wait_converged(a, b, timeout=300)
+    finally:
+        a.stop_all()
+        b.stop_all()
+    return {"ingest_capacity_MB_per_s": round(capacity, 1), "load_MB_per_s": round(rate, 1),
+            "catch_up": {"interruption_s": interruption, "seconds": round(catch, 3), "backlog_MB": round(backlog_mb, 3),
+                         "rate_MB_per_s": round(backlog_mb / catch, 1) if catch > 0 else None,
+                         "ratio_to_ingest_rate": round(backlog_mb / catch / rate, 2) if catch > 0 else None}}
+
+
+def latency_run(directory: str, seconds: float, fsync: str, rate: float, unprotected: bool) -> dict[str, Any]:
+    """One run of a fresh pair (its link protected or not) with the master taking ``rate`` MB/s
+    of new data for ``seconds``: the backup's histogram of append -> committed (read before and
+    after), what a client polling the backup every 2 ms saw, and the first hop (append -> the
+    backup's mirror log), polled the same way."""
+    from dssync.tools.control import ControlClient
+
+    a, b = _converged_pair(directory, fsync, unprotected)
+    try:
+        stop = threading.Event()
+        loader = threading.Thread(target=_pace, args=(a, rate, stop, [], 101))
         ctl_b = ControlClient.for_home(b.home)
         assert ctl_b is not None
         before = _histogram(ctl_b.status())
@@ -296,33 +355,23 @@ def latency_and_catchup(directory: str, seconds: float, interruption: float, fsy
         wait_converged(a, b, timeout=300)
         log_a = FileLog(os.path.join(a.home, "log"))
         d = latency.delta(after, before)
-        out["latency_ms"] = {**{k: v for k, v in latency.summary(d).items() if k != "batches"}, "samples": d["count"]}
-        out["polled_latency_ms"] = _latencies(log_a, seen)
-        out["mirror_hop_ms"] = _latencies(log_a, mirrored)  # the first hop: append -> in the backup's mirror log
-        # catch-up after an interruption at the same load
-        b.kill("mirror")
-        stop = threading.Event()
-        sent = []
-        loader = threading.Thread(target=_pace, args=(a, rate, stop, sent, 202))
-        loader.start()
-        time.sleep(interruption)
-        behind_from = FileLog(os.path.join(b.home, "mirror", "sha")).end_offset()
-        b.start("mirror")
-        t0 = time.time()
-        target = log_a.end_offset()
-        done = _wait_applied(b, source_name("sha"), target)
-        stop.set()
-        loader.join()
-        catch = done - t0
-        backlog_mb = log_a.bytes_from(behind_from) / MB
-        out["catch_up"] = {"interruption_s": interruption, "seconds": round(catch, 3),
-                           "backlog_MB": round(backlog_mb, 3),
-                           "rate_MB_per_s": round(backlog_mb / catch, 1) if catch > 0 else None,
-                           "ratio_to_ingest_rate": round(backlog_mb / catch / rate, 2) if catch > 0 else None}
-        wait_converged(a, b, timeout=300)
+        return {**{k: v for k, v in latency.summary(d).items() if k != "batches"}, "samples": d["count"],
+                "polled": _latencies(log_a, seen), "mirror_hop": _latencies(log_a, mirrored)}
     finally:
         a.stop_all()
         b.stop_all()
+
+
+def _latency_medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over runs of each run's p50, p99 and share within 50 ms, with every run's p99."""
+    out: dict[str, Any] = {k: round(_median(runs, k), 4 if k == "within_50ms" else 1)
+                           for k in ("p50_ms", "p99_ms", "within_50ms")}
+    out["samples"] = sum(r["samples"] for r in runs)
+    out["p99_ms_runs"] = sorted(r["p99_ms"] for r in runs)
+    for hop in ("polled", "mirror_hop"):
+        done = [r[hop] for r in runs if r[hop]["p99"] is not None]
+        out[hop] = ({"p50": round(_median(done, "p50"), 1), "p99": round(_median(done, "p99"), 1)}
+                    if done else {"p50": None, "p99": None})
     return out
 
 
@@ -336,12 +385,13 @@ def savings_retained(directory: str, size: int) -> dict[str, Any]:
 
 @click.command("sync")
 @click.option("--log-mb", type=int, default=256, show_default=True, help="Size of the log to mirror.")
-@click.option("--seconds", type=float, default=20, show_default=True, help="Duration of the latency run.")
+@click.option("--seconds", type=float, default=20, show_default=True, help="Duration of each latency run.")
 @click.option("--interruption", type=float, default=60, show_default=True, help="Link cut, in seconds.")
 @click.option("--size", type=int, default=16_000_000, show_default=True, help="Release size for failover.")
 @click.option("--fsync", type=click.Choice(["always", "interval", "never"]), default="always", show_default=True)
 @click.option("--repeat", type=click.IntRange(1, 20), default=3, show_default=True,
-              help="Mirror throughput runs (a fresh pair each); the medians are compared.")
+              help="Runs of the mirror's copy and of the latency, each with and without the link's protection, "
+                   "in alternating order (a fresh pair each); the medians are compared.")
 @click.option("--json", "as_json", is_flag=True)
 def bench_sync(log_mb: int, seconds: float, interruption: float, size: int, fsync: str, repeat: int,
                as_json: bool) -> None:
@@ -361,12 +411,22 @@ def bench_sync(log_mb: int, seconds: float, interruption: float, size: int, fsyn
     try:
         runs = []
         for i in range(repeat):
-            say(f"mirror throughput ({i + 1}/{repeat}) ...")
-            runs.append(mirror_throughput(os.path.join(directory, f"run{i}"), log_mb, fsync, tls_first=i % 2 == 1))
+            say(f"mirror throughput ({i + 1}/{repeat}): with and without the link's protection, raw copies ...")
+            runs.append(mirror_throughput(os.path.join(directory, f"run{i}"), log_mb, fsync, flip=i % 2 == 1))
             shutil.rmtree(os.path.join(directory, f"run{i}"), ignore_errors=True)
         report: dict[str, Any] = {"fsync": fsync, "mirror": _median_run(runs)}
-        say("latency and catch-up ...")
-        report["replication"] = latency_and_catchup(directory, seconds, interruption, fsync)
+        say("ingest capacity and catch-up ...")
+        replication = capacity_and_catchup(directory, interruption, fsync)
+        lat_runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+        for i in range(repeat):
+            for bare in ((False, True) if i % 2 == 0 else (True, False)):
+                say(f"latency ({i + 1}/{repeat}, {'without' if bare else 'with'} the link's protection) ...")
+                where = os.path.join(directory, f"lat{i}{'bare' if bare else ''}")
+                lat_runs[bare].append(latency_run(where, seconds, fsync, replication["load_MB_per_s"], bare))
+                shutil.rmtree(where, ignore_errors=True)
+        replication["latency_ms"] = _latency_medians(lat_runs[False])
+        replication["unprotected_latency_ms"] = _latency_medians(lat_runs[True])
+        report["replication"] = replication
         say("failover savings ...")
         report["failover_savings"] = savings_retained(directory, size)
     finally:
@@ -376,16 +436,20 @@ def bench_sync(log_mb: int, seconds: float, interruption: float, size: int, fsyn
         return
     m, r, f = report["mirror"], report["replication"], report["failover_savings"]
     click.echo(f"mirror       system {m['system']} MB/s ({m['events_per_s']} events/s)  baseline {m['baseline']} MB/s"
-               f"  ratio {m['ratio']}")
-    click.echo(f"             the same copy over TLS {m['baseline_tls']} MB/s: TLS costs the raw copy "
+               f"  ratio {m['ratio']}  (medians of {repeat} alternating runs)")
+    click.echo(f"             without its protection {m['unprotected']} MB/s: TLS and MACs cost the mirror "
+               f"{m['protection_cost']:.1%}")
+    click.echo(f"             the raw copy over TLS {m['baseline_tls']} MB/s: TLS costs the raw copy "
                f"{1 - m['baseline_tls'] / m['baseline']:.0%}; the mirror is {m['ratio_to_tls_copy']} of it")
-    lat, polled, hop = r["latency_ms"], r["polled_latency_ms"], r["mirror_hop_ms"]
+    lat, bare = r["latency_ms"], r["unprotected_latency_ms"]
     click.echo(f"latency      p50 {lat['p50_ms']} ms  p99 {lat['p99_ms']} ms ({lat['within_50ms']:.1%} within 50 ms) "
                f"at {r['load_MB_per_s']} MB/s (half of {r['ingest_capacity_MB_per_s']} MB/s): append on the master "
-               "-> committed in the backup's store")
-    click.echo(f"             seen by a client polling the backup every 2 ms: p50 {polled['p50']} ms  "
-               f"p99 {polled['p99']} ms; append -> the backup's mirror log (polled): p50 {hop['p50']} ms  "
-               f"p99 {hop['p99']} ms")
+               f"-> committed in the backup's store (medians of {repeat} runs; p99 of each: {lat['p99_ms_runs']})")
+    click.echo(f"             without the link's protection: p50 {bare['p50_ms']} ms  p99 {bare['p99_ms']} ms "
+               f"(p99 of each: {bare['p99_ms_runs']})")
+    click.echo(f"             seen by a client polling the backup every 2 ms: p50 {lat['polled']['p50']} ms  "
+               f"p99 {lat['polled']['p99']} ms; append -> the backup's mirror log (polled): "
+               f"p50 {lat['mirror_hop']['p50']} ms  p99 {lat['mirror_hop']['p99']} ms")
     c = r["catch_up"]
     click.echo(f"catch-up     {c['seconds']} s after {c['interruption_s']} s cut ({c['backlog_MB']} MB backlog)  "
                f"rate {c['rate_MB_per_s']} MB/s = {c['ratio_to_ingest_rate']}x the ingest rate")

@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import ssl
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -150,19 +151,24 @@ def test_failover_the_backup_saves_what_the_master_would_have(tmp_path: Path, ru
     assert got["savings"] > cold_savings + 0.3
 
 
-def test_bench_sync_prints_every_figure_with_its_baseline() -> None:
+def test_bench_sync_prints_every_figure_with_its_baseline_and_the_protections_cost() -> None:
     p = dss("bench", "sync", "--log-mb", "4", "--seconds", "4", "--interruption", "1", "--size", "2000000",
             "--fsync", "never", "--repeat", "2", "--json")
     doc = json.loads(p.stdout)
     m = doc["mirror"]
     assert m["system"] > 0 and m["baseline"] > 0 and m["ratio"] == pytest.approx(m["system"] / m["baseline"], rel=0.02)
-    assert len(m["system_runs"]) == len(m["baseline_runs"]) == len(m["baseline_tls_runs"]) == 2
+    assert len(m["system_runs"]) == len(m["unprotected_runs"]) == len(m["baseline_runs"]) == 2
+    assert len(m["baseline_tls_runs"]) == 2
     assert m["ratio_to_tls_copy"] == pytest.approx(m["system"] / m["baseline_tls"], rel=0.02)
-    lat = doc["replication"]["latency_ms"]  # from the backup's histogram, over the paced traffic only
-    assert lat["samples"] > 0 and 0 <= lat["p50_ms"] <= lat["p99_ms"] and 0 <= lat["within_50ms"] <= 1
-    assert doc["replication"]["polled_latency_ms"]["samples"] > 0
-    hop = doc["replication"]["mirror_hop_ms"]  # append -> the backup's mirror log
-    assert hop["samples"] > 0 and hop["p50"] is not None and hop["p99"] >= hop["p50"]
+    assert m["unprotected"] > 0  # the same mirror over a link without TLS and MACs
+    assert m["protection_cost"] == pytest.approx(1 - m["system"] / m["unprotected"], abs=0.002)
+    for key in ("latency_ms", "unprotected_latency_ms"):  # from the backup's histogram, paced traffic only
+        lat = doc["replication"][key]
+        assert lat["samples"] > 0 and 0 <= lat["p50_ms"] <= lat["p99_ms"] and 0 <= lat["within_50ms"] <= 1
+        assert len(lat["p99_ms_runs"]) == 2 and lat["p99_ms"] == pytest.approx(statistics.median(lat["p99_ms_runs"]))
+        hop = lat["mirror_hop"]  # append -> the backup's mirror log
+        assert hop["p50"] is not None and hop["p99"] >= hop["p50"]
+        assert lat["polled"]["p99"] >= lat["polled"]["p50"]
     catch_up = doc["replication"]["catch_up"]  # what arrived while the mirror was down was caught up
     assert catch_up["backlog_MB"] > 0 and catch_up["seconds"] > 0 and catch_up["rate_MB_per_s"] > 0
     assert doc["failover_savings"]["ratio"] > 0.99
