@@ -14,6 +14,8 @@ keeps new segments in the log files, ``never`` writes them to packs).
 
 Findings are counted and the first ones quoted; the exit code is 1 if there is any. Runs and
 their outcome (killed where, completed, verified) are in the ``--json`` report.
+
+``dssync chaos corrupt`` is the corruption campaign (``dssync.bench.corrupt``).
 """
 
 from __future__ import annotations
@@ -251,6 +253,44 @@ def kill_cmd(runs: int, seed: int, size: int, as_json: bool) -> None:
                    f"{doc['verified']} verifies")
         for where, n in doc["killed_at"].items():
             click.echo(f"  killed at {where}: {n}")
+        click.echo(f"findings: {doc['findings']}")
+        for f in doc["first_findings"]:
+            click.echo(f"  {f}")
+    if c.findings:
+        raise SystemExit(1)
+
+
+@chaos.command("corrupt")
+@click.option("--runs", type=click.IntRange(1, 100_000), default=1000, show_default=True,
+              help="Damaged copies of the template home (every file once, then at random).")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--size", type=int, default=2_000_000, show_default=True, help="Bytes of each input.")
+@click.option("--json", "as_json", is_flag=True)
+def corrupt_cmd(runs: int, seed: int, size: int, as_json: bool) -> None:
+    """Truncations, bit flips and zeroed ranges over every kind of file of a home, each checked.
+
+    \b
+    Example:
+      dssync chaos corrupt --runs 1000
+      dssync chaos corrupt --runs 60 --json
+    """
+    from dssync.bench.corrupt import corrupt_campaign
+
+    directory = tempfile.mkdtemp(prefix="dssync-corrupt-")
+    try:
+        with output.progress("corruption campaign", runs, enabled=not as_json) as advance:
+            c = corrupt_campaign(directory, runs, seed, size, advance)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    doc = c.as_dict()
+    if as_json:
+        emit_json(doc)
+    else:
+        click.echo(f"runs {doc['runs']}: {doc['records_checked']} records and {doc['refs_checked']} references "
+                   "read back and checked")
+        for title, key in (("damaged", "by_kind"), ("outcome", "outcomes"), ("remedy", "remedies")):
+            for what, n in doc[key].items():
+                click.echo(f"  {title}: {what}: {n}")
         click.echo(f"findings: {doc['findings']}")
         for f in doc["first_findings"]:
             click.echo(f"  {f}")

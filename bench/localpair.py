@@ -111,7 +111,8 @@ class Node:
 
 
 def make_pair(directory: str, model_b: str = "SH-7080", version_b: str = "9.14", secret_b: str = SECRET,
-              fsync: str = "never", extra_a: tuple[str, ...] = (), unprotected: bool = False) -> tuple[Node, Node]:
+              fsync: str = "never", extra_a: tuple[str, ...] = (), unprotected: bool = False,
+              extra_b: tuple[str, ...] = ()) -> tuple[Node, Node]:
     """Create two homes, sha (master) and shb (backup), configured as a pair on loopback
     (``unprotected``: their link without TLS and MACs, for the sync benchmark only)."""
     logs = os.path.join(directory, "logs")
@@ -119,7 +120,7 @@ def make_pair(directory: str, model_b: str = "SH-7080", version_b: str = "9.14",
     a = Node("sha", os.path.join(directory, "sha"), free_port(), logs, unprotected=unprotected)
     b = Node("shb", os.path.join(directory, "shb"), free_port(), logs, unprotected=unprotected)
     dss("init", a.home, "--name", "sha", "--model", "SH-7080", "--version", "9.14", "--fsync", fsync, *extra_a)
-    dss("init", b.home, "--name", "shb", "--model", model_b, "--version", version_b, "--fsync", fsync)
+    dss("init", b.home, "--name", "shb", "--model", model_b, "--version", version_b, "--fsync", fsync, *extra_b)
     dss("sync", "configure", a.home, "--role", "master", "--peer", f"127.0.0.1:{b.port}",
         "--listen", f"127.0.0.1:{a.port}", "--secret-file", secret_file(directory, SECRET))
     dss("sync", "configure", b.home, "--role", "backup", "--peer", f"127.0.0.1:{a.port}",

@@ -259,8 +259,9 @@ def load(home: str) -> Config:
             f"{home} is not an appliance home (no {FILENAME})",
             hint=f"create one with 'dssync init {home} --name NAME'",
         ) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path} is not valid TOML: {exc}", hint="fix the file by hand") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path} is not valid TOML: {exc}",
+                         hint="restore the file from a backup, or fix it by hand") from None
     try:
         cfg = Config(
             name=doc["name"], model=doc["model"], software_version=doc["software_version"],
@@ -269,9 +270,10 @@ def load(home: str) -> Config:
             sync=SyncConfig(**doc.get("sync", {})), traffic=TrafficConfig(**doc.get("traffic", {})),
             kafka=KafkaConfig(**doc.get("kafka", {})), monitor=MonitorConfig(**doc.get("monitor", {})),
         )
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise UsageError(
-            f"{path} is missing or has an unknown key: {exc}", hint="compare with 'dssync init' output"
+            f"{path} is missing or has an unknown key or value: {exc}",
+            hint="restore the file from a backup, or compare it with the dssync.toml of a new home (dssync init)",
         ) from None
     for env, table, key in ENV_OVERRIDES:
         if env in os.environ:

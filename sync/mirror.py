@@ -104,7 +104,8 @@ class Mirror(MirrorService):
         if self.out is not None:
             self.out.close()
         self.out = FileLog(self._dir(), writer=True, create=True, fsync=self.cfg.log.fsync,
-                           fsync_interval_ms=self.cfg.log.fsync_interval_ms, base_offset=base or 0)
+                           fsync_interval_ms=self.cfg.log.fsync_interval_ms, segment_bytes=self.cfg.log.segment_bytes,
+                           base_offset=base or 0)
 
     def _ensure_log(self, client: protocol.PeerClient) -> None:
         assert self.peer is not None
