@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import click
 
@@ -220,6 +220,14 @@ def _digest(home: str) -> str:
     return str(doc.get("digest", ""))
 
 
+class Findings(Protocol):
+    """What a campaign reports: its findings, and everything as a JSON document."""
+
+    findings: list[str]
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
 @click.group("chaos")
 def chaos() -> None:
     """Fault campaigns against real processes, and what they found."""
@@ -239,20 +247,32 @@ def kill_cmd(runs: int, seed: int, size: int, as_json: bool) -> None:
       dssync chaos kill --runs 500
       dssync chaos kill --runs 40 --json
     """
+    def summary(doc: dict[str, Any]) -> None:
+        click.echo(f"runs {doc['runs']}: killed {doc['killed']}, completed {doc['completed']}; "
+                   f"{doc['verified']} verifies")
+        for where, n in doc["killed_at"].items():
+            click.echo(f"  killed at {where}: {n}")
+
+    _run_campaign("SIGKILL campaign", runs, as_json, lambda d, advance: kill_campaign(d, runs, seed, size, advance),
+                  summary)
+
+
+def _run_campaign(title: str, runs: int, as_json: bool,
+                  campaign: Callable[[str, Callable[[int], None]], Findings],
+                  summary: Callable[[dict[str, Any]], None]) -> None:
+    """Run a campaign in a temporary directory with a progress bar; print its report (``--json``
+    or ``summary`` and the findings); exit 1 on any finding."""
     directory = tempfile.mkdtemp(prefix="dssync-chaos-")
     try:
-        with output.progress("SIGKILL campaign", runs, enabled=not as_json) as advance:
-            c = kill_campaign(directory, runs, seed, size, advance)
+        with output.progress(title, runs, enabled=not as_json) as advance:
+            c = campaign(directory, advance)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     doc = c.as_dict()
     if as_json:
         emit_json(doc)
     else:
-        click.echo(f"runs {doc['runs']}: killed {doc['killed']}, completed {doc['completed']}; "
-                   f"{doc['verified']} verifies")
-        for where, n in doc["killed_at"].items():
-            click.echo(f"  killed at {where}: {n}")
+        summary(doc)
         click.echo(f"findings: {doc['findings']}")
         for f in doc["first_findings"]:
             click.echo(f"  {f}")
@@ -276,23 +296,12 @@ def corrupt_cmd(runs: int, seed: int, size: int, as_json: bool) -> None:
     """
     from dssync.bench.corrupt import corrupt_campaign
 
-    directory = tempfile.mkdtemp(prefix="dssync-corrupt-")
-    try:
-        with output.progress("corruption campaign", runs, enabled=not as_json) as advance:
-            c = corrupt_campaign(directory, runs, seed, size, advance)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-    doc = c.as_dict()
-    if as_json:
-        emit_json(doc)
-    else:
+    def summary(doc: dict[str, Any]) -> None:
         click.echo(f"runs {doc['runs']}: {doc['records_checked']} records and {doc['refs_checked']} references "
                    "read back and checked")
         for title, key in (("damaged", "by_kind"), ("outcome", "outcomes"), ("remedy", "remedies")):
             for what, n in doc[key].items():
                 click.echo(f"  {title}: {what}: {n}")
-        click.echo(f"findings: {doc['findings']}")
-        for f in doc["first_findings"]:
-            click.echo(f"  {f}")
-    if c.findings:
-        raise SystemExit(1)
+
+    _run_campaign("corruption campaign", runs, as_json,
+                  lambda d, advance: corrupt_campaign(d, runs, seed, size, advance), summary)
