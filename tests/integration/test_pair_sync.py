@@ -165,7 +165,8 @@ def test_bench_sync_prints_every_figure_with_its_baseline_and_the_protections_co
     for key in ("latency_ms", "unprotected_latency_ms"):  # from the backup's histogram, paced traffic only
         lat = doc["replication"][key]
         assert lat["samples"] > 0 and 0 <= lat["p50_ms"] <= lat["p99_ms"] and 0 <= lat["within_50ms"] <= 1
-        assert len(lat["p99_ms_runs"]) == 2 and lat["p99_ms"] == pytest.approx(statistics.median(lat["p99_ms_runs"]))
+        assert len(lat["p99_ms_runs"]) == 2  # the median is printed to 0.1 ms
+        assert lat["p99_ms"] == pytest.approx(statistics.median(lat["p99_ms_runs"]), abs=0.051)
         hop = lat["mirror_hop"]  # append -> the backup's mirror log
         assert hop["p50"] is not None and hop["p99"] >= hop["p50"]
         assert lat["polled"]["p99"] >= lat["polled"]["p50"]
