@@ -130,7 +130,10 @@ class Appliance:
             raise CorruptLogError(
                 f"the log of {self.home} ends at offset {end} but its store applied it up to {applied}"
                 + (f" (opening the log cut {cut} damaged bytes)" if cut else ""),
-                hint=f"rebuild the store from what the log still holds with 'dssync replay {self.home}'")
+                hint=(f"take back what the peer mirrored of the log with 'dssync recover {self.home}'; without "
+                      f"the peer, rebuild the store from what the log still holds with 'dssync replay {self.home}'"
+                      if self.config.sync.role and self.config.sync.transport == "http" else
+                      f"rebuild the store from what the log still holds with 'dssync replay {self.home}'"))
 
     def _last_hlc(self) -> int:
         last = int(self.store.meta().get("max_hlc", 0))

@@ -151,6 +151,12 @@ class Service:
             raise NotFoundError(f"{self.config.name}'s log is a Kafka topic", hint="its peer reads it from the broker")
         return log.wait_durable(beyond, wait_s, self.stopping.is_set)
 
+    def mirror_reader(self, peer: str) -> FileLog:
+        if self.config.sync.transport != "http" or peer not in layout.mirrored_peers(self.home):
+            raise NotFoundError(f"{self.config.name} holds no mirror of {peer}'s log",
+                                hint="only a paired appliance on the http transport mirrors its peer's log")
+        return FileLog(layout.mirror_dir(self.home, peer))
+
     def pack_reader(self) -> Packs:
         """A reader of the store's segment bytes (packs and log-resident files) for a thread
         that serves a snapshot while the store goes on applying."""

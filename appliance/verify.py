@@ -13,6 +13,12 @@ A store behind its log (a crash between append and apply) is not a problem: it i
 as ``apply_lag`` and caught up the next time the home is opened. A committed offset beyond
 the log's end is one: the store holds events the log lost. ``dssync verify`` runs it on a
 store it opens read-only, or asks the running service to run it on the store it owns.
+
+Each report names the remedy for what it found (``remedy``), in this order: damage in a log
+(its CRC or format) is cut by ``recover``, which takes back from the peer what it holds; a
+mirror of the peer's log that ends before what the store applied of it (cut, and not yet
+copied again) is copied again by ``recover`` too, the store being complete; anything else,
+a store that is not its logs' projection, is rebuilt by ``replay``.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from dssync import config as cfgmod
 from dssync import layout
 from dssync.consumers.quarantine import Quarantine
 from dssync.consumers.store import Store
-from dssync.errors import DssyncError
+from dssync.errors import CorruptLogError, DssyncError
 from dssync.layout import source_name
 from dssync.log.base import LogReader, LogRecord, SegmentedLog
 from dssync.log.factory import open_log_reader, open_peer_log
@@ -48,6 +54,8 @@ class Report:
     projection_digest: str = ""
     problems: list[str] = field(default_factory=list)
     differing_refs: list[str] = field(default_factory=list)
+    remedy: str = ""
+    """The command that repairs what was found (module docstring): recover, replay, or ''."""
 
     @property
     def ok(self) -> bool:
@@ -74,16 +82,25 @@ def verify_store(home: str, store: Store, max_diffs: int = 20) -> Report:
         sources = _sources(home, cfg, own, log, store, rep)
         opened.extend(slog for _, slog in sources[1:])
         retired = sum(_retired(slog) for _, slog in sources)
+        mirrors = {source_name(p) for p in layout.mirrored_peers(home)} if cfg.sync.transport == "http" else set()
+        damaged = behind = False
         for source, slog in sources:
             end = slog.end_offset()
             committed = store.committed(source) if not source.startswith("snapshot:") else end
             if source == own:
                 rep.apply_lag = max(0, end - committed)
-            if committed > end:
+            if committed > end and source in mirrors:
+                behind = True
+                rep.problems.append(f"{source}: the store applied up to offset {committed} but the mirror of that "
+                                    f"log ends at {end}: offsets {end}..{committed - 1} are to be copied again")
+            elif committed > end:
                 rep.problems.append(f"{source}: store applied up to offset {committed} but the log ends at {end}")
             try:
-                _project(slog, source, store.began(source), committed, projection, rep,
+                _project(slog, source, store.began(source), min(committed, end), projection, rep,
                          Quarantine(home).offsets(source))
+            except CorruptLogError as exc:
+                damaged = damaged or not source.startswith("snapshot:")
+                rep.problems.append(f"{source}: {exc.message}")
             except DssyncError as exc:
                 rep.problems.append(f"{source}: {exc.message}")
         for ref, pack, pos, size in store.iter_live_segments():
@@ -100,10 +117,15 @@ def verify_store(home: str, store: Store, max_diffs: int = 20) -> Report:
         if retired:
             # retention removed log segments the store was built from: no projection can prove it
             rep.events["note: segments removed by retention (store not comparable)"] = retired
+        elif damaged or behind:
+            # the projection stops at the damage, or lacks what the mirror is to copy again:
+            # the store is compared once recover has repaired the logs
+            rep.events["note: a log is damaged or behind the store (store not comparable)"] = 1
         elif mine.md5 != theirs.md5:
             rep.problems.append(f"store digest {mine.md5} differs from the log's projection {theirs.md5}")
             rep.differing_refs = diff_rows(store, projection, max_diffs)
         projection.close()
+        rep.remedy = "recover" if damaged or behind else "replay" if rep.problems else ""
     finally:
         for slog in opened:
             slog.close()

@@ -68,8 +68,8 @@ class CorruptionError(DssyncError):
 class CorruptLogError(CorruptionError):
     """A log batch whose CRC32C, length or offsets do not check out."""
 
-    default_hint = ("cut the log at the damage with 'dssync recover HOME' (what follows it is lost), "
-                    "then follow its report")
+    default_hint = ("cut the log at the damage with 'dssync recover HOME' (a paired appliance takes back from its "
+                    "peer what follows it; otherwise it is lost), then follow its report")
 
 
 class CorruptStoreError(CorruptionError):

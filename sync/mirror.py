@@ -148,7 +148,7 @@ class Mirror(MirrorService):
                     if status != 200:
                         raise TransientError(f"log request failed with HTTP {status}")
                     view = memoryview(body)  # batches are checked and written in place, never copied
-                    spans, frm, complete = _spans(view, frm)
+                    spans, frm, complete = log_spans(view, frm)
                     if spans:
                         writing = pool.submit(_write, out, view, spans, self.bell)
                     if not complete:
@@ -213,6 +213,32 @@ class Mirror(MirrorService):
         self.bell.ring()
         self._set("connected", f"snapshot of {events} events loaded; mirroring from offset {covers_to}")
 
+    def refetch(self, until: int, timeout_s: float) -> int:
+        """Copy the peer's log into the mirror log until it reaches offset ``until`` (how far the
+        store applied it), then stop: ``dssync recover`` after it cut damage from the mirror log.
+        Returns the mirror log's end. Raises ``TransientError`` when the peer's log does not
+        reach that far within ``timeout_s`` (the peer down or cut), ``PairingRefusedError``
+        when it refuses the pair."""
+        deadline = time.monotonic() + timeout_s
+
+        def done() -> bool:
+            return (self.out is not None and self.out.end_offset() >= until) or time.monotonic() >= deadline
+
+        why = "it did not answer"
+        try:
+            while not done():
+                try:
+                    self._cycle(done)
+                except TransientError as exc:
+                    why = exc.message
+                    self._sleep(0.2)
+            end = self.out.end_offset() if self.out is not None else -1
+        finally:
+            self.close()
+        if end < until:
+            raise TransientError(f"the peer's log was not copied again up to offset {until}: {why}")
+        return end
+
     def close(self) -> None:
         super().close()
         self.bell.close()
@@ -221,7 +247,7 @@ class Mirror(MirrorService):
             self.out = None
 
 
-def _spans(view: memoryview, frm: int) -> tuple[list[tuple[int, int, int]], int, bool]:
+def log_spans(view: memoryview, frm: int) -> tuple[list[tuple[int, int, int]], int, bool]:
     """The batches of a log response by their headers alone: ([(position, size, records)], the
     offset after the last one, whether the response ends on a batch boundary). A batch that does
     not continue the offsets ends the list (the writer would refuse it anyway)."""

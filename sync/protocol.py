@@ -9,6 +9,7 @@ Endpoints served by ``dssync serve`` on the sync interface::
 
     GET /v1/identity                               this appliance's identity (JSON)
     GET /v1/log?from=N&max_bytes=M&wait_ms=W       raw log batches from offset N (long poll)
+    GET /v1/mirror?from=N&max_bytes=M              the caller's own log as mirrored here, from offset N
     GET /v1/snapshot                               the store as events, in raw batches, each tagged
     GET /v1/position?at=N                          log start/end, append time at N, bytes from N
     GET /v1/digest                                 the store's digest and offsets (convergence)

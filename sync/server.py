@@ -35,7 +35,7 @@ from urllib.parse import parse_qs, urlparse
 from dssync import config as cfgmod
 from dssync.consumers.packs import Packs
 from dssync.consumers.store import Row
-from dssync.errors import NotFoundError, OffsetOutOfRangeError, PairingRefusedError
+from dssync.errors import CorruptLogError, NotFoundError, OffsetOutOfRangeError, PairingRefusedError
 from dssync.log.filelog import FileLog
 from dssync.process import StopFlag
 from dssync.sync import auth, protocol, snapshot
@@ -81,6 +81,11 @@ class PeerFacing(Protocol):
 
     def pack_reader(self) -> Packs:
         """A reader of the store's segment bytes for this thread (the caller closes it)."""
+        ...
+
+    def mirror_reader(self, peer: str) -> FileLog:
+        """A new reader of this appliance's mirror of ``peer``'s log (the caller closes it);
+        ``NotFoundError`` when it holds none (not mirrored yet, or a Kafka transport)."""
         ...
 
     def log_position(self, at: int) -> dict[str, Any]:
@@ -184,6 +189,8 @@ class SyncHandler(Handler):
         elif url.path == "/v1/log":
             self._log(svc, q.get("from", 0), min(q.get("max_bytes", 4 << 20), protocol.MAX_LOG_BYTES),
                       min(q.get("wait_ms", 0), protocol.MAX_WAIT_MS))
+        elif url.path == "/v1/mirror":
+            self._mirror(svc, caller.name, q.get("from", 0), min(q.get("max_bytes", 4 << 20), protocol.MAX_LOG_BYTES))
         elif url.path == "/v1/snapshot":
             self._snapshot(svc)
         elif url.path == "/v1/position":
@@ -220,6 +227,37 @@ class SyncHandler(Handler):
         except OffsetOutOfRangeError:
             self._json(416, {"start": log.start_offset(), "end": log.end_offset(), "retired": log.retired()})
             return
+        self._send(200, out, "application/octet-stream",
+                   {"X-Dssync-Log-Start": str(start), "X-Dssync-Log-End": str(end)})
+
+    def _mirror(self, svc: PeerFacing, peer: str, frm: int, max_bytes: int) -> None:
+        """The caller's own log as this appliance mirrored it, from ``frm``: how an appliance
+        whose log was damaged takes back what it lost (``dssync.sync.repair``). The batches are
+        the caller's, byte for byte; the intact ones before any damage here are served."""
+        try:
+            log = svc.mirror_reader(peer)
+        except NotFoundError as exc:
+            self._error(404, exc.message)
+            return
+        try:
+            start, end = log.start_offset(), log.end_offset()
+            if not start <= frm <= end:
+                self._json(416, {"start": start, "end": end})
+                return
+            out: list[bytes] = []
+            size = 0
+            try:
+                for b in log.batches(frm) if frm < end else ():
+                    if out and size + b.size > max_bytes:
+                        break
+                    out.append(b.raw)
+                    size += b.size
+            except CorruptLogError as exc:
+                if not out:
+                    self._error(500, f"{svc.config.name}'s mirror of {peer}: {exc.message}")
+                    return
+        finally:
+            log.close()
         self._send(200, out, "application/octet-stream",
                    {"X-Dssync-Log-Start": str(start), "X-Dssync-Log-End": str(end)})
 

@@ -21,6 +21,7 @@ import duckdb
 from dssync import __version__
 from dssync.appliance import Appliance
 from dssync.appliance import replay as replay_home
+from dssync.appliance.recover import recover as recover_home
 from dssync.bench.chaos import chaos
 from dssync.bench.demo import demo
 from dssync.config import KafkaConfig
@@ -217,27 +218,32 @@ def replay(home: str, from_offset: int | None, as_json: bool) -> None:
 @HOME
 @click.option("--json", "as_json", is_flag=True)
 def recover(home: str, as_json: bool) -> None:
-    """Open a home after a crash: check every batch of the log, cut it at the first torn or
-    damaged one, catch the store up, report both.
+    """Check every batch of the home's logs (its own and its mirror of the peer's), cut each
+    at the first torn or damaged batch, take back from the peer what it holds beyond the cut,
+    catch the store up, and report what was done.
 
     Every command that writes cuts what a crash tore on its own (without reading the whole
-    log); run this to check all of it and see what a crash or damage left.
+    log); run this to check all of it, and when verify or an error names damage in a log.
 
     \b
     Example:
       dssync recover /var/lib/dssync/sh1
     """
-    with Appliance(home, scan_log=True) as app:
-        rec = app.recovery  # None on Kafka: the broker recovers its own log
-        doc = {"log_bytes_cut": rec.bytes_cut if rec else 0, "log_problem": rec.problem if rec else None,
-               "segments_deleted": rec.segments_deleted if rec else 0,
-               "records_applied": app.caught_up, "log_end_offset": app.log.end_offset()}
+    doc = recover_home(home)
     if as_json:
         emit_json(doc)
-    else:
-        cut = (f"cut {rec.bytes_cut} bytes ({rec.problem})" if rec and rec.bytes_cut
-               else "log intact" if rec else "the broker recovers its own log")
-        click.echo(f"{cut}; applied {app.caught_up} records the store had not yet applied")
+        return
+    own = doc["log"]
+    click.echo(f"log: cut {own['bytes_cut']} bytes ({own['problem']})" if own["bytes_cut"] else "log: intact")
+    if doc["records_from_peer"]:
+        click.echo(f"log: took back {doc['records_from_peer']} records from the peer's copy")
+    if doc["log_pending"]:
+        click.echo(f"log: the peer did not give back what was cut: {doc['log_pending']}")
+    for peer, m in doc["mirrors"].items():
+        cut = f"cut {m['bytes_cut']} bytes ({m['problem']})" if m["bytes_cut"] else "intact"
+        click.echo(f"mirror of {peer}: {cut}; holds up to offset {m['end_offset']}"
+                   + (f"; {m['pending']}" if m["pending"] else ""))
+    click.echo(f"store: applied {doc['records_applied']} records it had not yet applied")
 
 
 cli.add_command(inspect_cmd.inspect)

@@ -110,5 +110,12 @@ def verify_cmd(home: str, peer_home: str | None, as_json: bool) -> None:
             click.echo(f"  {r}")
         click.echo("verify: OK" if rep.ok else "verify: FAILED")
     if not rep.ok:
-        raise MismatchError(f"verify found {len(rep.problems)} problem(s) in {home}",
-                            hint=f"rebuild the store from the log with 'dssync replay {home}'")
+        raise MismatchError(f"verify found {len(rep.problems)} problem(s) in {home}", hint=_hint(rep, home))
+
+
+def _hint(rep: Report, home: str) -> str:
+    """The remedy the report names (``dssync.appliance.verify``), as a command on ``home``."""
+    if rep.remedy == "recover":
+        return (f"cut the damage and take back from the peer what it holds with 'dssync recover {home}' "
+                "(with the service stopped), then verify again")
+    return f"rebuild the store from the log with 'dssync replay {home}'"
