@@ -1,0 +1,97 @@
+"""Damage in the middle of a paired appliance's logs is repaired from its peer by `dssync recover`:
+what the log held before the damage stays, what the peer holds comes back, nothing is lost."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from dssync.layout import log_dir, mirror_dir
+from dssync.log import segment as seg
+from tests.pair import Node, dss, make_pair, release, wait_converged
+
+SMALL = ("--segment-bytes", "65536")  # several segments: the damage falls mid-log
+
+
+def _converged_pair(tmp_path: Path, running: list[Node]) -> tuple[Node, Node, dict[str, object]]:
+    """A pair that took traffic both ways and converged, then stopped; the master's refs."""
+    a, b = make_pair(tmp_path, extra_a=SMALL, extra_b=SMALL)
+    running.extend((a, b))
+    for n in (a, b):
+        n.start_all()
+    r = release(tmp_path, 7, 1_500_000, 3)
+    a.ingest(r[0])
+    b.ingest(r[1], r[2])
+    wait_converged(a, b, timeout=120)
+    for n in (a, b):
+        n.stop_all()
+    return a, b, _refs(a.home)
+
+
+def _refs(home: str) -> dict[str, object]:
+    doc = json.loads(dss("inspect", "store", home, "--refs", "100000000", "--json").stdout)
+    return {r["ref"]: (r["size"], r["level"]) for r in doc["refs"]}
+
+
+def _flip_mid_log(directory: str) -> int:
+    """Flip a byte inside the first batch of a segment that is neither the first nor the last;
+    that segment's base offset."""
+    bases = seg.list_segments(directory)
+    assert len(bases) >= 3, bases
+    base = next(b for b in bases[1:-1] if os.path.getsize(seg.segment_path(directory, b)) > 64)
+    with open(seg.segment_path(directory, base), "r+b") as f:
+        f.seek(40)
+        byte = f.read(1)
+        f.seek(40)
+        f.write(bytes([byte[0] ^ 0x10]))
+    return base
+
+
+def _error(p: object) -> tuple[str, str]:
+    lines = [ln for ln in getattr(p, "stderr", "").splitlines() if ln.strip()]
+    assert len(lines) == 2 and lines[0].startswith("error: ") and lines[1].startswith("hint: "), lines
+    return lines[0], lines[1]
+
+
+def test_damage_mid_own_log_is_taken_back_from_the_peers_mirror(tmp_path: Path, running: list[Node]) -> None:
+    a, b, refs = _converged_pair(tmp_path, running)
+    end = json.loads(dss("inspect", "log", a.home, "--json").stdout)["end_offset"]
+    base = _flip_mid_log(log_dir(a.home))
+    p = dss("verify", a.home, check=False)
+    assert p.returncode != 0 and f"'dssync recover {a.home}'" in _error(p)[1]
+    # the peer is down: the cut is made, nothing is invented, and the error says to try again
+    p = dss("recover", a.home, check=False)
+    error, hint = _error(p)
+    assert p.returncode == 4 and "the peer did not give back what was cut" in error
+    assert f"'dssync recover {a.home}'" in hint and f"'dssync replay {a.home}'" in hint
+    b.start("serve")
+    doc = json.loads(dss("recover", a.home, "--json").stdout)
+    b.stop_all()
+    assert doc["records_from_peer"] >= end - base and doc["log_end_offset"] >= end
+    assert json.loads(dss("verify", a.home, "--json").stdout)["ok"]
+    assert _refs(a.home) == refs  # nothing lost
+    # the log holds the same batches as before the damage: the peer's mirror is a prefix of it
+    a.start_all()
+    b.start_all()
+    a.ingest(release(tmp_path, 8, 1_000_000, 1)[0])
+    wait_converged(a, b, timeout=120)
+
+
+def test_damage_mid_mirror_log_is_copied_again_from_the_peer(tmp_path: Path, running: list[Node]) -> None:
+    a, b, refs = _converged_pair(tmp_path, running)
+    _flip_mid_log(mirror_dir(a.home, "shb"))
+    p = dss("verify", a.home, check=False)
+    assert p.returncode != 0 and f"'dssync recover {a.home}'" in _error(p)[1]
+    # the peer is down: the mirror log is cut, the store keeps every row, and verify says what is missing
+    doc = json.loads(dss("recover", a.home, "--json").stdout)
+    assert doc["mirrors"]["shb"]["bytes_cut"] > 0 and doc["mirrors"]["shb"]["pending"]
+    assert _refs(a.home) == refs
+    p = dss("verify", a.home, check=False)
+    assert p.returncode != 0 and "to be copied again" in p.stdout and "'dssync recover" in _error(p)[1]
+    b.start("serve")
+    doc = json.loads(dss("recover", a.home, "--json").stdout)
+    b.stop_all()
+    assert doc["mirrors"]["shb"]["pending"] is None
+    assert json.loads(dss("verify", a.home, "--json").stdout)["ok"]
+    assert _refs(a.home) == refs
