@@ -195,7 +195,8 @@ def _stats_fields(doc: dict[str, Any]) -> dict[str, Any]:
 @click.option("--from-offset", type=int, default=None, help="First log offset to replay (default: log start).")
 @click.option("--json", "as_json", is_flag=True)
 def replay(home: str, from_offset: int | None, as_json: bool) -> None:
-    """Rebuild the store from the log (into a new store, swapped in when complete).
+    """Rebuild the store from its logs: its own, and the peer's as loaded and mirrored here
+    (into a new store, swapped in when complete).
 
     \b
     Example:

@@ -1,5 +1,6 @@
 """Damage in the middle of a paired appliance's logs is repaired from its peer by `dssync recover`:
-what the log held before the damage stays, what the peer holds comes back, nothing is lost."""
+what the log held before the damage stays, what the peer holds comes back, nothing is lost; and
+`dssync replay` of a paired appliance rebuilds every row, its peer's included."""
 
 from __future__ import annotations
 
@@ -95,3 +96,15 @@ def test_damage_mid_mirror_log_is_copied_again_from_the_peer(tmp_path: Path, run
     assert doc["mirrors"]["shb"]["pending"] is None
     assert json.loads(dss("verify", a.home, "--json").stdout)["ok"]
     assert _refs(a.home) == refs
+
+
+def test_replay_of_a_paired_backup_rebuilds_the_snapshot_and_mirrored_rows_too(tmp_path: Path,
+                                                                               running: list[Node]) -> None:
+    _a, b, refs = _converged_pair(tmp_path, running)
+    before = json.loads(dss("status", b.home, "--json").stdout)["store"]
+    assert _refs(b.home) == refs and any(".snapshot.applied-" in n for n in os.listdir(os.path.join(b.home, "mirror")))
+    dss("replay", b.home)
+    after = json.loads(dss("status", b.home, "--json").stdout)["store"]
+    assert _refs(b.home) == refs  # the master's snapshot and log, and the backup's own log
+    assert after["offsets"] == before["offsets"]
+    assert json.loads(dss("verify", b.home, "--json").stdout)["ok"]
