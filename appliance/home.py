@@ -4,7 +4,8 @@ A home holds ``dssync.toml``, ``log/`` (the appliance's own append-only log) and
 (the DuckDB-indexed data store and its packs). Opening an appliance takes the log's writer
 lock, so exactly one process at a time owns a home for writing; the log's recovery runs, and
 the store catches up with whatever the log holds beyond the store's committed offset (the
-tail a crash left unapplied).
+tail a crash left unapplied). When that recovery cut damage from the log of a paired
+appliance, what its peer mirrored beyond the cut is taken back first (``sync.repair``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from dssync.log.filelog import FileLog, RecoveryReport
 from dssync.producers.chunker import Chunker, ChunkerSpec
 from dssync.producers.optimizer import IngestStats, Optimizer
 from dssync.schemas import decode, encode
+from dssync.sync import repair
 
 
 def open_store(directory: str, cfg: cfgmod.Config, create: bool = False) -> Store:
@@ -58,6 +60,10 @@ class Appliance:
         self.log = open_log(home, self.config, scan_all=scan_log)
         store: Store | None = None
         try:
+            self.taken_back = 0
+            """Records taken back from the peer after the log's recovery cut damage (``sync.repair``)."""
+            if isinstance(self.log, FileLog) and self.log.recovery is not None and self.log.recovery.bytes_cut:
+                self.taken_back, _why = repair.after_cut(self.config, self.log)
             self.store = store = open_store(store_dir(home), self.config, create=True)
             self.source = source_name(self.config.name)
             self.consumer = Consumer(self.log, self.store, self.source)
@@ -132,7 +138,7 @@ class Appliance:
                 + (f" (opening the log cut {cut} damaged bytes)" if cut else ""),
                 hint=(f"take back what the peer mirrored of the log with 'dssync recover {self.home}'; without "
                       f"the peer, rebuild the store from what the log still holds with 'dssync replay {self.home}'"
-                      if self.config.sync.role and self.config.sync.transport == "http" else
+                      if repair.has_copy(self.config) else
                       f"rebuild the store from what the log still holds with 'dssync replay {self.home}'"))
 
     def _last_hlc(self) -> int:

@@ -24,6 +24,7 @@ from dssync.errors import UsageError
 from dssync.layout import source_name, store_dir
 from dssync.log.factory import open_log
 from dssync.log.filelog import FileLog
+from dssync.sync.repair import after_cut
 
 
 def replay(home: str, from_offset: int | None = None,
@@ -42,6 +43,8 @@ def replay(home: str, from_offset: int | None = None,
     log = open_log(home, cfg)
     peers: list[_PeerSource] = []
     try:
+        if isinstance(log, FileLog) and log.recovery is not None and log.recovery.bytes_cut:
+            after_cut(cfg, log)  # what the peer holds beyond the cut is the log's: taken back first
         first, end = log.start_offset(), log.end_offset()
         # a backup's Kafka topic keeps the records it wrote before pairing: not its store's
         start = max(first, cfg.sync.own_log_from) if from_offset is None else from_offset

@@ -55,6 +55,10 @@ def load(store: Store, lock: threading.RLock | None, directory: str, peer: str, 
     finally:
         reader.close()
     with guard:
+        if store.committed(layout.source_name(peer)) > covers_to:
+            # the peer's log was made anew, shorter (its recover rebuilt its store from a
+            # snapshot of ours): its offsets from here on are new events, read from the start
+            store.forget(layout.source_name(peer))
         store.advance(layout.source_name(peer), covers_to)
         store.forget(source)
         store.rewrite()  # full row groups: no seconds-long checkpoints later (Store.rewrite)

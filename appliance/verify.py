@@ -15,10 +15,10 @@ the log's end is one: the store holds events the log lost. ``dssync verify`` run
 store it opens read-only, or asks the running service to run it on the store it owns.
 
 Each report names the remedy for what it found (``remedy``), in this order: damage in a log
-(its CRC or format) is cut by ``recover``, which takes back from the peer what it holds; a
-mirror of the peer's log that ends before what the store applied of it (cut, and not yet
-copied again) is copied again by ``recover`` too, the store being complete; anything else,
-a store that is not its logs' projection, is rebuilt by ``replay``.
+(its CRC or format), or a file log that ends before what the store applied of it (torn, cut,
+or a mirror not yet copied again), goes to ``recover``, which cuts the damage and takes back
+from the peer what it holds; anything else, a store that is not its logs' projection, is
+rebuilt by ``replay``.
 """
 
 from __future__ import annotations
@@ -94,6 +94,8 @@ def verify_store(home: str, store: Store, max_diffs: int = 20) -> Report:
                 rep.problems.append(f"{source}: the store applied up to offset {committed} but the mirror of that "
                                     f"log ends at {end}: offsets {end}..{committed - 1} are to be copied again")
             elif committed > end:
+                # a file log cut or torn under the store: recover takes back what the peer holds
+                behind = behind or (source == own and cfg.log.backend == "file")
                 rep.problems.append(f"{source}: store applied up to offset {committed} but the log ends at {end}")
             try:
                 _project(slog, source, store.began(source), min(committed, end), projection, rep,

@@ -16,13 +16,16 @@ as an operator would:
 3. if verify failed, the hint's remedy (the ``dssync`` command it quotes, on this home) is run,
    and that command's own hint if it fails with one, and verify must then pass; a hint that
    names no command is a manual remedy: the damaged file is restored from the template, as an
-   operator restores it from a backup;
-4. damage to what only the service reads (the configuration, the TLS key and certificate):
+   operator restores it from a backup. The peer runs throughout (its service, on a copy of the
+   template's peer home), so a remedy can take back from it what damage cut from a log;
+4. nothing is lost: once verify passes, the store holds every reference the template holds;
+5. damage to what only the service reads (the configuration, the TLS key and certificate):
    ``dssync serve`` refuses with one clean error, or starts and stops cleanly;
-5. every fifth run, the home then takes new traffic (``dssync ingest``) and verifies again.
+6. every fifth run, the home then takes new traffic (``dssync ingest``) and verifies again.
 
 A finding is a traceback, an error without a hint, a record or reference returned that the
-template does not hold, a remedy that fails or leaves verify failing, or new traffic refused.
+template does not hold, a reference of the template lost, a remedy that fails or leaves verify
+failing, or new traffic refused.
 Findings are counted and the first ones quoted; the exit code is 1 if there is any.
 """
 
@@ -42,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dssync.bench import workload
-from dssync.bench.localpair import make_pair, wait_converged
+from dssync.bench.localpair import Node, make_pair, wait_converged
 from dssync.errors import ChildRunError, DssyncError
 from dssync.layout import log_dir, mirror_dir
 from dssync.log.filelog import FileLog
@@ -189,6 +192,7 @@ def _refs(home: str) -> dict[str, tuple[int, int, bool]] | None:
 @dataclass
 class Template:
     home: str
+    peer_home: str
     files: dict[str, str]
     records: dict[str, dict[int, bytes]]
     refs: dict[str, tuple[int, int, bool]]
@@ -216,7 +220,8 @@ def make_template(directory: str, seed: int, size: int) -> Template:
     finally:
         a.stop_all()
         b.stop_all()
-    shutil.rmtree(os.path.join(a.home, "run"), ignore_errors=True)
+    for n in (a, b):
+        shutil.rmtree(os.path.join(n.home, "run"), ignore_errors=True)
     records = {}
     for key, d in (("log", log_dir(a.home)), ("mirror", mirror_dir(a.home, b.name))):
         got = _records(d)
@@ -226,7 +231,7 @@ def make_template(directory: str, seed: int, size: int) -> Template:
     refs = _refs(a.home)
     if not refs:
         raise ChildRunError(f"the campaign's template store at {a.home} cannot be listed")
-    return Template(a.home, _files(a.home), records, refs, paths[3:])
+    return Template(a.home, b.home, _files(a.home), records, refs, paths[3:])
 
 
 def _check_returned(c: Corruption, t: Template, home: str, peer: str, what: str) -> None:
@@ -237,7 +242,10 @@ def _check_returned(c: Corruption, t: Template, home: str, peer: str, what: str)
         except Exception as exc:  # anything but a dssync error is a traceback for a tool
             c.find(f"{what}: reading the {key} raised {type(exc).__name__}: {exc}")
             continue
+        known = max(t.records[key])
         for off, value in (got or {}).items():
+            if key == "mirror" and off > known:
+                continue  # the peer's traffic since (its heartbeats), copied again by a remedy
             c.records_checked += 1
             if t.records[key].get(off) != value:
                 c.find(f"{what}: the {key} returned a record at offset {off} the template does not hold")
@@ -248,6 +256,14 @@ def _check_returned(c: Corruption, t: Template, home: str, peer: str, what: str)
         if t.refs.get(ref) is None or t.refs[ref][:2] != row[:2]:
             c.find(f"{what}: the store listed {ref} {row}, the template {t.refs.get(ref)}")
             break
+
+
+def _check_kept(c: Corruption, t: Template, home: str, what: str) -> None:
+    """Finding if the store, verified, lacks a reference the template holds."""
+    refs = _refs(home) or {}
+    lost = sorted(set(t.refs) - set(refs))
+    if lost:
+        c.find(f"{what}: {len(lost)} reference(s) of the template lost, e.g. {lost[0]}")
 
 
 def _serve_check(home: str) -> str | None:
@@ -306,7 +322,17 @@ def corrupt_campaign(directory: str, runs: int, seed: int, size: int,
     """The corruption campaign of the module docstring, in ``directory``."""
     rng = random.Random(seed)
     t = make_template(os.path.join(directory, "template"), seed, size)
-    peer = "shb"
+    peer = Node("shb", os.path.join(directory, "peer"), 0, os.path.join(directory, "template", "pair", "logs"))
+    shutil.copytree(t.peer_home, peer.home)
+    peer.start("serve")  # what a remedy takes back from
+    try:
+        return _runs(t, directory, runs, rng, peer.name, progress)
+    finally:
+        peer.stop_all()
+
+
+def _runs(t: Template, directory: str, runs: int, rng: random.Random, peer: str,
+          progress: Callable[[int], None] | None) -> Corruption:
     c = Corruption()
     files = sorted(t.files)
     for i in range(runs):
@@ -340,6 +366,8 @@ def corrupt_campaign(directory: str, runs: int, seed: int, size: int,
             if not ok:
                 c.find(f"{what}: verify still fails after the remedy ({code}): {err.strip()[-300:]}")
             _check_returned(c, t, home, peer, f"{what}, remedied")
+        if ok:
+            _check_kept(c, t, home, what)
         if ok and i % INGEST_EVERY == 0:
             icode, _out, ierr = _run("ingest", home, t.inputs[i % len(t.inputs)])
             vok, verr, _ = _verify(home)

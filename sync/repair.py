@@ -18,13 +18,35 @@ check; what was appended before the error stays (it checked), and the caller may
 from __future__ import annotations
 
 from dssync import config as cfgmod
-from dssync.errors import TransientError
+from dssync.errors import PairingRefusedError, TransientError
 from dssync.log.filelog import FileLog
 from dssync.sync import protocol
 from dssync.sync.mirror import log_spans
 
 FETCH_BYTES = 16 << 20
 """The most one reply of the peer's copy carries (beyond its first batch)."""
+AFTER_CUT_TIMEOUT_S = 5.0
+"""How long a writer that cut damage waits for the peer (``after_cut``): it must not hold a
+service's start for long when the peer is down."""
+
+
+def has_copy(cfg: cfgmod.Config) -> bool:
+    """Whether the peer mirrors this appliance's own log as files (http transport, file log)."""
+    return (bool(cfg.sync.role) and cfg.sync.transport == "http" and cfg.sync.state == "active"
+            and cfg.log.backend == "file")
+
+
+def after_cut(cfg: cfgmod.Config, log: FileLog, timeout_s: float = AFTER_CUT_TIMEOUT_S) -> tuple[int, str | None]:
+    """What every writer whose recovery cut damage from the own log does before it writes:
+    take back what the peer holds beyond the cut, so that no new event takes an offset the
+    peer holds another event at. (records taken back, why the peer gave nothing: None if it
+    answered); nothing is asked of an appliance whose peer holds no copy."""
+    if not has_copy(cfg):
+        return 0, None
+    try:
+        return take_back_own_log(cfg, log, timeout_s), None
+    except (TransientError, PairingRefusedError) as exc:
+        return 0, exc.message
 
 
 def take_back_own_log(cfg: cfgmod.Config, log: FileLog, timeout_s: float = 30.0) -> int:

@@ -238,6 +238,9 @@ def recover(home: str, as_json: bool) -> None:
     click.echo(f"log: cut {own['bytes_cut']} bytes ({own['problem']})" if own["bytes_cut"] else "log: intact")
     if doc["records_from_peer"]:
         click.echo(f"log: took back {doc['records_from_peer']} records from the peer's copy")
+    if doc["snapshot_events"]:
+        click.echo(f"store: rebuilt from the logs, and {doc['snapshot_events']} events of the peer's store loaded "
+                   "(the peer's copy of the log held less than the store had applied)")
     if doc["log_pending"]:
         click.echo(f"log: the peer did not give back what was cut: {doc['log_pending']}")
     for peer, m in doc["mirrors"].items():

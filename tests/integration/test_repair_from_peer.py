@@ -79,6 +79,26 @@ def test_damage_mid_own_log_is_taken_back_from_the_peers_mirror(tmp_path: Path, 
     wait_converged(a, b, timeout=120)
 
 
+def test_damage_the_peers_mirror_never_held_comes_back_as_a_snapshot_of_its_store(tmp_path: Path,
+                                                                                  running: list[Node]) -> None:
+    a, b, refs = _converged_pair(tmp_path, running)
+    first = seg.segment_path(log_dir(a.home), seg.list_segments(log_dir(a.home))[0])
+    with open(first, "r+b") as f:  # offset 0: before what the backup mirrored (it began from a snapshot)
+        f.seek(30)
+        f.write(b"\0" * 8)
+    b.start("serve")
+    doc = json.loads(dss("recover", a.home, "--json").stdout)
+    assert doc["records_from_peer"] == 0 and doc["snapshot_events"] > 0
+    assert json.loads(dss("verify", a.home, "--json").stdout)["ok"]
+    assert _refs(a.home) == refs  # nothing lost
+    # the backup finds the master's log shorter than its mirror of it and starts that mirror again
+    a.start_all()
+    b.start_all()
+    a.ingest(release(tmp_path, 9, 1_000_000, 1)[0])
+    wait_converged(a, b, timeout=120)
+    assert b.status()["mirrors"]["sha"]["bootstraps"] >= 2
+
+
 def test_damage_mid_mirror_log_is_copied_again_from_the_peer(tmp_path: Path, running: list[Node]) -> None:
     a, b, refs = _converged_pair(tmp_path, running)
     _flip_mid_log(mirror_dir(a.home, "shb"))
