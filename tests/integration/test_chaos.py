@@ -14,3 +14,12 @@ def test_a_sample_of_the_sigkill_campaign_kills_at_named_points_and_finds_nothin
     assert doc["runs"] == 24 and doc["verified"] >= 24
     named = {k: n for k, n in doc["killed_at"].items() if "random" not in k}
     assert sum(named.values()) >= 5 and len(named) >= 3  # really killed, at several points of the write paths
+
+
+def test_a_sample_of_the_corruption_campaign_repairs_every_damage_and_loses_nothing() -> None:
+    p = dss("chaos", "corrupt", "--runs", "40", "--size", "1000000", "--seed", "2", "--json", check=False)
+    doc = json.loads(p.stdout)
+    assert p.returncode == 0 and doc["ok"], doc["first_findings"]
+    assert doc["runs"] == 40 and doc["records_checked"] > 0 and doc["refs_checked"] > 0
+    assert doc["outcomes"]["verify refused with an error and a hint"] > 0  # damage was really found
+    assert any("recover" in remedy for remedy in doc["remedies"])  # and repaired from the peer

@@ -55,6 +55,24 @@ def _error(p: object) -> tuple[str, str]:
     return lines[0], lines[1]
 
 
+def _recovered_with_the_peer_up(a: Node, b: Node, refs: dict[str, object]) -> dict[str, object]:
+    """Run recover on ``a`` while ``b``'s service runs; it must verify and have lost nothing."""
+    b.start("serve")
+    doc: dict[str, object] = json.loads(dss("recover", a.home, "--json").stdout)
+    b.stop_all()
+    assert json.loads(dss("verify", a.home, "--json").stdout)["ok"]
+    assert _refs(a.home) == refs  # nothing lost
+    return doc
+
+
+def _syncs_on(tmp_path: Path, a: Node, b: Node, seed: int) -> None:
+    """The pair, restarted, takes new traffic and converges."""
+    a.start_all()
+    b.start_all()
+    a.ingest(release(tmp_path, seed, 1_000_000, 1)[0])
+    wait_converged(a, b, timeout=120)
+
+
 def test_damage_mid_own_log_is_taken_back_from_the_peers_mirror(tmp_path: Path, running: list[Node]) -> None:
     a, b, refs = _converged_pair(tmp_path, running)
     end = json.loads(dss("inspect", "log", a.home, "--json").stdout)["end_offset"]
@@ -66,17 +84,10 @@ def test_damage_mid_own_log_is_taken_back_from_the_peers_mirror(tmp_path: Path, 
     error, hint = _error(p)
     assert p.returncode == 4 and "the peer did not give back what was cut" in error
     assert f"'dssync recover {a.home}'" in hint and f"'dssync replay {a.home}'" in hint
-    b.start("serve")
-    doc = json.loads(dss("recover", a.home, "--json").stdout)
-    b.stop_all()
+    doc = _recovered_with_the_peer_up(a, b, refs)
     assert doc["records_from_peer"] >= end - base and doc["log_end_offset"] >= end
-    assert json.loads(dss("verify", a.home, "--json").stdout)["ok"]
-    assert _refs(a.home) == refs  # nothing lost
     # the log holds the same batches as before the damage: the peer's mirror is a prefix of it
-    a.start_all()
-    b.start_all()
-    a.ingest(release(tmp_path, 8, 1_000_000, 1)[0])
-    wait_converged(a, b, timeout=120)
+    _syncs_on(tmp_path, a, b, 8)
 
 
 def test_damage_the_peers_mirror_never_held_comes_back_as_a_snapshot_of_its_store(tmp_path: Path,
@@ -86,16 +97,10 @@ def test_damage_the_peers_mirror_never_held_comes_back_as_a_snapshot_of_its_stor
     with open(first, "r+b") as f:  # offset 0: before what the backup mirrored (it began from a snapshot)
         f.seek(30)
         f.write(b"\0" * 8)
-    b.start("serve")
-    doc = json.loads(dss("recover", a.home, "--json").stdout)
+    doc = _recovered_with_the_peer_up(a, b, refs)
     assert doc["records_from_peer"] == 0 and doc["snapshot_events"] > 0
-    assert json.loads(dss("verify", a.home, "--json").stdout)["ok"]
-    assert _refs(a.home) == refs  # nothing lost
     # the backup finds the master's log shorter than its mirror of it and starts that mirror again
-    a.start_all()
-    b.start_all()
-    a.ingest(release(tmp_path, 9, 1_000_000, 1)[0])
-    wait_converged(a, b, timeout=120)
+    _syncs_on(tmp_path, a, b, 9)
     assert b.status()["mirrors"]["sha"]["bootstraps"] >= 2
 
 
