@@ -621,6 +621,8 @@ class FileLog:
             entries = self._index_of(base)
             pos = seg.seek_position(entries, from_offset) if j == i else 0
             path = seg.segment_path(self.directory, base)
+            if not 0 <= pos <= _size(path):
+                pos = 0  # a damaged index: it only saves reading, so the segment is read from its start
             for b in seg.iter_batches(path, pos, is_last=(j == len(bases) - 1)):
                 at, pos = pos, pos + b.size
                 if b.next_offset <= from_offset:
@@ -689,6 +691,13 @@ def _bisect_le(bases: list[int], offset: int) -> int:
 def _last_timestamp(directory: str, base: int) -> int:
     entries = seg.read_index(directory, base)
     return entries[-1][2] if entries else 0
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        return 0
 
 
 def _unlink_quiet(path: str) -> None:

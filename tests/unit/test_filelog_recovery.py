@@ -294,3 +294,21 @@ def test_a_close_whose_sync_fails_closes_its_files_and_says_so(tmp_path: Path, m
     with failing_fsync(monkeypatch), pytest.raises(ResourceError):
         log.close()
     FileLog(d, writer=True).close()  # the lock was released
+
+
+@pytest.mark.parametrize("position", [2**63 + 5, 10**12])
+def test_a_damaged_index_position_is_read_past_from_the_segments_start(tmp_path: Path, position: int) -> None:
+    d = str(tmp_path / "log")
+    values = _fill(d)
+    bases = seg.list_segments(d)
+    assert len(bases) >= 3
+    base = bases[1]
+    entries = seg.read_index(d, base)
+    with open(seg.index_path(d, base), "r+b") as f:  # every entry of a sealed segment points past its end
+        for k, (off, _pos, ts) in enumerate(entries):
+            f.seek(k * seg.INDEX_ENTRY.size)
+            f.write(seg.INDEX_ENTRY.pack(off, position, ts))
+    reader = FileLog(d)
+    assert [r.value for r in reader.read(entries[-1][0], 10_000)] == values[entries[-1][0]:]
+    assert [r.value for r in reader.read(0, 10_000)] == values
+    reader.close()
