@@ -21,6 +21,7 @@ def _converged_pair(tmp_path: Path, running: list[Node]) -> tuple[Node, Node, di
     running.extend((a, b))
     for n in (a, b):
         n.start_all()
+    wait_converged(a, b)  # paired first: the backup mirrors the master's traffic, not a snapshot of it
     r = release(tmp_path, 7, 1_500_000, 3)
     a.ingest(r[0])
     b.ingest(r[1], r[2])
