@@ -15,7 +15,8 @@ keeps new segments in the log files, ``never`` writes them to packs).
 Findings are counted and the first ones quoted; the exit code is 1 if there is any. Runs and
 their outcome (killed where, completed, verified) are in the ``--json`` report.
 
-``dssync chaos corrupt`` is the corruption campaign (``dssync.bench.corrupt``).
+``dssync chaos corrupt`` is the corruption campaign (``dssync.bench.corrupt``); ``dssync chaos
+power`` the power-cut campaign (``dssync.bench.power``).
 """
 
 from __future__ import annotations
@@ -305,3 +306,32 @@ def corrupt_cmd(runs: int, seed: int, size: int, as_json: bool) -> None:
 
     _run_campaign("corruption campaign", runs, as_json,
                   lambda d, advance: corrupt_campaign(d, runs, seed, size, advance), summary)
+
+
+@chaos.command("power")
+@click.option("--runs", type=click.IntRange(1, 100_000), default=200, show_default=True,
+              help="Power cuts, each under a real ingest or replay.")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--size", type=int, default=1_000_000, show_default=True, help="Bytes of each input.")
+@click.option("--json", "as_json", is_flag=True)
+def power_cmd(runs: int, seed: int, size: int, as_json: bool) -> None:
+    """Power cuts on a FUSE file system that drops what was not fsynced, each checked.
+
+    Needs FUSE (/dev/fuse, fusermount3) and root or FUSE rights.
+
+    \b
+    Example:
+      dssync chaos power --runs 200
+      dssync chaos power --runs 20 --json
+    """
+    from dssync.bench.power import power_campaign
+
+    def summary(doc: dict[str, Any]) -> None:
+        click.echo(f"runs {doc['runs']}: {doc['cuts']} power cuts, {doc['completed']} processes done before theirs; "
+                   f"{doc['verified']} verifies; {doc['files_put_back']} files and {doc['bytes_put_back']} "
+                   "bytes put back to their last fsync")
+        for where, n in doc["cut_during"].items():
+            click.echo(f"  cut during {where}: {n}")
+
+    _run_campaign("power-cut campaign", runs, as_json,
+                  lambda d, advance: power_campaign(d, runs, seed, size, advance), summary)
