@@ -172,11 +172,13 @@ class Appliance:
             return int(self.log.append_batches(batches))
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="dssync-log-append")
-        prepared = self.log.prepare(batches)
+        log = self.log
+        prepared = log.prepare(batches)
         pending = self._writer.submit(self.log.write_prepared, prepared)
 
         def durable() -> None:
             pending.result()  # raises what the log write raised: then nothing is committed
+            log.make_durable()
             crashpoint.reached("ingest.log-durable")
 
         try:
@@ -199,6 +201,8 @@ class Appliance:
 
     def applied(self) -> None:
         """Bring the store up to the log, then wrap it if it outgrew its capacity."""
+        if isinstance(self.log, PreparedWrites):
+            self.log.make_durable()  # the store commits nothing a power cut could take from the log
         self.consumer.catch_up()
         self.pin_retention()
         if isinstance(self.log, GroupCommitted):  # let Kafka's own tools see the store's position

@@ -136,8 +136,9 @@ class GroupCommitted(Protocol):
 class PreparedWrites(Protocol):
     """A log that can encode a write before making it, so that the store applies the records
     from memory while the log writes them (dense offsets, one writing process): ``prepare``
-    says which offsets and bytes the groups will get; ``write_prepared`` writes them, durable
-    on return, and raises what the write raised (nothing of it is then readable)."""
+    says which offsets and bytes the groups will get; ``write_prepared`` writes them (durable
+    on return under the log's fsync policy), and raises what the write raised (nothing of it is
+    then readable); ``make_durable`` is called before the store commits them."""
 
     def prepare(self, groups: Sequence[Sequence[bytes]]) -> Prepared:
         """Encode ``groups`` as the next batches; nothing is written yet."""
@@ -145,4 +146,9 @@ class PreparedWrites(Protocol):
 
     def write_prepared(self, prepared: Prepared) -> int:
         """Write what ``prepare`` encoded; return the first offset."""
+        ...
+
+    def make_durable(self) -> None:
+        """Make what is written durable before a store commits it, whatever the fsync policy's
+        interval (a store commit is durable: it must not hold what a power cut takes from the log)."""
         ...

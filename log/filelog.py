@@ -517,6 +517,16 @@ class FileLog:
                 self._sync()
                 self._last_sync_ms = now
 
+    def make_durable(self) -> None:
+        """Under ``"interval"``: sync what is written now, whatever the interval. The store calls
+        it before it commits events of this log: a store commit is durable (DuckDB syncs its
+        write-ahead log), so the events must be durable in the log first, or a power cut would
+        leave the store holding events the log lost. Nothing to do under ``"always"`` (already
+        durable) or ``"never"`` (it promises nothing across a power cut)."""
+        if self.fsync == "interval" and self._fd is not None and self._durable_end < self._next_offset:
+            self._sync()
+            self._last_sync_ms = self._clock_ms()
+
     def commit(self) -> None:
         """Apply the fsync policy to what was appended with ``sync=False``."""
         self._maybe_sync()
