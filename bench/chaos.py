@@ -16,7 +16,8 @@ Findings are counted and the first ones quoted; the exit code is 1 if there is a
 their outcome (killed where, completed, verified) are in the ``--json`` report.
 
 ``dssync chaos corrupt`` is the corruption campaign (``dssync.bench.corrupt``); ``dssync chaos
-power`` the power-cut campaign (``dssync.bench.power``).
+power`` the power-cut campaign (``dssync.bench.power``); ``dssync chaos ioerror`` the I/O-error
+campaign (``dssync.bench.ioerror``).
 """
 
 from __future__ import annotations
@@ -335,3 +336,32 @@ def power_cmd(runs: int, seed: int, size: int, as_json: bool) -> None:
 
     _run_campaign("power-cut campaign", runs, as_json,
                   lambda d, advance: power_campaign(d, runs, seed, size, advance), summary)
+
+
+@chaos.command("ioerror")
+@click.option("--runs", type=click.IntRange(1, 100_000), default=300, show_default=True,
+              help="Faults armed, each under a real command.")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--size", type=int, default=500_000, show_default=True, help="Bytes of each input.")
+@click.option("--json", "as_json", is_flag=True)
+def ioerror_cmd(runs: int, seed: int, size: int, as_json: bool) -> None:
+    """ENOSPC, EIO and failed fsyncs at every write site (and failed reads), each checked.
+
+    Needs FUSE (/dev/fuse, fusermount3) and root or FUSE rights.
+
+    \b
+    Example:
+      dssync chaos ioerror --runs 300
+      dssync chaos ioerror --runs 30 --json
+    """
+    from dssync.bench.ioerror import ioerror_campaign
+
+    def summary(doc: dict[str, Any]) -> None:
+        click.echo(f"runs {doc['runs']}: {doc['faults_fired']} faults fired, {doc['not_fired']} armed but not "
+                   f"reached; {doc['power_cuts']} power cuts; {doc['verified']} verifies")
+        for title, key in (("fired", "fired"), ("outcome", "outcomes"), ("command", "commands")):
+            for what, n in doc[key].items():
+                click.echo(f"  {title}: {what}: {n}")
+
+    _run_campaign("I/O-error campaign", runs, as_json,
+                  lambda d, advance: ioerror_campaign(d, runs, seed, size, advance), summary)

@@ -85,10 +85,15 @@ class Machine:
         except subprocess.TimeoutExpired:
             self.proc.send_signal(signal.SIGKILL)
         _out, err = self.proc.communicate(timeout=600)
+        return self.proc.returncode, err.decode(errors="replace"), self.cut_and_restart()
+
+    def cut_and_restart(self) -> dict[str, Any]:
+        """Cut the power (no process of the campaign runs) and mount the disk again; what the cut
+        put back."""
         put_back = self.fs.cut()
         self.fs.unmount()
         self.fs = LazyFS(self.backing, self.mount)
-        return self.proc.returncode, err.decode(errors="replace"), put_back
+        return put_back
 
     def close(self) -> None:
         self.fs.unmount()

@@ -1,0 +1,165 @@
+"""``dssync chaos ioerror``: the I/O-error campaign, every kind of call failed at every write site.
+
+An appliance home lives on a LazyFS (``dssync.bench.lazyfs``). Each run arms one fault, as
+SQLite's I/O-error tests make each call fail in turn: a kind of call (a write failing with
+ENOSPC or EIO, an fsync failing, a file or directory that cannot be created, a truncation or a
+read failing) on one kind of file (log segments, their indexes and markers, packs, DuckDB's
+database and write-ahead log, the reference index, the state JSON, or any file), after a random
+number of such calls passed, once or until it is cleared. Then a real ``dssync`` command runs
+on the home (mostly ``ingest`` of new traffic; now and then ``replay``, ``verify`` or
+``recover``) and the campaign checks:
+
+1. the command succeeds, or fails with one ``error:`` line and one ``hint:`` line, a non-zero
+   exit code and no traceback;
+2. once the fault is cleared, the home resumes by itself: the same command run again
+   succeeds, and ``dssync verify`` passes (every fourth run, the power is cut first, so a
+   writer that believed a failed fsync loses what it believed);
+3. at the end, every ingest reported done is entirely there, no segment is stored twice, and
+   the home holds exactly what a home that never saw a fault holds after the same traffic.
+
+Findings are counted and the first ones quoted; the exit code is 1 if there is any.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dssync.bench import workload
+from dssync.bench.chaos import _init, _json, _live, _stored_twice, _write_input
+from dssync.bench.corrupt import _clean_error
+from dssync.bench.power import Machine
+from dssync.process import command
+
+FILES = {
+    "log segment": r"/log/\d+\.log$",
+    "log index": r"/log/\d+\.index$",
+    "log marker": r"/log/[a-z]+\.json$",
+    "pack": r"/store/packs/",
+    "DuckDB database": r"\.duckdb$",
+    "DuckDB write-ahead log": r"\.duckdb\.wal$",
+    "reference index": r"/refindex",
+    "state JSON": r"/store/[a-z]+\.json",
+    "any file": r"",
+}
+CALLS = (("write", "ENOSPC"), ("write", "EIO"), ("fsync", "EIO"), ("create", "ENOSPC"), ("truncate", "EIO"),
+         ("read", "EIO"))
+CUT_EVERY = 4
+
+
+@dataclass
+class IOCampaign:
+    runs: int = 0
+    fired: Counter[str] = field(default_factory=Counter)
+    not_fired: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    commands: Counter[str] = field(default_factory=Counter)
+    power_cuts: int = 0
+    verified: int = 0
+    findings: list[str] = field(default_factory=list)
+
+    def find(self, what: str) -> None:
+        self.findings.append(what)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"runs": self.runs, "faults_fired": sum(self.fired.values()), "fired": dict(sorted(self.fired.items())),
+                "not_fired": self.not_fired, "outcomes": dict(sorted(self.outcomes.items())),
+                "commands": dict(sorted(self.commands.items())), "power_cuts": self.power_cuts,
+                "verified": self.verified, "findings": len(self.findings), "first_findings": self.findings[:10],
+                "ok": not self.findings}
+
+
+def ioerror_campaign(directory: str, runs: int, seed: int, size: int,
+                     progress: Callable[[int], None] | None = None) -> IOCampaign:
+    """The I/O-error campaign of the module docstring, in ``directory``."""
+    rng = random.Random(seed)
+    c = IOCampaign()
+    machine = Machine(directory)
+    try:
+        _campaign(c, machine, directory, runs, rng, seed, size, progress)
+    finally:
+        machine.close()
+    return c
+
+
+def _run(machine: Machine, *args: str) -> tuple[int, str]:
+    machine.start(*args)
+    assert machine.proc is not None
+    _out, err = machine.proc.communicate(timeout=600)
+    return machine.proc.returncode, err.decode(errors="replace")
+
+
+def _campaign(c: IOCampaign, machine: Machine, directory: str, runs: int, rng: random.Random, seed: int,
+              size: int, progress: Callable[[int], None] | None) -> None:
+    releases = workload.versions(seed, size, runs + 1, churn=0.5)
+    clean, home = os.path.join(directory, "clean"), os.path.join(machine.mount, "home")
+    _init(clean, "clean", "always")
+    _init(home, "sh1", "always")
+    inputs: list[str] = []
+    done: set[str] = set()
+    for i in range(runs):
+        kind = rng.choice(sorted(FILES))
+        call, err_name = rng.choice(CALLS)
+        persistent = rng.random() < 0.5
+        fault = {"op": call, "errno": err_name, "path": FILES[kind], "skip": rng.choice((0, 0, 1, 2, 3, 5, 10, 30)),
+                 "times": -1 if persistent else 1}
+        roll = rng.random()
+        if roll < 0.7 or not inputs:
+            path = _write_input(directory, i, next(releases))
+            inputs.append(path)
+            args: tuple[str, ...] = ("ingest", home, path)
+        else:
+            args = (rng.choice(("replay", "verify", "recover")), home)
+        what = f"{args[0]} with {call} {err_name} on {kind} ({'until cleared' if persistent else 'once'})"
+        machine.fs.faults([fault])
+        code, err = _run(machine, *args)
+        fired = machine.fs.fired()
+        machine.fs.faults([])
+        c.runs += 1
+        c.commands[args[0]] += 1
+        if fired:
+            c.fired[f"{call} {err_name} on {kind}"] += 1
+        else:
+            c.not_fired += 1
+        if code == 0 and "Traceback" not in err:
+            c.outcomes["succeeded"] += 1
+            if args[0] == "ingest":
+                done.add(args[2])
+        else:
+            c.outcomes["failed with one error and a hint"] += 1
+            why = _clean_error(code, err)
+            if why is not None:
+                c.find(f"{what}: {why}")
+        if i % CUT_EVERY == CUT_EVERY - 1:
+            machine.cut_and_restart()
+            c.power_cuts += 1
+        # the fault cleared: the same command again succeeds, and the home verifies
+        code, err = _run(machine, *args)
+        if code != 0 or "Traceback" in err:
+            c.find(f"after {what}, cleared: {args[0]} again exited {code}: {err.strip()[-300:]}")
+        elif args[0] == "ingest":
+            done.add(args[2])
+        code, doc, err = _json("verify", home, "--json")
+        c.verified += 1
+        if code != 0 or not doc.get("ok"):
+            c.find(f"after {what}, cleared: verify failed: {doc.get('problems') or err.strip()[-300:]}")
+        if progress is not None:
+            progress(1)
+    for path in sorted(done):
+        code, doc, err = _json("ingest", home, path, "--json")
+        if code != 0 or doc.get("savings", 0) < 0.999:
+            c.find(f"an ingest reported done lost data: {path} saves {doc.get('savings')} when sent again")
+    for target in (clean, home):
+        p = subprocess.run(command("ingest", target, *inputs), capture_output=True, text=True, timeout=3600)
+        if p.returncode != 0:
+            c.find(f"ingesting the campaign's traffic into {target} failed: {p.stderr.strip()[-300:]}")
+    if _live(home) != _live(clean):
+        c.find("the home does not hold what a home that never saw a fault holds")
+    twice = _stored_twice(home)
+    if twice:
+        c.find(f"{twice} segment(s) stored twice in the home's log")
