@@ -126,12 +126,13 @@ def _campaign(c: IOCampaign, machine: Machine, directory: str, runs: int, rng: r
             c.fired[f"{call} {err_name} on {kind}"] += 1
         else:
             c.not_fired += 1
+        reached = "fault fired" if fired else "fault not reached"
         if code == 0 and "Traceback" not in err:
-            c.outcomes["succeeded"] += 1
+            c.outcomes[f"{reached}, succeeded"] += 1
             if args[0] == "ingest":
                 done.add(args[2])
         else:
-            c.outcomes["failed with one error and a hint"] += 1
+            c.outcomes[f"{reached}, failed"] += 1
             why = _clean_error(code, err)
             if why is not None:
                 c.find(f"{what}: {why}")

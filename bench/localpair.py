@@ -112,12 +112,13 @@ class Node:
 
 def make_pair(directory: str, model_b: str = "SH-7080", version_b: str = "9.14", secret_b: str = SECRET,
               fsync: str = "never", extra_a: tuple[str, ...] = (), unprotected: bool = False,
-              extra_b: tuple[str, ...] = ()) -> tuple[Node, Node]:
+              extra_b: tuple[str, ...] = (), home_a: str | None = None) -> tuple[Node, Node]:
     """Create two homes, sha (master) and shb (backup), configured as a pair on loopback
-    (``unprotected``: their link without TLS and MACs, for the sync benchmark only)."""
+    (``unprotected``: their link without TLS and MACs, for the sync benchmark only; ``home_a``:
+    sha's home somewhere else than in ``directory``)."""
     logs = os.path.join(directory, "logs")
     os.makedirs(logs, exist_ok=True)
-    a = Node("sha", os.path.join(directory, "sha"), free_port(), logs, unprotected=unprotected)
+    a = Node("sha", home_a or os.path.join(directory, "sha"), free_port(), logs, unprotected=unprotected)
     b = Node("shb", os.path.join(directory, "shb"), free_port(), logs, unprotected=unprotected)
     dss("init", a.home, "--name", "sha", "--model", "SH-7080", "--version", "9.14", "--fsync", fsync, *extra_a)
     dss("init", b.home, "--name", "shb", "--model", model_b, "--version", version_b, "--fsync", fsync, *extra_b)

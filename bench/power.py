@@ -17,6 +17,15 @@ no segment was stored twice in the log, and that the home holds exactly what a h
 holds after the same traffic. One home per fsync policy that promises durability across a
 power cut: ``always`` (every batch) and ``interval`` (``ingest`` syncs before it reports done).
 
+A fifth of the runs cut the power under one appliance of a pair: sha (the master) lives on the
+LazyFS with its ``serve`` and ``mirror`` running, shb on an ordinary disk, both taking traffic.
+The cut falls during an ingest on sha; sha restarts (its services started again) while shb
+ran throughout. The pair must converge (``dssync verify`` of both homes: identical stores, each
+holding all the other wrote), and shb's mirror of sha's log must not have diverged from it:
+every record it holds is the record sha's log holds at that offset, and none lies past sha's
+end (a peer that kept batches the crashed appliance lost would see sha reuse their offsets for
+other events: Kafka's leader-epoch problem, KIP-101; sha serves only what is durable).
+
 Findings are counted and the first ones quoted; the exit code is 1 if there is any.
 """
 
@@ -35,13 +44,18 @@ from typing import Any
 from dssync.bench import workload
 from dssync.bench.chaos import _digest, _init, _json, _live, _stored_twice, _write_input
 from dssync.bench.lazyfs import LazyFS
+from dssync.bench.localpair import Node, make_pair, wait_converged
 from dssync.crashpoint import ENV
-from dssync.errors import ChildRunError
+from dssync.errors import ChildRunError, DssyncError
+from dssync.layout import log_dir, mirror_dir
+from dssync.log.filelog import FileLog
 from dssync.process import command
 
 POLICIES = ("always", "interval")
 POINTS = ("log.torn-write", "log.written", "ingest.log-durable", "store.staged")
 REPLAY_EVERY = 5
+PAIR_EVERY = 5
+CONVERGE_S = 120.0
 
 
 @dataclass
@@ -76,14 +90,17 @@ class Machine:
         self.proc = subprocess.Popen(command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      env={**os.environ, **(env or {})})
 
-    def power_cut(self, after: float | None) -> tuple[int, str, dict[str, Any]]:
+    def power_cut(self, after: float | None, also: Callable[[], None] = lambda: None
+                  ) -> tuple[int, str, dict[str, Any]]:
         """Wait up to ``after`` seconds (None: until the process ends), SIGKILL it if it still
-        runs, cut the power and restart the machine; (exit status, stderr, what the cut put back)."""
+        runs, and every other process of the machine (``also``), cut the power and restart the
+        machine; (exit status, stderr, what the cut put back)."""
         assert self.proc is not None
         try:
             self.proc.wait(timeout=after)
         except subprocess.TimeoutExpired:
             self.proc.send_signal(signal.SIGKILL)
+        also()
         _out, err = self.proc.communicate(timeout=600)
         return self.proc.returncode, err.decode(errors="replace"), self.cut_and_restart()
 
@@ -105,8 +122,11 @@ def power_campaign(directory: str, runs: int, seed: int, size: int,
     rng = random.Random(seed)
     c = PowerCampaign()
     machine = Machine(directory)
+    pair_runs = runs // PAIR_EVERY
     try:
-        _campaign(c, machine, directory, runs, rng, seed, size, progress)
+        _campaign(c, machine, directory, runs - pair_runs, rng, seed, size, progress)
+        if pair_runs:
+            _pair_campaign(c, machine, directory, pair_runs, rng, seed + 1, size, progress)
     finally:
         machine.close()
     return c
@@ -181,6 +201,81 @@ def _campaign(c: PowerCampaign, machine: Machine, directory: str, runs: int, rng
         twice = _stored_twice(home)
         if twice:
             c.find(f"{twice} segment(s) stored twice in the log of {home} ({fsync})")
+
+
+def _pair_campaign(c: PowerCampaign, machine: Machine, directory: str, runs: int, rng: random.Random, seed: int,
+                   size: int, progress: Callable[[int], None] | None) -> None:
+    releases = workload.versions(seed, size, 2 * runs + 2, churn=0.5)
+    a, b = make_pair(os.path.join(directory, "pair"), fsync="always", home_a=os.path.join(machine.mount, "sha"))
+    try:
+        a.start_all()
+        b.start_all()
+        b.ingest(_write_input(directory, 100_000, next(releases)))
+        _converge(c, a, b, "pairing")
+        one_run = 0.0
+        for i in range(runs):
+            if i % 2:  # both keep optimizing: shb's traffic reaches sha's store through sha's mirror
+                b.ingest(_write_input(directory, 100_001 + 2 * i, next(releases)))
+            path = _write_input(directory, 100_002 + 2 * i, next(releases))
+            t0 = time.monotonic()
+            machine.start("ingest", a.home, path)
+            after = None if rng.random() < 0.2 or not one_run else rng.uniform(0.05, one_run * 1.5)
+
+            def services_down() -> None:  # the whole machine goes down at once
+                a.kill("serve")
+                a.kill("mirror")
+
+            code, err, put_back = machine.power_cut(after, services_down)
+            one_run = one_run or time.monotonic() - t0
+            where = "paired ingest and services" + (", just after the ingest reported done" if after is None else "")
+            _count(c, where, code, err, put_back)
+            a.start_all()
+            if _converge(c, a, b, f"a power cut during a {where}"):
+                _check_mirror(c, a, b)
+            if progress is not None:
+                progress(1)
+        for node in (a, b):
+            for what in ("serve", "mirror"):
+                if "Traceback" in node.log(what):
+                    c.find(f"{node.name}'s {what} wrote a traceback: {node.log(what)[-600:]}")
+    finally:
+        a.stop_all()
+        b.stop_all()
+
+
+def _converge(c: PowerCampaign, a: Node, b: Node, after: str) -> bool:
+    try:
+        wait_converged(a, b, CONVERGE_S)
+    except ChildRunError as e:
+        c.find(f"the pair did not converge after {after}: {e.message[-600:]}")
+        return False
+    c.verified += 1
+    return True
+
+
+def _check_mirror(c: PowerCampaign, a: Node, b: Node) -> None:
+    """shb's mirror of sha's log holds sha's records, byte for byte, and nothing past sha's end."""
+    try:
+        own = FileLog(log_dir(a.home))
+        copy = FileLog(mirror_dir(b.home, a.name))
+    except DssyncError as e:
+        c.find(f"cannot read sha's log or shb's mirror of it: {e.message}")
+        return
+    try:
+        end, at = own.end_offset(), max(own.start_offset(), copy.start_offset())
+        if copy.end_offset() > end:
+            c.find(f"shb's mirror of sha's log ends at {copy.end_offset()}, past sha's log end {end}: it kept "
+                   "batches sha lost")
+        while at < min(end, copy.end_offset()):
+            mine, theirs = own.read(at, 5000), copy.read(at, 5000)
+            n = min(len(mine), len(theirs))
+            if not n or [(r.offset, r.value) for r in mine[:n]] != [(r.offset, r.value) for r in theirs[:n]]:
+                c.find(f"shb's mirror of sha's log diverged from it at or after offset {at}")
+                return
+            at = mine[n - 1].offset + 1
+    finally:
+        own.close()
+        copy.close()
 
 
 def _count(c: PowerCampaign, where: str, code: int, err: str, put_back: dict[str, Any]) -> bool:
