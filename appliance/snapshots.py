@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable
 
 from dssync import config as cfgmod
-from dssync import layout
+from dssync import crashpoint, layout
 from dssync.consumers.consumer import Consumer
 from dssync.consumers.store import Store
 from dssync.log.filelog import FileLog
@@ -52,6 +52,7 @@ def load(store: Store, lock: threading.RLock | None, directory: str, peer: str, 
             if not r.applied:
                 break
             applied += r.applied
+            crashpoint.reached("snapshot.step-applied")
     finally:
         reader.close()
     with guard:
@@ -60,6 +61,7 @@ def load(store: Store, lock: threading.RLock | None, directory: str, peer: str, 
             # snapshot of ours): its offsets from here on are new events, read from the start
             store.forget(layout.source_name(peer))
         store.advance(layout.source_name(peer), covers_to)
+        crashpoint.reached("snapshot.peer-advanced")
         store.forget(source)
         store.rewrite()  # full row groups: no seconds-long checkpoints later (Store.rewrite)
     return applied
@@ -106,6 +108,7 @@ def load_mirrored(home: str, store: Store, lock: threading.RLock, peer: str,
                    int(meta["covers_to"]), stopped)
     if applied is None:
         return 0
+    crashpoint.reached("snapshot.loaded")
     keep(home, meta["peer"], path, str(meta["epoch"]), log_inside=True)
     log.info("loaded snapshot of %s (%d events), continuing its log at offset %s",
              meta["peer"], applied, meta["covers_to"])

@@ -10,7 +10,9 @@ kept); a run that was not killed must have succeeded, without a traceback. At th
 traffic is sent again, as an operator would, and the campaign checks that nothing an ingest
 reported as done was lost, that no segment was stored twice in the log, and that the store
 holds exactly what a home that was never killed holds (one home per fsync policy: ``always``
-keeps new segments in the log files, ``never`` writes them to packs).
+keeps new segments in the log files, ``never`` writes them to packs). A third of the runs kill
+a process of a running pair instead: its ``serve`` or ``mirror`` under traffic, or a new backup's
+``serve`` during pairing activation or the load of the master's snapshot (``dssync.bench.pairkill``).
 
 Findings are counted and the first ones quoted; the exit code is 1 if there is any. Runs and
 their outcome (killed where, completed, verified) are in the ``--json`` report.
@@ -54,6 +56,8 @@ POINTS = {
 """The crash points an ingest passes, by the home's fsync policy (with fsync on, new segments
 stay in the log files and no pack is written)."""
 REPLAY_EVERY = 10
+PAIR_SHARE = 3
+"""One run in this many kills a process of a running pair (``dssync.bench.pairkill``)."""
 
 
 @dataclass
@@ -140,8 +144,12 @@ def _verify(c: Campaign, home: str, after: str) -> None:
 def kill_campaign(directory: str, runs: int, seed: int, size: int,
                   progress: Callable[[int], None] | None = None) -> Campaign:
     """The SIGKILL campaign of the module docstring, in ``directory``."""
+    from dssync.bench.pairkill import pair_kills
+
     rng = random.Random(seed)
     c = Campaign()
+    pair_runs = runs // PAIR_SHARE
+    runs -= pair_runs
     releases = workload.versions(seed, size, runs + 1, churn=0.5)  # each version edits half the last: new data
     inputs: dict[str, list[str]] = {"always": [], "never": []}
     homes = {}
@@ -207,6 +215,8 @@ def kill_campaign(directory: str, runs: int, seed: int, size: int,
         twice = _stored_twice(home)
         if twice:
             c.find(f"{twice} segment(s) stored twice in the log of {home} ({fsync})")
+    if pair_runs:
+        pair_kills(c, directory, pair_runs, rng, seed + 1, size, progress)
     return c
 
 
@@ -242,7 +252,7 @@ def chaos() -> None:
 @click.option("--size", type=int, default=2_000_000, show_default=True, help="Bytes of each of the 4 inputs.")
 @click.option("--json", "as_json", is_flag=True)
 def kill_cmd(runs: int, seed: int, size: int, as_json: bool) -> None:
-    """SIGKILL at named crash points and random moments: ingest and replay, checked after each.
+    """SIGKILL at named crash points and random moments: ingest, replay, a pair's services, pairing.
 
     \b
     Example:

@@ -17,6 +17,9 @@ on the home (mostly ``ingest`` of new traffic; now and then ``replay``, ``verify
 3. at the end, every ingest reported done is entirely there, no segment is stored twice, and
    the home holds exactly what a home that never saw a fault holds after the same traffic.
 
+Runs alternate between two homes, one per fsync policy that survives a power cut: ``always``
+(new segments stay in the log files) and ``interval`` (they are written to packs).
+
 Findings are counted and the first ones quoted; the exit code is 1 if there is any.
 """
 
@@ -33,7 +36,7 @@ from typing import Any
 from dssync.bench import workload
 from dssync.bench.chaos import _init, _json, _live, _stored_twice, _write_input
 from dssync.bench.corrupt import _clean_error
-from dssync.bench.power import Machine
+from dssync.bench.power import POLICIES, Machine
 from dssync.process import command
 
 FILES = {
@@ -97,25 +100,30 @@ def _run(machine: Machine, *args: str) -> tuple[int, str]:
 def _campaign(c: IOCampaign, machine: Machine, directory: str, runs: int, rng: random.Random, seed: int,
               size: int, progress: Callable[[int], None] | None) -> None:
     releases = workload.versions(seed, size, runs + 1, churn=0.5)
-    clean, home = os.path.join(directory, "clean"), os.path.join(machine.mount, "home")
-    _init(clean, "clean", "always")
-    _init(home, "sh1", "always")
-    inputs: list[str] = []
-    done: set[str] = set()
+    homes = {}
+    for fsync in POLICIES:
+        clean, home = os.path.join(directory, f"clean-{fsync}"), os.path.join(machine.mount, f"home-{fsync}")
+        _init(clean, "clean", fsync)
+        _init(home, "sh1", fsync)
+        homes[fsync] = (clean, home)
+    inputs: dict[str, list[str]] = {f: [] for f in POLICIES}
+    done: dict[str, set[str]] = {f: set() for f in POLICIES}
     for i in range(runs):
+        fsync = POLICIES[i % len(POLICIES)]
+        home = homes[fsync][1]
         kind = rng.choice(sorted(FILES))
         call, err_name = rng.choice(CALLS)
         persistent = rng.random() < 0.5
-        fault = {"op": call, "errno": err_name, "path": FILES[kind], "skip": rng.choice((0, 0, 1, 2, 3, 5, 10, 30)),
+        fault = {"op": call, "errno": err_name, "path": FILES[kind], "skip": rng.choice((0, 0, 0, 1, 2, 3, 5, 10)),
                  "times": -1 if persistent else 1}
         roll = rng.random()
-        if roll < 0.7 or not inputs:
+        if roll < 0.7 or not inputs[fsync]:
             path = _write_input(directory, i, next(releases))
-            inputs.append(path)
+            inputs[fsync].append(path)
             args: tuple[str, ...] = ("ingest", home, path)
         else:
             args = (rng.choice(("replay", "verify", "recover")), home)
-        what = f"{args[0]} with {call} {err_name} on {kind} ({'until cleared' if persistent else 'once'})"
+        what = f"{args[0]} ({fsync}) with {call} {err_name} on {kind} ({'until cleared' if persistent else 'once'})"
         machine.fs.faults([fault])
         code, err = _run(machine, *args)
         fired = machine.fs.fired()
@@ -130,7 +138,7 @@ def _campaign(c: IOCampaign, machine: Machine, directory: str, runs: int, rng: r
         if code == 0 and "Traceback" not in err:
             c.outcomes[f"{reached}, succeeded"] += 1
             if args[0] == "ingest":
-                done.add(args[2])
+                done[fsync].add(args[2])
         else:
             c.outcomes[f"{reached}, failed"] += 1
             why = _clean_error(code, err)
@@ -144,23 +152,26 @@ def _campaign(c: IOCampaign, machine: Machine, directory: str, runs: int, rng: r
         if code != 0 or "Traceback" in err:
             c.find(f"after {what}, cleared: {args[0]} again exited {code}: {err.strip()[-300:]}")
         elif args[0] == "ingest":
-            done.add(args[2])
+            done[fsync].add(args[2])
         code, doc, err = _json("verify", home, "--json")
         c.verified += 1
         if code != 0 or not doc.get("ok"):
             c.find(f"after {what}, cleared: verify failed: {doc.get('problems') or err.strip()[-300:]}")
         if progress is not None:
             progress(1)
-    for path in sorted(done):
-        code, doc, err = _json("ingest", home, path, "--json")
-        if code != 0 or doc.get("savings", 0) < 0.999:
-            c.find(f"an ingest reported done lost data: {path} saves {doc.get('savings')} when sent again")
-    for target in (clean, home):
-        p = subprocess.run(command("ingest", target, *inputs), capture_output=True, text=True, timeout=3600)
-        if p.returncode != 0:
-            c.find(f"ingesting the campaign's traffic into {target} failed: {p.stderr.strip()[-300:]}")
-    if _live(home) != _live(clean):
-        c.find("the home does not hold what a home that never saw a fault holds")
-    twice = _stored_twice(home)
-    if twice:
-        c.find(f"{twice} segment(s) stored twice in the home's log")
+    for fsync, (clean, home) in homes.items():
+        for path in sorted(done[fsync]):
+            code, doc, err = _json("ingest", home, path, "--json")
+            if code != 0 or doc.get("savings", 0) < 0.999:
+                c.find(f"an ingest reported done lost data ({fsync}): {path} saves {doc.get('savings')} when sent "
+                       "again")
+        for target in (clean, home):
+            p = subprocess.run(command("ingest", target, *inputs[fsync]), capture_output=True, text=True,
+                               timeout=3600)
+            if p.returncode != 0:
+                c.find(f"ingesting the campaign's traffic into {target} failed: {p.stderr.strip()[-300:]}")
+        if _live(home) != _live(clean):
+            c.find(f"the home ({fsync}) does not hold what a home that never saw a fault holds")
+        twice = _stored_twice(home)
+        if twice:
+            c.find(f"{twice} segment(s) stored twice in the log of the home ({fsync})")

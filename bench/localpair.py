@@ -51,16 +51,18 @@ class Node:
     unprotected: bool = False
     """Run serve and mirror without the link's protection (``dssync.bench.unprotected``)."""
 
-    def start(self, what: str) -> None:
-        """Start ``serve`` or ``mirror`` unless it runs; for serve, wait until it answers."""
+    def start(self, what: str, env: dict[str, str] | None = None, wait: bool = True) -> None:
+        """Start ``serve`` or ``mirror`` unless it runs (``env``: more of its environment); for
+        serve, wait until it answers unless told not to."""
         old = self.procs.get(what)
         if old is not None and old.poll() is None:
             return
         with open(os.path.join(self.logs, f"{self.name}.{what}.log"), "ab") as log:
             argv = ([sys.executable, "-P", "-m", UNPROTECTED_MODULE] if self.unprotected and what in ("serve", "mirror")
                     else command())
-            self.procs[what] = subprocess.Popen([*argv, what, self.home], stderr=log, stdout=log)
-        if what == "serve":
+            self.procs[what] = subprocess.Popen([*argv, what, self.home], stderr=log, stdout=log,
+                                                env={**os.environ, **env} if env else None)
+        if what == "serve" and wait:
             self.wait_for_service()
 
     def wait_for_service(self, timeout: float = 60) -> None:

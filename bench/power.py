@@ -45,10 +45,9 @@ from dssync.bench import workload
 from dssync.bench.chaos import _digest, _init, _json, _live, _stored_twice, _write_input
 from dssync.bench.lazyfs import LazyFS
 from dssync.bench.localpair import Node, make_pair, wait_converged
+from dssync.bench.pairkill import check_mirror
 from dssync.crashpoint import ENV
-from dssync.errors import ChildRunError, DssyncError
-from dssync.layout import log_dir, mirror_dir
-from dssync.log.filelog import FileLog
+from dssync.errors import ChildRunError
 from dssync.process import command
 
 POLICIES = ("always", "interval")
@@ -231,7 +230,7 @@ def _pair_campaign(c: PowerCampaign, machine: Machine, directory: str, runs: int
             _count(c, where, code, err, put_back)
             a.start_all()
             if _converge(c, a, b, f"a power cut during a {where}"):
-                _check_mirror(c, a, b)
+                check_mirror(c.find, a, b)
             if progress is not None:
                 progress(1)
         for node in (a, b):
@@ -251,31 +250,6 @@ def _converge(c: PowerCampaign, a: Node, b: Node, after: str) -> bool:
         return False
     c.verified += 1
     return True
-
-
-def _check_mirror(c: PowerCampaign, a: Node, b: Node) -> None:
-    """shb's mirror of sha's log holds sha's records, byte for byte, and nothing past sha's end."""
-    try:
-        own = FileLog(log_dir(a.home))
-        copy = FileLog(mirror_dir(b.home, a.name))
-    except DssyncError as e:
-        c.find(f"cannot read sha's log or shb's mirror of it: {e.message}")
-        return
-    try:
-        end, at = own.end_offset(), max(own.start_offset(), copy.start_offset())
-        if copy.end_offset() > end:
-            c.find(f"shb's mirror of sha's log ends at {copy.end_offset()}, past sha's log end {end}: it kept "
-                   "batches sha lost")
-        while at < min(end, copy.end_offset()):
-            mine, theirs = own.read(at, 5000), copy.read(at, 5000)
-            n = min(len(mine), len(theirs))
-            if not n or [(r.offset, r.value) for r in mine[:n]] != [(r.offset, r.value) for r in theirs[:n]]:
-                c.find(f"shb's mirror of sha's log diverged from it at or after offset {at}")
-                return
-            at = mine[n - 1].offset + 1
-    finally:
-        own.close()
-        copy.close()
 
 
 def _count(c: PowerCampaign, where: str, code: int, err: str, put_back: dict[str, Any]) -> bool:

@@ -1,4 +1,5 @@
-"""The fault campaigns, sampled: each runs for real and must find nothing."""
+"""The fault campaigns, sampled: each runs for real and must find nothing (the power-cut and I/O-error
+campaigns mount a FUSE file system: ./run test installs fuse3)."""
 
 from __future__ import annotations
 
@@ -25,3 +26,21 @@ def test_a_sample_of_the_corruption_campaign_repairs_every_damage_and_loses_noth
     assert doc["runs"] == 40 and doc["records_checked"] > 0 and doc["refs_checked"] > 0
     assert doc["outcomes"]["verify refused with an error and a hint"] > 0  # damage was really found
     assert any("recover" in remedy for remedy in doc["remedies"])  # and repaired from the peer
+
+
+def test_a_sample_of_the_power_cut_campaign_keeps_what_was_acknowledged_and_the_pair_converges() -> None:
+    p = dss("chaos", "power", "--runs", "20", "--size", "500000", "--seed", "2", "--json", check=False)
+    doc = json.loads(p.stdout)
+    assert p.returncode == 0 and doc["ok"], doc["first_findings"]
+    assert doc["runs"] == doc["cuts"] == 20 and doc["verified"] >= 20
+    assert doc["files_put_back"] > 0  # the cuts really took unsynced data away
+    assert sum(n for where, n in doc["cut_during"].items() if where.startswith("paired")) == 4
+
+
+def test_a_sample_of_the_io_error_campaign_fails_cleanly_and_resumes_once_the_fault_clears() -> None:
+    p = dss("chaos", "ioerror", "--runs", "30", "--size", "300000", "--seed", "2", "--json", check=False)
+    doc = json.loads(p.stdout)
+    assert p.returncode == 0 and doc["ok"], doc["first_findings"]
+    assert doc["runs"] == 30 and doc["verified"] == 30
+    assert doc["faults_fired"] >= 10  # faults really reached the write paths
+    assert any(k.endswith("failed") and n > 0 for k, n in doc["outcomes"].items())
