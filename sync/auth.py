@@ -23,7 +23,9 @@ signed, and why:
 * a **stream** (the snapshot): one tag after each batch, chained from the reply's tag, and an
   end frame, so that a stream cut, reordered or spliced is refused.
 
-Error contract: ``check_request`` raises ``PairingRefusedError`` (why, in one line);
+Error contract: ``check_request`` raises ``PairingRefusedError`` (why, in one line), or its
+``ClockSkewError`` for an authentic request whose clock is too far off (answered with the
+server's clock, signed: the caller adopts it and asks again);
 ``check_reply`` and ``StreamTags.check`` raise ``PairingRefusedError`` too: an unauthenticated
 reply means a different secret or someone on the path, never a transient fault.
 """
@@ -42,8 +44,17 @@ from typing import Protocol
 
 from dssync.errors import PairingRefusedError
 
+
+class ClockSkewError(PairingRefusedError):
+    """An authentic request (its tag checked) whose clock is more than ``MAX_SKEW_S`` from the
+    server's: the server answers it, signed, with its own clock (``H_SERVER_TIME``)."""
+
 MAX_SKEW_S = 300.0
-"""A request's clock may differ from the server's by this much (NTP keeps pairs far closer)."""
+"""A request's clock may differ from the server's by this much. A caller further off is told the
+server's clock in a signed answer (``ClockSkewError``, ``SKEW_STATUS``) and signs its requests
+with that clock from then on: a clock stepped on one appliance does not stop the link."""
+SKEW_STATUS = 425
+H_SERVER_TIME = "X-Dssync-Server-Time"
 REPLAY_WINDOW = 4096
 """Sequence numbers a session may deliver out of order (a client's requests arrive in order on
 its connection; the window is slack, as in IPsec's anti-replay window)."""
@@ -92,18 +103,21 @@ class Request:
 
 
 class Session:
-    """A caller's session: a random id and a counter, so that each request is new."""
+    """A caller's session: a random id and a counter, so that each request is new; and the
+    offset from its clock to the server's (``clock_offset``, learnt from a signed
+    ``SKEW_STATUS`` answer), which the requests' clock is signed with."""
 
     def __init__(self) -> None:
         self.id = secrets.token_hex(12)
         self._seq = 0
         self._lock = threading.Lock()
+        self.clock_offset = 0.0
 
     def headers(self, key: bytes, method: str, path: str, identity: str, destination: str) -> dict[str, str]:
         with self._lock:
             self._seq += 1
             seq = self._seq
-        req = Request(method, path, f"{time.time():.3f}", self.id, seq, identity, destination)
+        req = Request(method, path, f"{time.time() + self.clock_offset:.3f}", self.id, seq, identity, destination)
         return {H_TIME: req.ts, H_SESSION: req.session, H_SEQ: str(seq), H_IDENTITY: identity,
                 H_AUTH: req.tag(key)}
 
@@ -177,8 +191,8 @@ def check_request(key: bytes, method: str, path: str, headers: Headers, destinat
         raise PairingRefusedError("request without a valid timestamp")
     skew = abs(now - when)
     if skew > MAX_SKEW_S:
-        raise PairingRefusedError(f"clocks differ by more than {MAX_SKEW_S:.0f} s",
-                                  hint="synchronize the appliances' clocks (NTP)")
+        raise ClockSkewError(f"clocks differ by more than {MAX_SKEW_S:.0f} s (by {skew:.0f} s)",
+                             hint="synchronize the appliances' clocks (NTP)")
     if not guard.accept(session, int(seq_text), now):
         raise PairingRefusedError("a request replayed (seen before)")
     return ident

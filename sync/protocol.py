@@ -23,11 +23,16 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
+import math
+import time
 from dataclasses import asdict, dataclass
 
 from dssync.config import SyncConfig
 from dssync.errors import PairingRefusedError, TransientError
 from dssync.sync import auth, tls
+
+log = logging.getLogger("dssync.sync")
 
 MAX_LOG_BYTES = 64 << 20
 """The most a log reply carries beyond the first batch (the server caps ``max_bytes`` here)."""
@@ -115,15 +120,50 @@ class PeerClient:
             self._conn = None
 
     def request(self, path: str) -> tuple[http.client.HTTPResponse, str]:
-        """Send a signed GET of ``path``; (the response, headers read, body not; its request tag)."""
-        conn, destination = self.connection()
-        headers = self._session.headers(self.key, "GET", path, self.me.to_json(), destination)
+        """Send a signed GET of ``path``; (the response, headers read, body not; its request tag).
+        A request refused for its clock is sent again once, with the clock the peer's signed
+        answer gave (``auth.SKEW_STATUS``)."""
+        for first in (True, False):
+            conn, destination = self.connection()
+            headers = self._session.headers(self.key, "GET", path, self.me.to_json(), destination)
+            sent = time.time()
+            try:
+                conn.request("GET", path, headers=headers)
+                resp = conn.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                raise TransientError(f"peer {self.cfg.peer} unreachable: {exc or type(exc).__name__}") from None
+            if resp.status != auth.SKEW_STATUS:
+                return resp, headers[auth.H_AUTH]
+            message = self._adopt_clock(resp, headers[auth.H_AUTH], sent)
+            if not first:
+                break
+        raise PairingRefusedError(f"{self.cfg.peer} refused our clock twice: {message}",
+                                  hint="synchronize the appliances' clocks (NTP)")
+
+    def _adopt_clock(self, resp: http.client.HTTPResponse, tag: str, sent: float) -> str:
+        """Take the peer's clock from its signed answer to a request refused for skew (the
+        midpoint of the round trip is its moment); return the peer's message."""
         try:
-            conn.request("GET", path, headers=headers)
-            return conn.getresponse(), headers[auth.H_AUTH]
+            body = resp.read(MAX_JSON_BYTES)
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             raise TransientError(f"peer {self.cfg.peer} unreachable: {exc or type(exc).__name__}") from None
+        received = time.time()
+        headers = {k.lower(): v for k, v in resp.getheaders()}
+        auth.check_reply(self.key, tag, resp.status, headers, len(body), self.cfg.peer)
+        try:
+            theirs = float(headers.get(auth.H_SERVER_TIME.lower(), ""))
+        except ValueError:
+            theirs = math.nan
+        if not math.isfinite(theirs):
+            raise PairingRefusedError(f"{self.cfg.peer} refused our clock without giving its own")
+        offset = theirs - (sent + received) / 2
+        if abs(offset - self._session.clock_offset) > 1:
+            log.warning("the clock of %s differs from ours by %.0f s: signing our requests with its clock "
+                        "(synchronize the appliances' clocks with NTP)", self.cfg.peer, offset)
+        self._session.clock_offset = offset
+        return body.decode(errors="replace")
 
     def get(self, path: str, limit: int = MAX_JSON_BYTES) -> tuple[int, dict[str, str], bytes]:
         """GET ``path``; (status, headers, body), the reply authenticated, its body at most

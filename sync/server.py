@@ -159,6 +159,12 @@ class SyncHandler(Handler):
         try:
             ident = auth.check_request(self.server.key, "GET", self.path, self.headers, self.server.fingerprint,
                                        self.server.guard)
+        except auth.ClockSkewError as exc:  # authentic, its clock off: tell it ours, signed
+            self.server.refused(self.client_address[0], exc.message)
+            self.request_tag = self.headers[auth.H_AUTH]
+            self._send(auth.SKEW_STATUS, exc.message.encode(), "text/plain",
+                       headers={auth.H_SERVER_TIME: f"{time.time():.3f}"})
+            return
         except PairingRefusedError as exc:
             self.server.refused(self.client_address[0], exc.message)
             if self.client_address[0] == self.server.peer_address():

@@ -3,6 +3,8 @@ their destination, replies bound to their request, streams chained."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -64,8 +66,25 @@ def test_a_request_without_a_finite_time_is_refused(ts: str) -> None:
 
 @pytest.mark.parametrize("skew", [-auth.MAX_SKEW_S - 1, auth.MAX_SKEW_S + 1])
 def test_a_stale_or_future_request_is_refused(skew: float) -> None:
-    with pytest.raises(PairingRefusedError, match="clocks differ"):
+    with pytest.raises(auth.ClockSkewError, match="clocks differ"):
         _check(_signed(), now=NOW - skew)
+
+
+def test_a_forged_request_is_refused_before_its_clock_is_looked_at() -> None:
+    """Only an authentic request learns the server's clock (a signed answer): a forged one
+    with a wrong clock is refused as forged."""
+    h = _signed(**{auth.H_AUTH: "00" * 32})
+    with pytest.raises(PairingRefusedError, match="wrong shared secret") as refused:
+        _check(h, now=NOW + 3600)
+    assert not isinstance(refused.value, auth.ClockSkewError)
+
+
+def test_a_session_signs_its_requests_with_the_clock_it_adopted() -> None:
+    session = auth.Session()
+    session.clock_offset = 3600.0
+    h = session.headers(KEY, "GET", "/v1/log?from=0", '{"name": "shb"}', DEST)
+    assert abs(float(h[auth.H_TIME]) - (time.time() + 3600)) < 5
+    assert _check(h, now=time.time() + 3600) == '{"name": "shb"}'  # a server one hour ahead takes it
 
 
 def test_a_request_with_another_key_or_no_tag_is_refused_and_leaves_no_state() -> None:
