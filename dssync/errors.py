@@ -20,6 +20,7 @@ retrying may help (``recoverable``)::
     ├── BackendUnavailableError     10  a broker or peer that does not answer (retry later)
     │   └── TransientError              the peer's sync interface, retried with backoff
     ├── PairingRefusedError         11  the peer's model, version or secret differ
+    │   └── ClockSkewError              an authentic request whose clock is too far off
     ├── ServiceError                 *  the running service's own error, with its code and hint
     └── ChildRunError                1  a process the demo or a benchmark started failed
 
@@ -148,6 +149,13 @@ class PairingRefusedError(DssyncError):
 
     exit_code = 11
     default_hint = "both appliances need the same model, software version and shared secret"
+
+
+class ClockSkewError(PairingRefusedError):
+    """An authentic request (its tag checked) whose clock is too far from the server's: the
+    server answers it, signed, with its own clock, and the caller signs with that clock."""
+
+    default_hint = "synchronize both appliances' clocks (NTP); the link keeps working meanwhile"
 
 
 class ServiceError(DssyncError):

@@ -42,12 +42,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from dssync.errors import PairingRefusedError
-
-
-class ClockSkewError(PairingRefusedError):
-    """An authentic request (its tag checked) whose clock is more than ``MAX_SKEW_S`` from the
-    server's: the server answers it, signed, with its own clock (``H_SERVER_TIME``)."""
+from dssync.errors import ClockSkewError, PairingRefusedError
 
 MAX_SKEW_S = 300.0
 """A request's clock may differ from the server's by this much. A caller further off is told the
@@ -191,8 +186,7 @@ def check_request(key: bytes, method: str, path: str, headers: Headers, destinat
         raise PairingRefusedError("request without a valid timestamp")
     skew = abs(now - when)
     if skew > MAX_SKEW_S:
-        raise ClockSkewError(f"clocks differ by more than {MAX_SKEW_S:.0f} s (by {skew:.0f} s)",
-                             hint="synchronize the appliances' clocks (NTP)")
+        raise ClockSkewError(f"clocks differ by more than {MAX_SKEW_S:.0f} s (by {skew:.0f} s)")
     if not guard.accept(session, int(seq_text), now):
         raise PairingRefusedError("a request replayed (seen before)")
     return ident

@@ -35,7 +35,13 @@ from urllib.parse import parse_qs, urlparse
 from dssync import config as cfgmod
 from dssync.consumers.packs import Packs
 from dssync.consumers.store import Row
-from dssync.errors import CorruptLogError, NotFoundError, OffsetOutOfRangeError, PairingRefusedError
+from dssync.errors import (
+    ClockSkewError,
+    CorruptLogError,
+    NotFoundError,
+    OffsetOutOfRangeError,
+    PairingRefusedError,
+)
 from dssync.log.filelog import FileLog
 from dssync.process import StopFlag
 from dssync.sync import auth, protocol, snapshot
@@ -159,7 +165,7 @@ class SyncHandler(Handler):
         try:
             ident = auth.check_request(self.server.key, "GET", self.path, self.headers, self.server.fingerprint,
                                        self.server.guard)
-        except auth.ClockSkewError as exc:  # authentic, its clock off: tell it ours, signed
+        except ClockSkewError as exc:  # authentic, its clock off: tell it ours, signed
             self.server.refused(self.client_address[0], exc.message)
             self.request_tag = self.headers[auth.H_AUTH]
             self._send(auth.SKEW_STATUS, exc.message.encode(), "text/plain",
