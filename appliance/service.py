@@ -149,7 +149,7 @@ class Service:
         log = self.app.log
         if not isinstance(log, FileLog):
             raise NotFoundError(f"{self.config.name}'s log is a Kafka topic", hint="its peer reads it from the broker")
-        return log.wait_durable(beyond, wait_s, self.stopping.is_set)
+        return log.wait_durable(beyond, wait_s, self.stopping.is_set, guard=self.lock)
 
     def mirror_reader(self, peer: str) -> FileLog:
         if self.config.sync.transport != "http" or peer not in layout.mirrored_peers(self.home):

@@ -9,10 +9,11 @@ Durability: ``fsync="always"`` (default) fsyncs every append before it returns;
 ``"interval"`` at most every ``fsync_interval_ms``; ``"never"`` leaves it to the OS. A process
 kill loses nothing under any policy (the page cache survives); a power cut can lose the
 un-fsynced tail, which recovery then cuts cleanly. ``durable_end`` says how far the log is
-durable under its policy, and is what may leave the machine: the sync interface serves the peer
-nothing beyond it, so a peer never mirrors a batch a power cut could take back (offsets that a
-restarted writer would then reuse for other events). Opening for writing fsyncs what an earlier
-process left written, since it is served from then on.
+durable, and is what may leave the machine: the sync interface serves the peer nothing beyond
+it, so a peer never mirrors a batch a power cut could take back (offsets that a restarted
+writer would then reuse for other events). Under ``"never"`` the sync interface syncs what it
+is about to serve, from its own thread (``wait_durable``, ``sync_written``). Opening for
+writing fsyncs what an earlier process left written, since it is served from then on.
 
 Recovery: opening for writing finds where the log ends and cuts what a crash left torn, at a
 cost that does not grow with the log (Kafka's recovery point and clean-shutdown marker):
@@ -40,7 +41,9 @@ import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -158,6 +161,11 @@ class FileLog:
         self._scan_all = scan_all
         self._durable = threading.Condition()
         self._durable_end = 0
+        self._written_end = 0
+        """Under ``"never"``: one past the last offset written, for ``wait_durable``'s waiters."""
+        self._cuts = 0
+        """Times the writer cut what it had written (``_undo_unsynced``): a sync made from another
+        thread counts only if no cut came in between (``sync_written``)."""
         self.retain_from: int | None = None
         """Retention never deletes a segment holding this offset or later (the local store's
         apply position: a peer's mirror may fall behind retention, the local store may not)."""
@@ -283,17 +291,45 @@ class FileLog:
             self._durable.notify_all()
 
     def durable_end(self) -> int:
-        """One past the last offset that is durable under the fsync policy (every written
-        offset under ``"never"``, which promises nothing past a process kill). Writer only."""
+        """One past the last offset that is durable: synced by the fsync policy, a roll, a close
+        or ``sync_written``. Writer only."""
         self._require_writer()
         return self._durable_end
 
-    def wait_durable(self, beyond: int, timeout_s: float, cancelled: Callable[[], bool] = lambda: False) -> int:
+    def wait_durable(self, beyond: int, timeout_s: float, cancelled: Callable[[], bool] = lambda: False,
+                     guard: AbstractContextManager[Any] | None = None) -> int:
         """Wait up to ``timeout_s`` for ``durable_end()`` to pass ``beyond``, or for
         ``cancelled()`` (checked again by ``wake_waiters``); return it. Any thread of the
-        writing process: the sync interface waits here for new batches."""
+        writing process: the sync interface waits here for new batches. Under ``"never"`` the
+        writer syncs nothing, so what is written past ``beyond`` is synced here, by the waiting
+        thread (``sync_written``; ``guard`` is what serializes the writer's appends)."""
         with self._durable:
-            self._durable.wait_for(lambda: self._durable_end > beyond or cancelled(), timeout_s)
+            self._durable.wait_for(lambda: max(self._durable_end, self._written_end) > beyond or cancelled(),
+                                   timeout_s)
+            if self._durable_end > beyond or self._written_end <= beyond:
+                return self._durable_end
+        return self.sync_written(guard)
+
+    def sync_written(self, guard: AbstractContextManager[Any] | None = None) -> int:
+        """Make what is written durable from a thread other than the writer's, without holding
+        the writer up for the fsync: ``guard`` (the lock the writer appends under) is held only
+        to take the active segment's descriptor and end offset, and to publish the result.
+        Sealed segments were synced when they were sealed. Returns ``durable_end()``; a failed
+        fsync makes nothing more durable (the writer's own next sync meets the error)."""
+        held = guard if guard is not None else contextlib.nullcontext()
+        with held:
+            if self._fd is None:
+                return self._durable_end
+            fd, end, cuts = os.dup(self._fd), self._next_offset, self._cuts
+        try:
+            os.fdatasync(fd)
+        except OSError:
+            return self._durable_end
+        finally:
+            os.close(fd)
+        with held:
+            if self._cuts == cuts and end > self._durable_end:
+                self._set_durable(end)
             return self._durable_end
 
     def wake_waiters(self) -> None:
@@ -314,6 +350,8 @@ class FileLog:
                 os.ftruncate(self._index_fd, entries * seg.INDEX_ENTRY.size)
         self._active_size, self._next_offset, self._last_ts = size, nxt, ts
         del self._entries[entries:]
+        self._cuts += 1
+        self._written_end = min(self._written_end, nxt)
         self._set_durable(nxt)
 
     def _require_writer(self) -> None:
@@ -417,8 +455,10 @@ class FileLog:
         self._active_size += len(data)
         self._next_offset = base + count
         self._last_ts = ts
-        if self.fsync == "never":
-            self._set_durable(self._next_offset)
+        if self.fsync == "never":  # nothing syncs it here: a waiting sync interface does (wait_durable)
+            with self._durable:
+                self._written_end = self._next_offset
+                self._durable.notify_all()
         entry = (base, pos, ts)
         self._entries.append(entry)
         with contextlib.suppress(OSError):  # the index is a hint; recovery rebuilds it

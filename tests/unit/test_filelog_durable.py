@@ -35,10 +35,29 @@ def test_under_interval_the_durable_end_waits_for_the_next_sync(tmp_path: Path) 
         assert log.durable_end() == 4
 
 
-def test_under_never_every_written_offset_counts(tmp_path: Path) -> None:
+def test_under_never_what_is_written_is_synced_by_the_thread_that_serves_it(tmp_path: Path) -> None:
+    """The writer syncs nothing under 'never'; the sync interface waiting for new batches syncs
+    them before it serves them (from its own thread, the writer's lock held only around it), so a
+    peer never mirrors what a power cut could take back."""
+    lock = threading.RLock()
+    synced: list[int] = []
     with FileLog(str(tmp_path / "log"), writer=True, create=True, fsync="never") as log:
-        log.append([b"a"])
-        assert log.durable_end() == 1
+        with lock:
+            log.append([b"a", b"b"])
+        assert log.durable_end() == 0  # written, not synced
+        real = os.fdatasync
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
+            assert log.wait_durable(0, 1.0, guard=lock) == 2
+        assert synced and log.durable_end() == 2
+        got: list[int] = []
+        waiter = threading.Thread(target=lambda: got.append(log.wait_durable(2, 10.0, guard=lock)))
+        waiter.start()
+        time.sleep(0.1)
+        with lock:
+            log.append([b"c"])  # wakes the waiter, which syncs it
+        waiter.join(10)
+        assert got == [3] and log.durable_end() == 3
 
 
 def test_a_failed_fsync_never_moves_the_durable_end_past_what_it_cut(tmp_path: Path,
@@ -118,8 +137,8 @@ def test_make_durable_syncs_at_once_under_interval_and_leaves_never_alone(tmp_pa
         assert log.durable_end() == 2
     with FileLog(str(tmp_path / "never"), writer=True, create=True, fsync="never") as log:
         log.append([b"a"])
-        log.make_durable()  # nothing to do: 'never' counts what is written
-        assert log.durable_end() == 1
+        log.make_durable()  # nothing to do: 'never' promises nothing across a power cut
+        assert log.durable_end() == 0
 
 
 def test_under_interval_the_store_never_commits_what_the_log_could_still_lose(tmp_path: Path) -> None:
