@@ -26,8 +26,8 @@ def _row(e: Entries, k: int) -> tuple[int, ...]:
     return tuple(int(getattr(e, f)[k]) for f in FIELDS if f not in ("hi", "lo"))
 
 
-# References from a small pool, so that batches repeat them; some share their first 8 bytes
-# (the half a slot is chosen by), and the index is made to choose slots by 1 to 3 bits only.
+# References from a small pool, so that batches repeat them; some share their first 8 bytes, some
+# their last 8 (the half a slot is chosen by), and the index is made to choose slots by 1 to 3 bits only.
 POOL = [bytes([a]) * 8 + bytes([b]) * 8 for a in range(6) for b in range(6)] + [
     bytes(range(16)), bytes(range(1, 17)), bytes(range(16))[:15] + b"\xff"]
 
@@ -110,3 +110,29 @@ def test_a_cut_or_foreign_file_is_not_loaded(tmp_path: Path) -> None:
         f.write(b"not an index at all")
     assert RefIndex.load(path, "t", 5) is None
     assert RefIndex.load(str(tmp_path / "absent.bin"), "t", 5) is None
+
+
+def _longest_run(slots: np.ndarray) -> int:
+    """The longest run of consecutive full slots: what a lookup probes at worst."""
+    full = np.concatenate([[False], slots != np.uint32(0xFFFFFFFF), [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(full))
+    return int((edges[1::2] - edges[::2]).max())
+
+
+def test_references_added_in_sorted_batches_keep_probe_runs_short() -> None:
+    """A snapshot arrives in reference order: batch after batch from one end of the reference
+    space to the other, into a table sized for what it holds so far. Slots chosen by the sorted
+    bits would put the first batches' references into the first part of the table only, more of
+    them than it has slots, in one run as long as all of them; the index spreads every batch over
+    the whole table."""
+    rng = np.random.default_rng(7)
+    raw = rng.bytes(16 * 100_000)
+    refs = sorted(raw[k:k + 16] for k in range(0, len(raw), 16))
+    index = RefIndex()
+    runs = []
+    for b in range(0, len(refs), 5_000):
+        index.add(_entries(refs[b:b + 5_000], 0))
+        runs.append(_longest_run(index._table[0]))
+    assert max(runs) < 200, runs  # a uniform table at this load: under 100; by sorted bits: 5,000+
+    found = index.lookup(*halves(np.frombuffer(b"".join(refs), np.uint8).reshape(-1, 16)))
+    assert (found == np.arange(len(refs))).all()
