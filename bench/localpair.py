@@ -114,15 +114,17 @@ class Node:
 
 def make_pair(directory: str, model_b: str = "SH-7080", version_b: str = "9.14", secret_b: str = SECRET,
               fsync: str = "never", extra_a: tuple[str, ...] = (), unprotected: bool = False,
-              extra_b: tuple[str, ...] = (), home_a: str | None = None) -> tuple[Node, Node]:
+              extra_b: tuple[str, ...] = (), home_a: str | None = None, init_a: bool = True) -> tuple[Node, Node]:
     """Create two homes, sha (master) and shb (backup), configured as a pair on loopback
     (``unprotected``: their link without TLS and MACs, for the sync benchmark only; ``home_a``:
-    sha's home somewhere else than in ``directory``)."""
+    sha's home somewhere else than in ``directory``; ``init_a=False``: sha's home exists
+    already, named sha, and is only configured)."""
     logs = os.path.join(directory, "logs")
     os.makedirs(logs, exist_ok=True)
     a = Node("sha", home_a or os.path.join(directory, "sha"), free_port(), logs, unprotected=unprotected)
     b = Node("shb", os.path.join(directory, "shb"), free_port(), logs, unprotected=unprotected)
-    dss("init", a.home, "--name", "sha", "--model", "SH-7080", "--version", "9.14", "--fsync", fsync, *extra_a)
+    if init_a:
+        dss("init", a.home, "--name", "sha", "--model", "SH-7080", "--version", "9.14", "--fsync", fsync, *extra_a)
     dss("init", b.home, "--name", "shb", "--model", model_b, "--version", version_b, "--fsync", fsync, *extra_b)
     dss("sync", "configure", a.home, "--role", "master", "--peer", f"127.0.0.1:{b.port}",
         "--listen", f"127.0.0.1:{a.port}", "--secret-file", secret_file(directory, SECRET))

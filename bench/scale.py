@@ -14,6 +14,10 @@ step in a fresh process so that its peak resident memory is its own:
   and the time of the checkpoint that follows them (the stall a commit meets when DuckDB
   checkpoints on its own: it would grow with the index if a checkpoint rewrote all of it);
 * ``verify``: ``dssync verify`` of the home;
+* ``pair``: the filled home as the master of a new pair on loopback: pairing (the backup loads
+  the whole store by snapshot), then the replication latency of the master's batches at half
+  its ingest capacity (append on the master -> committed in the backup's store, the backup's
+  own histogram), and the peak memory of each ``serve`` and ``mirror``;
 * bytes on disk (index file, log) and peak memory, per segment.
 
 The baseline of each figure is the same figure at the smallest size: a flat curve has ratios
@@ -33,12 +37,16 @@ from typing import Any
 
 import click
 
+from dssync.bench.localpair import Node, make_pair
 from dssync.errors import ChildRunError, UsageError
+from dssync.layout import source_name
 from dssync.tools.output import emit_json
 
 MB = 1_000_000
 RESULT = "dssync-bench-result "
 """The prefix of a step's result line: whatever else a step prints is not taken for it."""
+NAME = "sha"
+"""The filled home's appliance name: the master's name in ``dssync.bench.localpair``'s pair."""
 SEGMENT_BYTES = 96
 """Bytes of each synthetic segment: small, so that 64 M of them fit a shared machine's disk
 (the index is what scales; a real segment averages 8 KiB in the packs or the log)."""
@@ -53,11 +61,11 @@ def build_home(home: str, segments: int, progress: bool) -> dict[str, Any]:
     from dssync.producers.hierarchy import group_ref, segment_ref
     from dssync.schemas import encode, encode_segment_stored, origin_field
 
-    Appliance.create(home, "scale", "SH-7080", "9.14", fsync="never", capacity_bytes=1 << 50,
+    Appliance.create(home, NAME, "SH-7080", "9.14", fsync="never", capacity_bytes=1 << 50,
                      segment_bytes=1 << 30).close()
     shutil.rmtree(store_dir(home))
     log = FileLog(log_dir(home), writer=True, fsync="never", segment_bytes=1 << 30)
-    of = origin_field("scale")
+    of = origin_field(NAME)
     hlc = 1 << 44
     batch: list[bytes] = []
     level1: list[bytes] = []
@@ -73,19 +81,19 @@ def build_home(home: str, segments: int, progress: bool) -> dict[str, Any]:
         if len(level1) == 16:
             hlc += 1
             g = group_ref(1, level1)
-            batch.append(encode("ReferenceStored", {"origin": "scale", "hlc": hlc, "ref": g, "level": 1,
+            batch.append(encode("ReferenceStored", {"origin": NAME, "hlc": hlc, "ref": g, "level": 1,
                                                     "size": SEGMENT_BYTES * 16, "children": b"".join(level1)}))
             level2.append(g)
             level1 = []
             if len(level2) == 16:
                 hlc += 1
-                batch.append(encode("ReferenceStored", {"origin": "scale", "hlc": hlc, "ref": group_ref(2, level2),
+                batch.append(encode("ReferenceStored", {"origin": NAME, "hlc": hlc, "ref": group_ref(2, level2),
                                                         "level": 2, "size": SEGMENT_BYTES * 256,
                                                         "children": b"".join(level2)}))
                 level2 = []
         if i % 97 == 13:
             hlc += 1
-            batch.append(encode("SegmentEvicted", {"origin": "scale", "hlc": hlc, "ref": ref}))
+            batch.append(encode("SegmentEvicted", {"origin": NAME, "hlc": hlc, "ref": ref}))
         if len(batch) >= 4000:
             log.append(batch)
             batch = []
@@ -143,7 +151,7 @@ def step(name: str, home: str, ingest_mb: int, samples: int) -> dict[str, Any]:
 
         lat = []
         with Appliance(home) as app:
-            of = origin_field("scale")
+            of = origin_field(NAME)
             for k in range(samples):
                 values = []
                 for _ in range(50):
@@ -176,6 +184,91 @@ def step(name: str, home: str, ingest_mb: int, samples: int) -> dict[str, Any]:
     raise UsageError(f"unknown step {name}")
 
 
+def _peak_rss_of(pid: int) -> int:
+    """A running process's peak resident memory (``VmHWM``), in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _wait_caught_up(a: Node, b: Node, timeout: float) -> float:
+    """Wait until each store holds everything the other's log had when asked; return when. By
+    offsets only: a pair verify compares whole-store digests, a scan of every row per poll."""
+    from dssync.log.filelog import FileLog
+    from dssync.tools.control import ControlClient
+
+    ctl_a, ctl_b = ControlClient.for_home(a.home), ControlClient.for_home(b.home)
+    if ctl_a is None or ctl_b is None:
+        raise ChildRunError("a service of the pair stopped", hint=f"see {a.logs}")
+    logs = FileLog(os.path.join(a.home, "log")), FileLog(os.path.join(b.home, "log"))
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        ends = [log.end_offset() for log in logs]
+        if (ctl_b.offsets().get(source_name(a.name), 0) >= ends[0]
+                and ctl_a.offsets().get(source_name(b.name), 0) >= ends[1]):
+            return time.perf_counter()
+        for n in (a, b):
+            for what, p in n.procs.items():
+                if p.poll() is not None:
+                    raise ChildRunError(f"{what} of {n.name} exited with {p.returncode}: {n.log(what)[-500:]}")
+        time.sleep(0.2)
+    raise ChildRunError(f"the pair did not catch up in {timeout:.0f} s", hint=f"see the logs in {a.logs}")
+
+
+def pair_latency(directory: str, home: str, seconds: float) -> dict[str, Any]:
+    """The filled ``home`` as the master of a new pair: pairing time, the replication latency
+    of the master's batches at half its ingest capacity, and each service's peak memory."""
+    import random
+    import threading
+
+    from dssync.bench.sync import latency_histogram, pace_ingest
+    from dssync.monitor import latency
+    from dssync.tools.control import ControlClient
+
+    work = os.path.join(directory, "pair")
+    shutil.rmtree(work, ignore_errors=True)
+    a, b = make_pair(work, home_a=home, init_a=False, extra_b=("--capacity", str(1 << 50)))
+    try:
+        a.start("serve")
+        t0 = time.perf_counter()
+        b.start("serve")
+        for n in (a, b):
+            n.start("mirror")
+        pairing = _wait_caught_up(a, b, timeout=6 * 3600) - t0
+        sample = os.path.join(work, "capacity.bin")
+        with open(sample, "wb") as f:
+            f.write(random.Random(5).randbytes(32 * MB))
+        t0 = time.perf_counter()
+        a.ingest(sample)
+        capacity = 32 / (time.perf_counter() - t0)
+        os.unlink(sample)
+        _wait_caught_up(a, b, timeout=600)
+        ctl_a, ctl_b = ControlClient.for_home(a.home), ControlClient.for_home(b.home)
+        assert ctl_a is not None and ctl_b is not None
+        before = latency_histogram(ctl_b.status())
+        stop = threading.Event()
+        loader = threading.Thread(target=pace_ingest, args=(a, capacity / 2, stop, [], 101))
+        loader.start()
+        time.sleep(seconds)
+        stop.set()
+        loader.join()
+        _wait_caught_up(a, b, timeout=600)
+        after = latency_histogram(ctl_b.status())
+        digests = ctl_a.digest()["md5"], ctl_b.digest()["md5"]
+        peak = {f"{n.name}_{what}": _peak_rss_of(n.procs[what].pid) for n in (a, b) for what in ("serve", "mirror")}
+    finally:
+        a.stop_all()
+        b.stop_all()
+    d = latency.delta(after, before)
+    lat = latency.summary(d)
+    return {"pairing_s": round(pairing, 1), "ingest_capacity_MB_per_s": round(capacity, 1),
+            "load_MB_per_s": round(capacity / 2, 1), "batches": d["count"], "p50_ms": lat["p50_ms"],
+            "p99_ms": lat["p99_ms"], "within_50ms": lat["within_50ms"], "identical": digests[0] == digests[1],
+            "peak_rss_bytes": peak}
+
+
 def _child(*args: str) -> dict[str, Any]:
     code = ("import json,sys; from dssync.bench import scale; from dssync.bench.core import _peak_rss_bytes; "
             "r = scale.main_step(sys.argv[1:]); r['peak_rss_bytes'] = _peak_rss_bytes(); "
@@ -203,7 +296,7 @@ def main_step(argv: list[str]) -> dict[str, Any]:
 
 
 def measure_size(directory: str, segments: int, ingest_mb: int, samples: int, progress: bool,
-                 verify: bool = True) -> dict[str, Any]:
+                 verify: bool = True, pair_seconds: float = 30) -> dict[str, Any]:
     home = os.path.join(directory, f"scale-{segments}")
     shutil.rmtree(home, ignore_errors=True)
     built = _child("build", home, str(segments), "1" if progress else "0")
@@ -213,20 +306,27 @@ def measure_size(directory: str, segments: int, ingest_mb: int, samples: int, pr
         if progress:
             click.echo(f"  {name} at {segments:,} segments ...", err=True)
         out[name] = _child(name, home, str(ingest_mb), str(samples))
+    out["pair"] = None
+    if pair_seconds > 0:
+        if progress:
+            click.echo(f"  pairing and replication at half load at {segments:,} segments ...", err=True)
+        out["pair"] = pair_latency(directory, home, pair_seconds)
     out["log_bytes"] = _dir_bytes(os.path.join(home, "log"))
     out["index_bytes"] = out["replay"]["index_bytes"]
     out["index_bytes_per_segment"] = round(out["index_bytes"] / segments, 1)
-    peak = max(out[s]["peak_rss_bytes"] for s in ("replay", "open", "ingest", "latency"))
+    peak = max([out[s]["peak_rss_bytes"] for s in ("replay", "open", "ingest", "latency")]
+               + list((out["pair"] or {}).get("peak_rss_bytes", {}).values()))
     out["peak_rss_bytes"] = peak
     out["peak_rss_bytes_per_segment"] = round(peak / segments, 1)
     out["replay_events_per_s"] = round(out["events"] / out["replay"]["seconds"])
     out["ingest_MB_per_s"] = round(out["ingest"]["bytes"] / MB / out["ingest"]["seconds"], 1)
     shutil.rmtree(home, ignore_errors=True)
+    shutil.rmtree(os.path.join(directory, "pair"), ignore_errors=True)
     return out
 
 
 def scale_report(sizes: list[int], ingest_mb: int, samples: int, directory: str | None,
-                 progress: bool, verify: bool = True) -> dict[str, Any]:
+                 progress: bool, verify: bool = True, pair_seconds: float = 30) -> dict[str, Any]:
     work = directory or tempfile.mkdtemp(prefix="dssync-scale-")
     try:
         runs = []
@@ -234,7 +334,7 @@ def scale_report(sizes: list[int], ingest_mb: int, samples: int, directory: str 
             if progress:
                 click.echo(f"size {n:,} segments", err=True)
             try:
-                runs.append(measure_size(work, n, ingest_mb, samples, progress, verify))
+                runs.append(measure_size(work, n, ingest_mb, samples, progress, verify, pair_seconds))
             except ChildRunError as exc:  # reported with the sizes that worked, not instead of them
                 runs.append({"segments": n, "error": exc.message})
     finally:
@@ -251,6 +351,8 @@ def scale_report(sizes: list[int], ingest_mb: int, samples: int, directory: str 
             "apply_p99": round(r["latency"]["p99_ms"] / base["latency"]["p99_ms"], 3),
             "open": round(r["open"]["seconds"] / base["open"]["seconds"], 3),
         }
+        if r["pair"] and base["pair"] and r["pair"]["p99_ms"] and base["pair"]["p99_ms"]:
+            r["vs_smallest"]["replication_p99"] = round(r["pair"]["p99_ms"] / base["pair"]["p99_ms"], 3)
     return {"segment_bytes": SEGMENT_BYTES, "ingest_MB": ingest_mb, "latency_samples": samples, "sizes": runs}
 
 
@@ -275,16 +377,20 @@ def _sizes(text: str) -> list[int]:
               help="Where to build the homes (default: a temporary directory).")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Time 'dssync verify' of each store (the longest step by far at 64 M segments).")
+@click.option("--pair-seconds", type=click.FloatRange(0, 3600), default=30, show_default=True,
+              help="Seconds of half load on a pair whose master holds the filled store (0: no pair).")
 @click.option("--json", "as_json", is_flag=True)
-def bench_scale(sizes: str, ingest_mb: int, samples: int, directory: str | None, verify: bool, as_json: bool) -> None:
-    """The store at an appliance's size: replay, open, ingest, apply latency, verify, memory
-    and disk, per size, against the smallest size.
+def bench_scale(sizes: str, ingest_mb: int, samples: int, directory: str | None, verify: bool, pair_seconds: float,
+                as_json: bool) -> None:
+    """The store at an appliance's size: replay, open, ingest, apply latency, verify, a pair's
+    replication latency at half load, memory and disk, per size, against the smallest size.
 
     \b
     Example:
       dssync bench scale --sizes 1e6,4e6 --ingest-mb 64 --json
     """
-    report = scale_report(_sizes(sizes), ingest_mb, samples, directory, progress=not as_json, verify=verify)
+    report = scale_report(_sizes(sizes), ingest_mb, samples, directory, progress=not as_json, verify=verify,
+                          pair_seconds=pair_seconds)
     if as_json:
         emit_json(report)
         if any("error" in r for r in report["sizes"]):
@@ -303,7 +409,9 @@ def bench_scale(sizes: str, ingest_mb: int, samples: int, directory: str | None,
             f"apply p50/p99 {r['latency']['p50_ms']:.1f}/{r['latency']['p99_ms']:.1f} ms  "
             f"checkpoint {r['latency']['checkpoint_ms']:.0f} ms  "
             f"open {r['open']['seconds']:.2f} s  "
-            + (f"verify {r['verify']['seconds']:.1f} s  " if r["verify"] else "verify skipped  ") +
+            + (f"verify {r['verify']['seconds']:.1f} s  " if r["verify"] else "verify skipped  ")
+            + (f"pairing {r['pair']['pairing_s']:.0f} s, replication p50/p99 {r['pair']['p50_ms']}/"
+               f"{r['pair']['p99_ms']} ms at {r['pair']['load_MB_per_s']} MB/s  " if r["pair"] else "") +
             f"peak RSS {r['peak_rss_bytes'] / MB:.0f} MB ({r['peak_rss_bytes_per_segment']} B/seg)  "
             f"index {r['index_bytes'] / MB:.0f} MB ({r['index_bytes_per_segment']} B/seg)")
     if failed:

@@ -223,7 +223,7 @@ def mirror_throughput(directory: str, log_mb: int, fsync: str, flip: bool = Fals
             "seconds": protected["seconds"]}
 
 
-def _pace(node: Node, rate_mbps: float, stop: threading.Event, sent: list[float], seed: int) -> None:
+def pace_ingest(node: Node, rate_mbps: float, stop: threading.Event, sent: list[float], seed: int) -> None:
     """Send new data (never seen before: its own ``seed``) to a node's service at ``rate_mbps``
     in 256 KB pieces."""
     import io
@@ -266,7 +266,7 @@ def _latencies(log_a: FileLog, seen: list[tuple[int, float]]) -> dict[str, Any]:
             "samples": len(lat)}
 
 
-def _histogram(status: dict[str, Any]) -> dict[str, Any]:
+def latency_histogram(status: dict[str, Any]) -> dict[str, Any]:
     """The backup's replication latency histogram of the master's batches (empty before any)."""
     lat = status.get("sync", {}).get("replication_latency", {}).get("sha")
     return lat["histogram"] if lat else latency.LatencyHistogram().snapshot()
@@ -304,7 +304,7 @@ def capacity_and_catchup(directory: str, interruption: float, fsync: str) -> dic
         log_a = FileLog(os.path.join(a.home, "log"))
         b.kill("mirror")
         stop = threading.Event()
-        loader = threading.Thread(target=_pace, args=(a, rate, stop, [], 202))
+        loader = threading.Thread(target=pace_ingest, args=(a, rate, stop, [], 202))
         loader.start()
         time.sleep(interruption)
         behind_from = FileLog(os.path.join(b.home, "mirror", "sha")).end_offset()
@@ -336,10 +336,10 @@ def latency_run(directory: str, seconds: float, fsync: str, rate: float, unprote
     a, b = _converged_pair(directory, fsync, unprotected)
     try:
         stop = threading.Event()
-        loader = threading.Thread(target=_pace, args=(a, rate, stop, [], 101))
+        loader = threading.Thread(target=pace_ingest, args=(a, rate, stop, [], 101))
         ctl_b = ControlClient.for_home(b.home)
         assert ctl_b is not None
-        before = _histogram(ctl_b.status())
+        before = latency_histogram(ctl_b.status())
         seen: list[tuple[int, float]] = []
         mirrored: list[tuple[int, float]] = []
         mirror_log = FileLog(os.path.join(b.home, "mirror", a.name))
@@ -351,7 +351,7 @@ def latency_run(directory: str, seconds: float, fsync: str, rate: float, unprote
             time.sleep(0.002)
         stop.set()
         loader.join()
-        after = _histogram(ctl_b.status())
+        after = latency_histogram(ctl_b.status())
         wait_converged(a, b, timeout=300)
         log_a = FileLog(os.path.join(a.home, "log"))
         d = latency.delta(after, before)
