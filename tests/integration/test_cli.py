@@ -285,7 +285,7 @@ def test_help_of_every_command_has_an_example() -> None:
 
 def test_bench_scale_measures_every_size_against_the_smallest_and_each_store_verifies() -> None:
     p = subprocess.run(command("bench", "scale", "--sizes", "4000,8000", "--ingest-mb", "2", "--samples", "10",
-                               "--json"), capture_output=True, text=True, check=True)
+                               "--pair-seconds", "3", "--json"), capture_output=True, text=True, check=True)
     doc = json.loads(p.stdout)
     small, big = doc["sizes"]
     assert (small["segments"], big["segments"]) == (4000, 8000)
@@ -296,5 +296,12 @@ def test_bench_scale_measures_every_size_against_the_smallest_and_each_store_ver
         assert r["latency"]["samples"] == 10 and 0 < r["latency"]["p50_ms"] <= r["latency"]["p99_ms"]
         assert r["index_bytes"] > 0 and r["peak_rss_bytes"] > 0 and r["ingest_MB_per_s"] > 0
         assert r["open"]["index_loaded"] and r["replay"]["refindex_bytes"] > 0  # saved by the replay, mapped at open
-    assert small["vs_smallest"] == {"replay": 1.0, "ingest": 1.0, "apply_p99": 1.0, "open": 1.0}
+        # the filled home paired with a new backup: the backup holds the same store, and the
+        # master's batches at half load reached the backup's store
+        pair = r["pair"]
+        assert pair["identical"] and pair["batches"] > 0 and 0 < pair["p50_ms"] <= pair["p99_ms"]
+        assert set(pair["peak_rss_bytes"]) == {"sha_serve", "sha_mirror", "shb_serve", "shb_mirror"}
+        assert r["peak_rss_bytes"] >= max(pair["peak_rss_bytes"].values())
+    assert small["vs_smallest"] == {"replay": 1.0, "ingest": 1.0, "apply_p99": 1.0, "open": 1.0,
+                                    "replication_p99": 1.0}
     assert big["vs_smallest"]["replay"] == round(big["replay_events_per_s"] / small["replay_events_per_s"], 3)
