@@ -13,6 +13,8 @@ holds exactly what a home that was never killed holds (one home per fsync policy
 keeps new segments in the log files, ``never`` writes them to packs). A third of the runs kill
 a process of a running pair instead: its ``serve`` or ``mirror`` under traffic, or a new backup's
 ``serve`` during pairing activation or the load of the master's snapshot (``dssync.bench.pairkill``).
+Given a Kafka broker (``--kafka``), some runs kill ``mirror-topic`` between two topics of it
+instead (``dssync.bench.topickill``).
 
 Findings are counted and the first ones quoted; the exit code is 1 if there is any. Runs and
 their outcome (killed where, completed, verified) are in the ``--json`` report.
@@ -41,7 +43,7 @@ import click
 
 from dssync.bench import workload
 from dssync.crashpoint import ENV
-from dssync.errors import ChildRunError
+from dssync.errors import ChildRunError, UsageError
 from dssync.layout import log_dir
 from dssync.log.filelog import FileLog
 from dssync.process import command
@@ -142,12 +144,23 @@ def _verify(c: Campaign, home: str, after: str) -> None:
 
 
 def kill_campaign(directory: str, runs: int, seed: int, size: int,
-                  progress: Callable[[int], None] | None = None) -> Campaign:
-    """The SIGKILL campaign of the module docstring, in ``directory``."""
+                  progress: Callable[[int], None] | None = None, kafka: str | None = None,
+                  kafka_runs: int | None = None) -> Campaign:
+    """The SIGKILL campaign of the module docstring, in ``directory``; with ``kafka`` (a
+    bootstrap address), ``kafka_runs`` of the ``runs`` (a sixth by default) kill
+    ``mirror-topic`` on that broker."""
     from dssync.bench.pairkill import pair_kills
+    from dssync.bench.topickill import topic_kills
 
     rng = random.Random(seed)
     c = Campaign()
+    topic_runs = 0 if kafka is None else min(runs, runs // 6 if kafka_runs is None else kafka_runs)
+    if topic_runs:
+        assert kafka is not None
+        topic_kills(c, kafka, directory, topic_runs, rng, progress)
+    runs -= topic_runs
+    if runs == 0:
+        return c
     pair_runs = runs // PAIR_SHARE
     runs -= pair_runs
     releases = workload.versions(seed, size, runs + 1, churn=0.5)  # each version edits half the last: new data
@@ -250,23 +263,31 @@ def chaos() -> None:
               help="Processes started and (most of them) killed.")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--size", type=int, default=2_000_000, show_default=True, help="Bytes of each of the 4 inputs.")
+@click.option("--kafka", metavar="BOOTSTRAP", help="A Kafka broker: some runs kill mirror-topic between two "
+              "topics of it (its own, made for the campaign).")
+@click.option("--kafka-runs", type=click.IntRange(0, 100_000),
+              help="How many of the runs kill mirror-topic (default with --kafka: a sixth).")
 @click.option("--json", "as_json", is_flag=True)
-def kill_cmd(runs: int, seed: int, size: int, as_json: bool) -> None:
-    """SIGKILL at named crash points and random moments: ingest, replay, a pair's services, pairing.
+def kill_cmd(runs: int, seed: int, size: int, kafka: str | None, kafka_runs: int | None, as_json: bool) -> None:
+    """SIGKILL at named crash points and random moments: ingest, replay, a pair's services,
+    pairing, and mirror-topic on a Kafka broker.
 
     \b
     Example:
       dssync chaos kill --runs 500
       dssync chaos kill --runs 40 --json
+      dssync chaos kill --runs 100 --kafka 127.0.0.1:9092 --kafka-runs 100
     """
+    if kafka_runs is not None and kafka is None:
+        raise UsageError("--kafka-runs needs --kafka", hint="give the broker: --kafka HOST:PORT")
     def summary(doc: dict[str, Any]) -> None:
         click.echo(f"runs {doc['runs']}: killed {doc['killed']}, completed {doc['completed']}; "
                    f"{doc['verified']} verifies")
         for where, n in doc["killed_at"].items():
             click.echo(f"  killed at {where}: {n}")
 
-    _run_campaign("SIGKILL campaign", runs, as_json, lambda d, advance: kill_campaign(d, runs, seed, size, advance),
-                  summary)
+    _run_campaign("SIGKILL campaign", runs, as_json,
+                  lambda d, advance: kill_campaign(d, runs, seed, size, advance, kafka, kafka_runs), summary)
 
 
 def _run_campaign(title: str, runs: int, as_json: bool,

@@ -55,6 +55,7 @@ from typing import Any
 from kafka import KafkaProducer, TopicPartition
 from kafka.errors import InvalidProducerEpochError, KafkaError, KafkaTimeoutError, ProducerFencedError
 
+from dssync import crashpoint
 from dssync.errors import BackendUnavailableError, LockedError, OffsetOutOfRangeError, UsageError
 from dssync.log.base import Log
 from dssync.log.kafka import KafkaSettings, close_producer, create_topic, end_transaction, probe
@@ -253,6 +254,7 @@ class TopicCopier:
                 p.send(self.dest_topic, b"", partition=0, headers=[
                     *self._headers, (H_SRC_OFFSET, (through - 1).to_bytes(8, "big")),
                     (H_SRC_TS, int(time.time() * 1000).to_bytes(8, "big")), (H_THROUGH, b"1")])
+        crashpoint.reached("kafka-mirror.sent")  # copies on their way, their transaction open
         if self._copied_since is None:
             self._copied_since = time.monotonic()
         self._uncommitted["records"] += len(records)
@@ -265,10 +267,12 @@ class TopicCopier:
         p = self._producer
         if p is None or self._copied_since is None:
             return
+        crashpoint.reached("kafka-mirror.committing")  # the copies sent, their commit not
         with self._writing():
             # the commit goes out once the sends are acknowledged (kafka-python's sender waits
             # for them); bounded, unlike commit_transaction
             end_transaction(p, True, timeout_s or self.dest.timeout_ms / 1000)
+        crashpoint.reached("kafka-mirror.committed")  # the next transaction not yet armed
         self._copied_since = None
         if self._uncommitted["records"]:
             self.stats["copied_records"] += self._uncommitted["records"]

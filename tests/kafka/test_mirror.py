@@ -445,3 +445,13 @@ def test_one_wakeup_holds_back_the_sending_threads_wakeups_and_wakes_once() -> N
     assert sender.wakeups == 3  # the held ones, once
     p._sender.wakeup()  # outside held(): at once
     assert sender.wakeups == 4
+
+
+def test_a_sample_of_the_sigkill_campaign_on_mirror_topic_loses_and_doubles_nothing(kafka_broker: Any) -> None:
+    p = subprocess.run(command("chaos", "kill", "--runs", "8", "--seed", "4", "--kafka", kafka_broker.bootstrap,
+                               "--kafka-runs", "8", "--json"), capture_output=True, text=True, timeout=900)
+    doc = json.loads(p.stdout)
+    assert p.returncode == 0 and doc["ok"], doc["first_findings"]
+    assert doc["runs"] == 8 and doc["killed"] + doc["completed"] == 8
+    named = {k: n for k, n in doc["killed_at"].items() if "random" not in k}
+    assert all(k.startswith("mirror-topic") for k in doc["killed_at"]) and len(named) >= 2
