@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -42,29 +43,35 @@ MB = 1_000_000
 COMPOSE_KAFKA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "compose", "kafka.py")
 
 
-def _events(count: int) -> list[list[bytes]]:
+def _events(count: int, value_bytes: int = 1024) -> Iterator[list[bytes]]:
+    """The benchmark's events, 500 to a batch, made as they are asked for (16 M events of 1 KiB
+    would not fit in memory), the same on every call."""
     from dssync.producers.hierarchy import segment_ref
     from dssync.schemas import encode_segment_stored, origin_field
 
     of = origin_field("bench")
-    batches, batch = [], []
+    batch = []
     for i in range(count):
-        data = i.to_bytes(8, "little") * 128  # 1 KiB segments
+        data = (i.to_bytes(8, "little") * (value_bytes // 8 + 1))[:value_bytes]
         batch.append(encode_segment_stored(of, (1 << 40) + i, segment_ref(data), data))
         if len(batch) == 500:
-            batches.append(batch)
+            yield batch
             batch = []
     if batch:
-        batches.append(batch)
-    return batches
+        yield batch
 
 
-def _append(log: Any, batches: list[list[bytes]]) -> float:
-    t0 = time.perf_counter()
-    for b in batches:
+def _append(log: Any, events: int, value_bytes: int) -> tuple[float, int]:
+    """Append the events to ``log``; (seconds spent in the log's appends and its flush, bytes)."""
+    spent, nbytes = 0.0, 0
+    for b in _events(events, value_bytes):
+        nbytes += sum(len(v) for v in b)
+        t0 = time.perf_counter()
         log.append(b)
+        spent += time.perf_counter() - t0
+    t0 = time.perf_counter()
     log.flush()
-    return time.perf_counter() - t0
+    return spent + time.perf_counter() - t0, nbytes
 
 
 def _replay(log: Any, directory: str) -> float:
@@ -90,7 +97,7 @@ def _compose_broker(site: str = "a") -> tuple[str, str]:
 
 
 def kafka_report(events: int, bootstrap: str | None, bootstrap_b: str | None = None,
-                 mirror: bool = True, steady_s: float = 20.0) -> dict[str, Any]:
+                 mirror: bool = True, steady_s: float = 20.0, value_bytes: int = 1024) -> dict[str, Any]:
     started: list[str] = []
     if bootstrap is None:
         bootstrap, name = _compose_broker("a")
@@ -101,13 +108,11 @@ def kafka_report(events: int, bootstrap: str | None, bootstrap_b: str | None = N
     mirrored: dict[str, Any] | None = None
     directory = tempfile.mkdtemp(prefix="dssync-bench-kafka-")
     try:
-        batches = _events(events)
-        nbytes = sum(len(v) for b in batches for v in b)
         topic = f"bench-{uuid.uuid4().hex[:8]}"
         with KafkaLog(KafkaSettings(bootstrap), topic, writer=True, create=True) as klog:
-            k_append = _append(klog, batches)
+            k_append, nbytes = _append(klog, events, value_bytes)
         with FileLog(os.path.join(directory, "log"), writer=True, create=True, fsync="always") as flog:
-            f_append = _append(flog, batches)
+            f_append, _ = _append(flog, events, value_bytes)
         with KafkaLog(KafkaSettings(bootstrap), topic) as klog:
             k_replay = _replay(klog, os.path.join(directory, "store-kafka"))
         f_replay = _replay(FileLog(os.path.join(directory, "log")), os.path.join(directory, "store-file"))
@@ -127,7 +132,8 @@ def kafka_report(events: int, bootstrap: str | None, bootstrap_b: str | None = N
                 "ratio": round(base_s / sys_s, 3), "system_MB_per_s": round(nbytes / MB / sys_s, 1),
                 "baseline_MB_per_s": round(nbytes / MB / base_s, 1)}
 
-    report = {"events": events, "bytes": nbytes, "system": "kafka log", "baseline": "embedded file log",
+    report = {"events": events, "segment_bytes": value_bytes, "bytes": nbytes, "system": "kafka log",
+              "baseline": "embedded file log",
               "append": case(k_append, f_append), "replay": case(k_replay, f_replay)}
     if mirrored is not None:
         report["mirror"] = {"system": "dssync mirror-topic", "baseline": "MirrorMaker 2", **mirrored}
@@ -135,14 +141,16 @@ def kafka_report(events: int, bootstrap: str | None, bootstrap_b: str | None = N
 
 
 @click.command("kafka")
-@click.option("--events", type=int, default=200_000, show_default=True)
+@click.option("--events", type=click.IntRange(1), default=200_000, show_default=True)
+@click.option("--segment-bytes", "value_bytes", type=click.IntRange(1, 1 << 20), default=1024, show_default=True,
+              help="Bytes of each event's segment (small ones keep a 16 M-event replay within a machine's disk).")
 @click.option("--bootstrap", default=None, help="A running broker (default: start one with compose/kafka.py).")
 @click.option("--bootstrap-b", default=None, help="A second running broker, the mirror's destination.")
 @click.option("--no-mirror", is_flag=True, help="Leave out the mirror against MirrorMaker 2.")
 @click.option("--steady-seconds", type=click.FloatRange(1, 600), default=20.0, show_default=True,
               help="Seconds of appends at 500 records/s per mirror for latency (in rotating rounds of 1 s).")
 @click.option("--json", "as_json", is_flag=True)
-def bench_kafka(events: int, bootstrap: str | None, bootstrap_b: str | None, no_mirror: bool,
+def bench_kafka(events: int, value_bytes: int, bootstrap: str | None, bootstrap_b: str | None, no_mirror: bool,
                 steady_seconds: float, as_json: bool) -> None:
     """Kafka log against embedded log (append, replay) and dssync's Kafka-to-Kafka mirror
     against MirrorMaker 2 (throughput, p99 latency): same events, same brokers, one run.
@@ -152,7 +160,8 @@ def bench_kafka(events: int, bootstrap: str | None, bootstrap_b: str | None, no_
       dssync bench kafka --json
       dssync bench kafka --bootstrap 127.0.0.1:9092 --bootstrap-b 127.0.0.1:9192 --events 100000
     """
-    report = kafka_report(events, bootstrap, bootstrap_b, mirror=not no_mirror, steady_s=steady_seconds)
+    report = kafka_report(events, bootstrap, bootstrap_b, mirror=not no_mirror, steady_s=steady_seconds,
+                          value_bytes=value_bytes)
     if as_json:
         emit_json(report)
         return

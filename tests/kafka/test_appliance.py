@@ -156,6 +156,14 @@ def test_kafka_settings_are_saved_without_the_password(tmp_path: Path, kafka_bro
     assert "dssync-secret" not in (tmp_path / "ks" / "dssync.toml").read_text()
 
 
+def test_bench_kafka_makes_its_events_as_it_appends_them_with_the_segment_size_asked(kafka_broker: Any) -> None:
+    doc = json.loads(run_dssync("bench", "kafka", "--events", "1700", "--segment-bytes", "96", "--no-mirror",
+                                "--bootstrap", kafka_broker.bootstrap, "--json").stdout)
+    assert doc["events"] == 1700 and doc["segment_bytes"] == 96 and "mirror" not in doc
+    assert 1700 * 96 < doc["bytes"] < 1700 * (96 + 120)  # each event: its segment and its header fields
+    assert doc["append"]["system"] > 0 and doc["replay"]["baseline"] > 0
+
+
 def test_bench_kafka_compares_the_kafka_log_with_the_embedded_log(kafka_broker: Any) -> None:
     doc = json.loads(run_dssync("bench", "kafka", "--events", "3000", "--bootstrap", kafka_broker.bootstrap,
                                 "--steady-seconds", "2", "--json").stdout)
