@@ -133,9 +133,9 @@ def _check_copied(c: Campaign, bootstrap: str, source: Any, topic: str, dest: st
         deadline = time.monotonic() + CATCH_UP_S
         while mirrored.end_offset() < end and time.monotonic() < deadline:
             time.sleep(0.5)
-        got = _records(mirrored)
+        got = read_all(mirrored)
     with KafkaLog(KafkaSettings(bootstrap), topic) as plain:
-        want = _records(plain)
+        want = read_all(plain)
     if not want:
         c.find(f"the source topic {topic} took no traffic")
     if [o for o, _ in got] != [o for o, _ in want]:
@@ -155,7 +155,8 @@ def _check_copied(c: Campaign, bootstrap: str, source: Any, topic: str, dest: st
         c.find(f"{len(offsets) - len(set(offsets))} source offset(s) committed twice in the mirror topic")
 
 
-def _records(log: Any) -> list[tuple[int, bytes]]:
+def read_all(log: Any) -> list[tuple[int, bytes]]:
+    """Every record of a log (a ``LogReader``), as (offset, value), from its start."""
     out: list[tuple[int, bytes]] = []
     at = log.start_offset()
     while True:

@@ -16,6 +16,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaTimeoutError
 
 from dssync.bench.localpair import Node, dss, wait_converged
+from dssync.bench.topickill import read_all
 from dssync.errors import BackendUnavailableError, LockedError, UsageError
 from dssync.log.filelog import FileLog
 from dssync.log.kafka import KafkaLog, KafkaSettings
@@ -26,17 +27,6 @@ from dssync.sync.kafka_mirror import TopicCopier
 from tests.pair import kafka_pair, release, verified, wait_alarm
 
 pytestmark = pytest.mark.kafka
-
-
-def _all(log: Any) -> list[tuple[int, bytes]]:
-    out: list[tuple[int, bytes]] = []
-    at = log.start_offset()
-    while True:
-        recs = log.read(at, 10_000)
-        if not recs:
-            return out
-        out.extend((r.offset, r.value) for r in recs)
-        at = recs[-1].offset + 1
 
 
 def _mirror_proc(src: str, topic: str, dst: str, dest_topic: str, logfile: Any) -> subprocess.Popen[bytes]:
@@ -74,13 +64,13 @@ def test_a_mirror_killed_and_a_destination_broker_restarted_mid_stream_lose_and_
             kafka_broker_b.start(keep_data=True)
             writer.join()
             with KafkaLog(KafkaSettings(kafka_broker.bootstrap), topic) as plain:
-                want = _all(plain)
+                want = read_all(plain)
             assert len(want) == 6000
             deadline = time.time() + 120
             with MirroredTopic(KafkaSettings(kafka_broker_b.bootstrap, timeout_ms=30_000), dest) as mirrored:
                 while mirrored.end_offset() < source.end_offset() and time.time() < deadline:
                     time.sleep(0.5)
-                got = _all(mirrored)
+                got = read_all(mirrored)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
@@ -117,12 +107,12 @@ def test_a_source_broker_stopped_and_restarted_mid_stream_loses_and_doubles_noth
                     source.append([f"after {i}.{j}".encode() for j in range(50)])
                 end = source.end_offset()
             with KafkaLog(settings, topic) as plain:
-                want = _all(plain)
+                want = read_all(plain)
             deadline = time.time() + 120
             with MirroredTopic(KafkaSettings(kafka_broker_b.bootstrap, timeout_ms=30_000), dest) as mirrored:
                 while mirrored.end_offset() < end and time.time() < deadline:
                     time.sleep(0.5)
-                got = _all(mirrored)
+                got = read_all(mirrored)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
@@ -258,7 +248,7 @@ def test_a_reader_meets_an_uncommitted_copy_and_its_recopy_and_reads_each_source
         for i in range(5):
             run.source.append([f"r{i}.{j}".encode() for j in range(20)])
         with KafkaLog(run.site_a, run.topic) as plain:
-            want = _all(plain)
+            want = read_all(plain)
         first = run.copier(max_records=30)
         first.open()
         assert first.step() == 30
@@ -287,7 +277,7 @@ def test_a_reader_meets_an_uncommitted_copy_and_its_recopy_and_reads_each_source
     assert _committed(run.settings, run.dest) == [v for _, v in want]
     for start in (None, want[25][0], want[30][0], want[45][0], want[60][0]):  # before, in, after them
         with MirroredTopic(run.settings, run.dest) as mirrored:  # a fresh reader seeks by source offset
-            got = _all(mirrored) if start is None else [(r.offset, r.value) for r in mirrored.read(start, 1000)]
+            got = read_all(mirrored) if start is None else [(r.offset, r.value) for r in mirrored.read(start, 1000)]
         assert got == [(o, v) for o, v in want if start is None or o >= start]
 
 
