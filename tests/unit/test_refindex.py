@@ -112,6 +112,34 @@ def test_a_cut_or_foreign_file_is_not_loaded(tmp_path: Path) -> None:
     assert RefIndex.load(str(tmp_path / "absent.bin"), "t", 5) is None
 
 
+def test_a_file_with_any_byte_changed_is_refused_or_read_the_same(tmp_path: Path) -> None:
+    """Every byte of a saved index that is read counts: the header (its shape, the origins'
+    names), the slots and each column; one changed anywhere and the file is refused (the store
+    then builds its index from its rows) rather than read as entries. Only alignment padding,
+    never read, may differ and leave the loaded index the same."""
+    path = str(tmp_path / "refindex.bin")
+    index = RefIndex(chunk_bits=4)
+    index.upsert(_entries(POOL, 0))
+    index.origin_ids(["a", "b", "c"])
+    index.save(path, "t", 5)
+    whole = Path(path).read_bytes()
+    hi, lo = halves(np.frombuffer(b"".join(POOL), np.uint8).reshape(-1, 16))
+    want = index.entries(index.lookup(hi, lo))
+    refused = 0
+    for at in range(len(whole)):
+        changed = bytearray(whole)
+        changed[at] ^= 0x10
+        Path(path).write_bytes(bytes(changed))
+        loaded = RefIndex.load(path, "t", 5)
+        if loaded is None:
+            refused += 1
+            continue
+        got = loaded.entries(loaded.lookup(hi, lo))
+        assert loaded.origins == index.origins and np.array_equal(loaded._table[0], index._table[0]), at
+        assert all(np.array_equal(getattr(got, f), getattr(want, f)) for f in FIELDS), at
+    assert refused > len(whole) * 0.8
+
+
 def _longest_run(slots: np.ndarray) -> int:
     """The longest run of consecutive full slots: what a lookup probes at worst."""
     full = np.concatenate([[False], slots != np.uint32(0xFFFFFFFF), [False]]).astype(np.int8)
