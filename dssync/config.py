@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from dssync.errors import NotFoundError, UsageError
@@ -152,6 +152,12 @@ class Config:
     the file's (a password exported for one command never lands in dssync.toml)."""
 
     def validate(self) -> None:
+        for table, key, low, high in RANGES:
+            value = getattr(getattr(self, table), key)
+            if not low <= value <= high:
+                raise UsageError(f"[{table}] {key} = {value!r} is out of range ({low} to {high})",
+                                 hint=f"set [{table}] {key} in HOME/dssync.toml within that range, "
+                                      "or restore the file from a backup")
         if not _NAME.match(self.name) or self.name.startswith("mirror."):
             raise UsageError(
                 f"invalid appliance name {self.name!r}",
@@ -174,9 +180,6 @@ class Config:
                              hint="pass --kafka HOST:PORT to 'dssync init'")
         if self.log.fsync not in ("always", "interval", "never"):
             raise UsageError(f"unknown fsync policy {self.log.fsync!r}", hint="use always, interval or never")
-        if self.store.memory_limit < 128 << 20:
-            raise UsageError("[store] memory_limit must be at least 128 MiB (134217728)",
-                             hint="raise memory_limit in HOME/dssync.toml")
         if self.store.capacity_bytes < self.store.pack_bytes * 2:
             raise UsageError("store capacity must hold at least two packs", hint="raise capacity_bytes")
         s = self.sync
@@ -210,6 +213,45 @@ class Config:
             if self.traffic.address and self.traffic.address.rpartition(":")[0] == s.listen.rpartition(":")[0]:
                 raise UsageError("the sync interface must not be the in-path (traffic) address",
                                  hint="use the primary or aux interface's address for --listen")
+
+
+RANGES = (
+    ("log", "segment_bytes", 4096, (1 << 32) - 1),
+    ("log", "fsync_interval_ms", 1, (1 << 31) - 1),
+    ("log", "retention_bytes", 0, 1 << 62),
+    ("log", "retention_ms", 0, 1 << 62),
+    ("kafka", "timeout_ms", 100, (1 << 31) - 1),
+    ("store", "pack_bytes", 64 << 10, 1 << 40),
+    ("store", "capacity_bytes", 128 << 10, 1 << 62),
+    ("store", "memory_limit", 128 << 20, 1 << 50),
+    ("monitor", "notify_max_per_hour", 0, 1_000_000),
+)
+"""(table, key, lowest, highest) of each bounded number: a value outside (a typo, a damaged
+file) is refused when the configuration is read, not when a component first uses it. A pack
+holds at least one segment of the largest size the chunker cuts (64 KiB)."""
+
+
+def _check_types(path: str, cfg: Config) -> None:
+    """Refuse a value of another type than its setting's (TOML keeps types: a damaged or
+    hand-edited file can hold ``segment_bytes = "64"`` or ``fsync = 1``): ints are ints (not
+    booleans), floats take ints too, strings are strings."""
+    kinds = {"int": int, "float": float, "str": str, "bool": bool}
+    tables = ("log", "store", "sync", "traffic", "kafka", "monitor")
+    sections = {"": cfg, **{name: getattr(cfg, name) for name in tables}}
+    for table, section in sections.items():
+        for f in fields(section):
+            want = kinds.get(str(f.type))
+            if want is None:  # a table, or what load keeps beside the file's settings
+                continue
+            value = getattr(section, f.name)
+            ok = (isinstance(value, bool) if want is bool else
+                  isinstance(value, (int, float)) and not isinstance(value, bool) if want is float else
+                  isinstance(value, want) and not isinstance(value, bool) if want is int else
+                  isinstance(value, want))
+            if not ok:
+                where = f"[{table}] {f.name}" if table else f.name
+                raise UsageError(f"{path}: {where} = {value!r} is not a{'n' if want is int else ''} {want.__name__}",
+                                 hint="restore the file from a backup, or fix the value by hand")
 
 
 def _toml_value(v: Any) -> str:
@@ -275,12 +317,16 @@ def load(home: str) -> Config:
             f"{path} is missing or has an unknown key or value: {exc}",
             hint="restore the file from a backup, or compare it with the dssync.toml of a new home (dssync init)",
         ) from None
+    _check_types(path, cfg)
     for env, table, key in ENV_OVERRIDES:
         if env in os.environ:
             section = getattr(cfg, table)
             cfg.from_env[f"{table}.{key}"] = getattr(section, key)
             setattr(section, key, os.environ[env])
-    cfg.validate()
+    try:
+        cfg.validate()
+    except UsageError as exc:
+        raise UsageError(f"{path}: {exc.message}", hint=exc.hint.replace("HOME/dssync.toml", path)) from None
     return cfg
 
 

@@ -74,6 +74,35 @@ def test_the_store_memory_budget_defaults_to_one_gib_and_refuses_less_than_128_m
         cfg.validate()
 
 
+@pytest.mark.parametrize("line, message", [
+    ("segment_bytes = 67", r"\[log\] segment_bytes = 67 is out of range \(4096 to 4294967295\)"),
+    ("pack_bytes = 6", r"\[store\] pack_bytes = 6 is out of range"),
+    ('segment_bytes = "67108864"', r"\[log\] segment_bytes = '67108864' is not an int"),
+    ("fsync = 1", r"\[log\] fsync = 1 is not a str"),
+    ("interval_s = true", r"\[monitor\] interval_s = True is not a float"),
+])
+def test_a_value_out_of_range_or_of_another_type_is_refused_naming_the_file_and_setting(
+        tmp_path: Path, line: str, message: str) -> None:
+    """What a truncated or hand-edited dssync.toml holds is refused when it is read, naming the
+    file and the setting, before any component uses it."""
+    home = _home(tmp_path)
+    path = Path(home) / cfgmod.FILENAME
+    key = line.split(" = ")[0]
+    text = "\n".join(line if ln.startswith(key + " = ") else ln for ln in path.read_text().splitlines())
+    path.write_text(text + "\n")
+    with pytest.raises(UsageError, match=message) as exc:
+        cfgmod.load(home)
+    assert exc.value.message.startswith(str(path)) and "restore the file" in exc.value.hint
+    assert "--help" not in exc.value.hint
+
+
+def test_a_monitor_threshold_written_as_an_integer_is_a_float_setting(tmp_path: Path) -> None:
+    home = _home(tmp_path)
+    path = Path(home) / cfgmod.FILENAME
+    path.write_text(path.read_text().replace("interval_s = 5.0", "interval_s = 5"))
+    assert cfgmod.load(home).monitor.interval_s == 5
+
+
 def test_the_file_holding_the_secret_is_0600_in_a_0700_home_and_a_placeholder_secret_is_refused(
         tmp_path: Path) -> None:
     home = _home(tmp_path)
