@@ -4,10 +4,14 @@ An appliance home lives on a LazyFS (``dssync.bench.lazyfs``). Each run arms one
 SQLite's I/O-error tests make each call fail in turn: a kind of call (a write failing with
 ENOSPC or EIO, an fsync failing, a file or directory that cannot be created, a truncation or a
 read failing) on one kind of file (log segments, their indexes and markers, packs, DuckDB's
-database and write-ahead log, the reference index, the state JSON, or any file), after a random
-number of such calls passed, once or until it is cleared. Then a real ``dssync`` command runs
-on the home (mostly ``ingest`` of new traffic; now and then ``replay``, ``verify`` or
-``recover``) and the campaign checks:
+database and write-ahead log, the reference index, the state JSON, or any file), once or until
+it is cleared, on a real ``dssync`` command run on the home (mostly ``ingest`` of new traffic;
+now and then ``replay``, ``verify`` or ``recover``). The file system counts the calls each
+armed fault matches; the campaign keeps, per command, fsync policy, kind of file and kind of
+call, how many there were the last time, and arms the next such fault after a number of them
+drawn from that count, so that each call fails in turn and a fault is armed where the command
+makes the call (pairs a command never makes are drawn one time in ten, in case it starts to).
+Then the campaign checks:
 
 1. the command succeeds, or fails with one ``error:`` line and one ``hint:`` line, a non-zero
    exit code and no traceback;
@@ -90,6 +94,18 @@ def ioerror_campaign(directory: str, runs: int, seed: int, size: int,
     return c
 
 
+def _arm(calls: dict[tuple[str, str, str, str], int], run: tuple[str, str],
+         rng: random.Random) -> tuple[str, str, str, int]:
+    """The fault to arm for ``run`` (command, fsync policy): (kind of file, call, errno, calls to
+    let pass). ``calls`` holds how many calls each (command, policy, kind, call) made the last
+    time it was armed: a pair never tried or seen making calls is drawn, unless one time in ten,
+    and the calls to let pass are drawn from those it made (0 for a pair never tried)."""
+    pairs = [(kind, call, err) for kind in sorted(FILES) for call, err in CALLS]
+    made = [p for p in pairs if calls.get((*run, p[0], p[1]), 1) > 0]
+    kind, call, err = rng.choice(made if made and rng.random() < 0.9 else pairs)
+    return kind, call, err, rng.randrange(calls.get((*run, kind, call), 0) or 1)
+
+
 def _run(machine: Machine, *args: str) -> tuple[int, str]:
     machine.start(*args)
     assert machine.proc is not None
@@ -108,14 +124,10 @@ def _campaign(c: IOCampaign, machine: Machine, directory: str, runs: int, rng: r
         homes[fsync] = (clean, home)
     inputs: dict[str, list[str]] = {f: [] for f in POLICIES}
     done: dict[str, set[str]] = {f: set() for f in POLICIES}
+    calls: dict[tuple[str, str, str, str], int] = {}
     for i in range(runs):
         fsync = POLICIES[i % len(POLICIES)]
         home = homes[fsync][1]
-        kind = rng.choice(sorted(FILES))
-        call, err_name = rng.choice(CALLS)
-        persistent = rng.random() < 0.5
-        fault = {"op": call, "errno": err_name, "path": FILES[kind], "skip": rng.choice((0, 0, 0, 1, 2, 3, 5, 10)),
-                 "times": -1 if persistent else 1}
         roll = rng.random()
         if roll < 0.7 or not inputs[fsync]:
             path = _write_input(directory, i, next(releases))
@@ -123,11 +135,18 @@ def _campaign(c: IOCampaign, machine: Machine, directory: str, runs: int, rng: r
             args: tuple[str, ...] = ("ingest", home, path)
         else:
             args = (rng.choice(("replay", "verify", "recover")), home)
-        what = f"{args[0]} ({fsync}) with {call} {err_name} on {kind} ({'until cleared' if persistent else 'once'})"
+        kind, call, err_name, skip = _arm(calls, (args[0], fsync), rng)
+        persistent = rng.random() < 0.5
+        fault = {"op": call, "errno": err_name, "path": FILES[kind], "skip": skip, "times": -1 if persistent else 1}
+        what = (f"{args[0]} ({fsync}) with {call} {err_name} on {kind} after {skip} such call(s) "
+                f"({'until cleared' if persistent else 'once'})")
         machine.fs.faults([fault])
         code, err = _run(machine, *args)
         fired = machine.fs.fired()
+        (seen,) = machine.fs.seen()
         machine.fs.faults([])
+        key = (args[0], fsync, kind, call)
+        calls[key] = max(calls.get(key, 0), seen) if fired else seen
         c.runs += 1
         c.commands[args[0]] += 1
         if fired:

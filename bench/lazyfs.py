@@ -22,7 +22,8 @@ request and per answer:
   calls of kind OP on a path (under the mount, ``/`` first) matching REGEX fail with that
   errno once ``skip`` of them passed, ``times`` of them (-1: every one). OP is ``write``,
   ``fsync``, ``read``, ``create`` (create, mkdir, rename) or ``truncate``.
-- ``{"cmd": "fired"}``: the faults injected so far, ``[[op, path, errno], ...]``.
+- ``{"cmd": "fired"}``: the faults injected so far, ``[[op, path, errno], ...]``, and how many
+  calls each armed fault matched (``seen``, fired or not: what a fault armed later can skip).
 - ``{"cmd": "volatile"}``: the files holding data no fsync made durable, and their bytes.
 
 The daemon serves the file system in one thread (every call in turn, so the undo logs need no
@@ -321,6 +322,7 @@ def _serve_control(ops: Any, control: str) -> None:
                 elif req["cmd"] == "fired":
                     with ops.mutex:
                         answer["fired"] = list(ops.fired)
+                        answer["seen"] = [f.seen for f in ops.faults]
                 elif req["cmd"] == "volatile":
                     with ops.mutex:
                         answer["files"] = {p: r.bytes() + 0 for p, r in ops.files.items()}
@@ -408,6 +410,11 @@ class LazyFS:
     def fired(self) -> list[list[str]]:
         fired: list[list[str]] = self.request(cmd="fired")["fired"]
         return fired
+
+    def seen(self) -> list[int]:
+        """How many calls each armed fault matched so far, fired or not."""
+        seen: list[int] = self.request(cmd="fired")["seen"]
+        return seen
 
     def volatile(self) -> dict[str, int]:
         files: dict[str, int] = self.request(cmd="volatile")["files"]

@@ -42,5 +42,5 @@ def test_a_sample_of_the_io_error_campaign_fails_cleanly_and_resumes_once_the_fa
     doc = json.loads(p.stdout)
     assert p.returncode == 0 and doc["ok"], doc["first_findings"]
     assert doc["runs"] == 30 and doc["verified"] == 30
-    assert doc["faults_fired"] >= 10  # faults really reached the write paths
+    assert doc["faults_fired"] >= 20  # armed where the commands make the calls: most faults fire
     assert any(k.endswith("failed") and n > 0 for k, n in doc["outcomes"].items())

@@ -95,6 +95,7 @@ def test_a_fault_fails_only_the_calls_it_names_after_skipping_some(fs: LazyFS) -
         _write(other, b"y")  # never matches
     assert outcomes == ["ok", "ENOSPC", "ENOSPC", "ok"]
     assert Path(seg).read_bytes() == b"xx" and Path(other).read_bytes() == b"yyyy"
+    assert fs.seen() == [4]  # the calls it matched, fired or not: what a later fault can skip
     fs.faults([])
 
 
