@@ -24,7 +24,7 @@ from dssync.appliance import replay as replay_home
 from dssync.appliance.recover import recover as recover_home
 from dssync.bench.chaos import chaos
 from dssync.bench.demo import demo
-from dssync.config import KafkaConfig
+from dssync.config import RANGES, KafkaConfig
 from dssync.errors import CorruptStoreError, DssyncError, NotFoundError, UsageError, from_os_error
 from dssync.producers.chunker import ChunkerSpec
 from dssync.producers.optimizer import IngestStats
@@ -63,6 +63,12 @@ def _fail(exc: DssyncError) -> None:
     sys.exit(exc.exit_code)
 
 
+def _bounded(table: str, key: str) -> click.IntRange:
+    """The range dssync.toml accepts for ``[table] key`` (``RANGES``), as an option type."""
+    low, high = next((lo, hi) for t, k, lo, hi in RANGES if (t, k) == (table, key))
+    return click.IntRange(low, high)
+
+
 @click.group(cls=DssyncGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dssync")
 def cli() -> None:
@@ -82,11 +88,14 @@ def cli() -> None:
 @click.option("--chunker", default=str(ChunkerSpec()), show_default=True, help="Chunker spec; both peers must match.")
 @click.option("--fsync", type=click.Choice(["always", "interval", "never"]), default="always", show_default=True,
               help="When the log and packs are flushed to disk.")
-@click.option("--capacity", "capacity_bytes", type=int, default=8 << 30, show_default=True,
-              help="Store capacity in bytes; beyond it the store wraps (evicts oldest).")
-@click.option("--retention-bytes", type=int, default=0, help="Log retention by size (0 = keep all).")
-@click.option("--retention-ms", type=int, default=0, help="Log retention by age (0 = keep all).")
-@click.option("--segment-bytes", type=int, default=64 << 20, show_default=True, help="Log segment file size.")
+@click.option("--capacity", "capacity_bytes", type=_bounded("store", "capacity_bytes"), default=8 << 30,
+              show_default=True, help="Store capacity in bytes; beyond it the store wraps (evicts oldest).")
+@click.option("--retention-bytes", type=_bounded("log", "retention_bytes"), default=0,
+              help="Log retention by size (0 = keep all).")
+@click.option("--retention-ms", type=_bounded("log", "retention_ms"), default=0,
+              help="Log retention by age (0 = keep all).")
+@click.option("--segment-bytes", type=_bounded("log", "segment_bytes"), default=64 << 20, show_default=True,
+              help="Log segment file size.")
 @click.option("--kafka", "kafka_bootstrap", default=None, metavar="HOST:PORT[,...]",
               help="Keep the appliance's log in Kafka (topic <prefix><name>) instead of local files.")
 @click.option("--kafka-topic-prefix", default="dssync.", show_default=True)

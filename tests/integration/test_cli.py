@@ -73,6 +73,11 @@ def test_init_refuses_a_bad_chunker_spec(runner: CliRunner, tmp_path: Path) -> N
     assert code == 2 and "chunker" in _error(out)[0]
 
 
+def test_init_refuses_a_size_dssync_toml_would_refuse_and_creates_nothing(runner: CliRunner, tmp_path: Path) -> None:
+    code, out = _invoke(runner, "init", str(tmp_path / "x"), "--name", "a", "--segment-bytes", "100")
+    assert code == 2 and "4096<=x<=4294967295" in out and not (tmp_path / "x").exists()
+
+
 def test_ingest_reports_savings_and_a_repeat_saves_almost_everything(
         runner: CliRunner, make_home: MakeHome, tmp_path: Path) -> None:
     home = make_home("sh1")
