@@ -23,14 +23,19 @@ step in a fresh process so that its peak resident memory is its own:
 * bytes on disk (index file, log) and peak memory, per segment.
 
 The baseline of each figure is the same figure at the smallest size: a flat curve has ratios
-near 1. Nothing here asserts a speed: it measures and prints (human, or ``--json``).
+near 1. With ``--repeat N`` the sizes are measured in turn N times (1 M, 64 M, 1 M, 64 M, ...:
+a noisy minute lands on both), and each figure is the median of its runs (peak memory: the
+highest), each run's figures kept beside it. Nothing here asserts a speed: it measures and
+prints (human, or ``--json``).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -346,21 +351,59 @@ def measure_size(directory: str, segments: int, ingest_mb: int, samples: int, pr
     return out
 
 
+HEADLINE = (("replay_events_per_s",), ("ingest_MB_per_s",), ("latency", "p50_ms"), ("latency", "p99_ms"),
+            ("latency", "checkpoint_ms"), ("open", "seconds"), ("open", "cold_seconds"), ("pair", "pairing_s"),
+            ("pair", "p50_ms"), ("pair", "p99_ms"))
+"""The figures of a size that ``--repeat`` gives as the median of its runs."""
+
+
+def _at(doc: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(doc, dict) or doc.get(key) is None:
+            return None
+        doc = doc[key]
+    return doc
+
+
+def combine_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One size's report from its runs: the first run's, with each ``HEADLINE`` figure the
+    median of the runs' and the peak memory the highest, and every run's figures in ``runs``."""
+    out = copy.deepcopy(runs[0])
+    out["runs"] = [{**{"/".join(p): v for p in HEADLINE if (v := _at(r, p)) is not None},
+                    "peak_rss_bytes": r["peak_rss_bytes"]} for r in runs]
+    for path in HEADLINE:
+        values = [v for r in runs if (v := _at(r, path)) is not None]
+        parent = _at(out, path[:-1]) if len(path) > 1 else out
+        if values and isinstance(parent, dict):  # a step the first run did not make stays out
+            parent[path[-1]] = statistics.median(values)
+    out["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in runs)
+    out["peak_rss_bytes_per_segment"] = round(out["peak_rss_bytes"] / out["segments"], 1)
+    return out
+
+
 def scale_report(sizes: list[int], ingest_mb: int, samples: int, directory: str | None,
-                 progress: bool, verify: bool = True, pair_seconds: float = 30) -> dict[str, Any]:
+                 progress: bool, verify: bool = True, pair_seconds: float = 30, repeat: int = 1) -> dict[str, Any]:
     work = directory or tempfile.mkdtemp(prefix="dssync-scale-")
+    measured: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
+    failed: dict[int, str] = {}
     try:
-        runs = []
-        for n in sizes:
-            if progress:
-                click.echo(f"size {n:,} segments", err=True)
-            try:
-                runs.append(measure_size(work, n, ingest_mb, samples, progress, verify, pair_seconds))
-            except ChildRunError as exc:  # reported with the sizes that worked, not instead of them
-                runs.append({"segments": n, "error": exc.message})
+        for k in range(repeat):
+            for n in sizes:
+                if progress:
+                    click.echo(f"size {n:,} segments" + (f", run {k + 1} of {repeat}" if repeat > 1 else ""), err=True)
+                try:
+                    measured[n].append(measure_size(work, n, ingest_mb, samples, progress, verify, pair_seconds))
+                except ChildRunError as exc:  # reported with the sizes that worked, not instead of them
+                    failed[n] = exc.message
     finally:
         if directory is None:
             shutil.rmtree(work, ignore_errors=True)
+    runs: list[dict[str, Any]] = [combine_runs(measured[n]) if measured[n] else {"segments": n, "error": failed[n]}
+                                  for n in sizes]
+    for r in runs:
+        if r["segments"] in failed and "error" not in r:
+            r["failed_runs"] = repeat - len(measured[r["segments"]])
+            r["failure"] = failed[r["segments"]]
     done = [r for r in runs if "error" not in r]
     if not done:
         raise ChildRunError(f"no size could be measured: {runs[0]['error']}")
@@ -374,7 +417,8 @@ def scale_report(sizes: list[int], ingest_mb: int, samples: int, directory: str 
         }
         if r["pair"] and base["pair"] and r["pair"]["p99_ms"] and base["pair"]["p99_ms"]:
             r["vs_smallest"]["replication_p99"] = round(r["pair"]["p99_ms"] / base["pair"]["p99_ms"], 3)
-    return {"segment_bytes": SEGMENT_BYTES, "ingest_MB": ingest_mb, "latency_samples": samples, "sizes": runs}
+    return {"segment_bytes": SEGMENT_BYTES, "ingest_MB": ingest_mb, "latency_samples": samples, "repeat": repeat,
+            "sizes": runs}
 
 
 def _sizes(text: str) -> list[int]:
@@ -400,9 +444,11 @@ def _sizes(text: str) -> list[int]:
               help="Time 'dssync verify' of each store (the longest step by far at 64 M segments).")
 @click.option("--pair-seconds", type=click.FloatRange(0, 3600), default=30, show_default=True,
               help="Seconds of half load on a pair whose master holds the filled store (0: no pair).")
+@click.option("--repeat", type=click.IntRange(1, 100), default=1, show_default=True,
+              help="Runs of each size, sizes in turn; each figure is the median of its runs.")
 @click.option("--json", "as_json", is_flag=True)
 def bench_scale(sizes: str, ingest_mb: int, samples: int, directory: str | None, verify: bool, pair_seconds: float,
-                as_json: bool) -> None:
+                repeat: int, as_json: bool) -> None:
     """The store at an appliance's size: replay, open, ingest, apply latency, verify, a pair's
     replication latency at half load, memory and disk, per size, against the smallest size.
 
@@ -411,13 +457,15 @@ def bench_scale(sizes: str, ingest_mb: int, samples: int, directory: str | None,
       dssync bench scale --sizes 1e6,4e6 --ingest-mb 64 --json
     """
     report = scale_report(_sizes(sizes), ingest_mb, samples, directory, progress=not as_json, verify=verify,
-                          pair_seconds=pair_seconds)
+                          pair_seconds=pair_seconds, repeat=repeat)
     if as_json:
         emit_json(report)
         if any("error" in r for r in report["sizes"]):
             raise ChildRunError("a size could not be measured (its 'error' in the report)")
         return
     failed = False
+    if repeat > 1:
+        click.echo(f"medians of {repeat} runs of each size (peak RSS: the highest)")
     for r in report["sizes"]:
         if "error" in r:
             click.echo(f"{r['segments']:>12,} segments: failed: {r['error']}")

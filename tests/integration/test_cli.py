@@ -302,6 +302,7 @@ def test_bench_scale_measures_every_size_against_the_smallest_and_each_store_ver
         assert r["index_bytes"] > 0 and r["peak_rss_bytes"] > 0 and r["ingest_MB_per_s"] > 0
         assert r["open"]["index_loaded"] and r["replay"]["refindex_bytes"] > 0  # saved by the replay, mapped at open
         assert r["open"]["cold_seconds"] > 0 and r["open"]["seconds"] > 0
+        assert [run["replay_events_per_s"] for run in r["runs"]] == [r["replay_events_per_s"]]  # --repeat 1
         # the filled home paired with a new backup: the backup holds the same store, and the
         # master's batches at half load reached the backup's store
         pair = r["pair"]
