@@ -33,9 +33,10 @@ from dssync.appliance.control import ControlHandler
 from dssync.appliance.heartbeat import Heartbeat
 from dssync.appliance.home import Appliance
 from dssync.appliance.verify import verify_store
+from dssync.consumers.digest import Digest
 from dssync.consumers.packs import Packs
 from dssync.consumers.quarantine import Quarantine
-from dssync.consumers.store import Digest, Row
+from dssync.consumers.store import Row
 from dssync.doorbell import Doorbell
 from dssync.errors import DssyncError, LockedError, NotFoundError, TransientError
 from dssync.layout import log_dir, mirror_states, run_dir, service_file
@@ -137,8 +138,10 @@ class Service:
         return self.app.source
 
     def digest_snapshot(self) -> tuple[Digest, dict[str, int]]:
-        """The store's digest without holding the lock (traffic never waits for it)."""
-        return self.app.store.digest_snapshot()
+        """The store's digest and the offsets it covers, read together (the digest is kept by
+        every commit: reading it costs nothing, ``dssync.consumers.digest``)."""
+        with self.lock:
+            return self.app.store.digest(), self.app.store.offsets()
 
     # ------------------------------------------------------------------ serving the peer
 
@@ -216,11 +219,9 @@ class Service:
 
     def digest(self) -> dict[str, Any]:
         """The store's digest and the offsets it covers, for the peer's convergence check and
-        the tools: read on a cursor of its own (``Store.digest_snapshot``), without the lock,
-        so that the applies never wait for the whole-store scan a digest is (under the lock, the
-        peer's check every minute stalled replication for seconds at 1 M segments)."""
-        d, offsets = self.app.store.digest_snapshot()
-        return {"md5": d.md5, "rows": d.rows, "live_bytes": d.live_bytes, "offsets": offsets}
+        the tools."""
+        d, offsets = self.digest_snapshot()
+        return {"digest": d.value, "rows": d.rows, "live_bytes": d.live_bytes, "offsets": offsets}
 
     def rows(self) -> list[list[Any]]:
         with self.lock:

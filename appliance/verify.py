@@ -1,13 +1,15 @@
 """Verifying a store: the log is intact and the store is exactly its projection.
 
-Three checks, each independent of the others' success:
+The checks, each independent of the others' success:
 
 1. every batch of every log the store is built from (its own, the peer's mirrored log, a
    loaded snapshot) passes its CRC and every record decodes;
-2. every live segment's bytes in the packs hash to its reference;
+2. every live segment's bytes in the packs hash to its reference, and every live higher
+   reference's children to it;
 3. a fresh projection of those logs, each from where the store began reading it up to its
    committed offset (a scratch store built in a temporary directory), has the same digest as
-   the store; if not, the references that differ are listed.
+   the store's rows; if not, the references that differ are listed. The digest the store keeps
+   as it commits (``dssync.consumers.digest``) must equal its rows' too.
 
 A store behind its log (a crash between append and apply) is not a problem: it is reported
 as ``apply_lag`` and caught up the next time the home is opened. A committed offset beyond
@@ -39,8 +41,8 @@ from dssync.layout import source_name
 from dssync.log.base import LogReader, LogRecord, SegmentedLog
 from dssync.log.factory import open_log_reader, open_peer_log
 from dssync.log.filelog import FileLog
-from dssync.producers.hierarchy import segment_ref
-from dssync.schemas import decode
+from dssync.producers.hierarchy import group_ref, segment_ref
+from dssync.schemas import REF_SIZE, decode
 
 
 @dataclass
@@ -49,6 +51,7 @@ class Report:
     log_records: int = 0
     events: dict[str, int] = field(default_factory=dict)
     segments_checked: int = 0
+    groups_checked: int = 0
     apply_lag: int = 0
     store_digest: str = ""
     projection_digest: str = ""
@@ -114,8 +117,16 @@ def verify_store(home: str, store: Store, max_diffs: int = 20) -> Report:
             rep.segments_checked += 1
             if segment_ref(data) != ref:
                 rep.problems.append(f"segment {ref.hex()}: bytes in pack {pack} do not match the reference")
-        mine, theirs = store.digest(), projection.digest()
-        rep.store_digest, rep.projection_digest = mine.md5, theirs.md5
+        for ref, level, children in store.iter_live_groups():
+            rep.groups_checked += 1
+            kids = [children[k:k + REF_SIZE] for k in range(0, len(children), REF_SIZE)]
+            if len(children) % REF_SIZE or group_ref(level, kids) != ref:
+                rep.problems.append(f"reference {ref.hex()}: its children do not match it")
+        mine, kept, theirs = store.digest_of_rows(), store.kept_digest(), projection.digest()
+        rep.store_digest, rep.projection_digest = mine.value, theirs.value
+        if kept is not None and kept != mine:
+            rep.problems.append(f"the store's kept digest {kept.value} ({kept.rows} rows) differs from its rows' "
+                                f"{mine.value} ({mine.rows} rows)")
         if retired:
             # retention removed log segments the store was built from: no projection can prove it
             rep.events["note: segments removed by retention (store not comparable)"] = retired
@@ -123,8 +134,8 @@ def verify_store(home: str, store: Store, max_diffs: int = 20) -> Report:
             # the projection stops at the damage, or lacks what the mirror is to copy again:
             # the store is compared once recover has repaired the logs
             rep.events["note: a log is damaged or behind the store (store not comparable)"] = 1
-        elif mine.md5 != theirs.md5:
-            rep.problems.append(f"store digest {mine.md5} differs from the log's projection {theirs.md5}")
+        elif mine.value != theirs.value:
+            rep.problems.append(f"store digest {mine.value} differs from the log's projection {theirs.value}")
             rep.differing_refs = diff_rows(store, projection, max_diffs)
         projection.close()
         rep.remedy = "recover" if damaged or behind else "replay" if rep.problems else ""

@@ -282,7 +282,7 @@ def pair_latency(directory: str, home: str, seconds: float) -> dict[str, Any]:
         loader.join()
         _wait_caught_up(a, b, timeout=600)
         after = latency_histogram(ctl_b.status())
-        digests = ctl_a.digest()["md5"], ctl_b.digest()["md5"]
+        digests = ctl_a.digest()["digest"], ctl_b.digest()["digest"]
         peak = {f"{n.name}_{what}": _peak_rss_of(n.procs[what].pid) for n in (a, b) for what in ("serve", "mirror")}
     finally:
         a.stop_all()

@@ -39,6 +39,8 @@ from typing import Any
 import crc32c
 import numpy as np
 
+from dssync.consumers.digest import Tally, origin_word
+
 EMPTY = np.uint32(0xFFFFFFFF)
 MAX_LOAD = 0.75
 """A table is grown (to twice its slots) before it would be fuller than this: 5.3 to 10.7 B of
@@ -48,6 +50,8 @@ CHUNK_BITS = 22
 """Entries per chunk: 2**22 (4 M), about 230 MB of columns once filled; the memory of a chunk
 is taken as it fills (``np.empty`` pages are touched only when written)."""
 MIN_SLOTS = 1 << 10
+MAX_ORIGINS = 1 << 16
+"""An entry's origin is a uint16."""
 MAGIC = b"dssync reference index 3\n"
 """A saved index of another layout is not read: the store builds its index from its rows."""
 ALIGN = 64
@@ -109,6 +113,9 @@ class RefIndex:
         self._table = (np.full(slots, EMPTY, np.uint32), slots.bit_length() - 1)
         self.origins: list[str] = []
         self._origin_at: dict[str, int] = {}
+        self._origin_words = np.zeros(MAX_ORIGINS, np.uint64)  # an origin not named yet hashes as 0
+        self.tally = Tally()
+        """The entries' counts and digest (``dssync.consumers.digest``), kept by every write."""
 
     def __len__(self) -> int:
         return self._count
@@ -168,12 +175,17 @@ class RefIndex:
         for k, n in enumerate(names):
             at = self._origin_at.get(n)
             if at is None:
-                if len(self.origins) > 0xFFFF:
+                if len(self.origins) >= MAX_ORIGINS:
                     raise ValueError("more than 65,536 origins in one store")
                 at = self._origin_at[n] = len(self.origins)
                 self.origins.append(n)
+                self._origin_words[at] = origin_word(n)
             out[k] = at
         return out
+
+    def origin_words(self) -> np.ndarray:
+        """``digest.origin_word`` of each origin, indexed as the entries' ``origin`` is."""
+        return self._origin_words
 
     # ------------------------------------------------------------------ slots
 
@@ -246,9 +258,12 @@ class RefIndex:
         if not held.any():
             self.add(e)
             return
+        replaced = Tally.of(self.entries(ids[held]), self._origin_words)
         self._write(ids[held], e.take(held))
+        self.tally = self.tally.plus(replaced, -1)
         if not held.all():
             self.add(e.take(~held))
+        self.tally = self.tally.plus(Tally.of(e.take(held), self._origin_words))
 
     def add(self, e: Entries) -> None:
         """Add ``e``: distinct references the index does not hold (a bulk load's rows)."""
@@ -259,6 +274,18 @@ class RefIndex:
         slots, bits = self._table
         self._place(slots, bits, e.lo, np.arange(self._count, self._count + len(e), dtype=np.uint32))
         self._count += len(e)
+        self.tally = self.tally.plus(Tally.of(e, self._origin_words))
+
+    def _tally_all(self) -> Tally:
+        """The tally of every entry, counted chunk by chunk (an index saved without one)."""
+        t = Tally()
+        for c in range(len(self._chunks)):
+            first = c << self._chunk_bits
+            n = min(1 << self._chunk_bits, self._count - first)
+            if n > 0:
+                columns = self._chunks[c]
+                t = t.plus(Tally.of(Entries(**{f: columns[f][:n] for f in FIELDS}), self._origin_words))
+        return t
 
     # ------------------------------------------------------------------ saving
 
@@ -268,7 +295,7 @@ class RefIndex:
         ``load`` must be given back to use the file: the store keeps both in its DuckDB file.
 
         The layout: ``MAGIC``, the header's length and CRC32C, the header (JSON: the table's
-        shape, the origins, each column's offset and the CRC32C of the data), then the slots
+        shape, the origins, the tally, each column's offset and the CRC32C of the data), then the slots
         and each chunk's columns, each aligned to ``ALIGN`` bytes."""
         slots, bits = self._table
         parts: list[np.ndarray] = [slots]
@@ -283,6 +310,7 @@ class RefIndex:
             crc = crc32c.crc32c(bytes(padded - a.nbytes), crc)
             at += padded
         header = json.dumps({"token": token, "covers": covers, "count": self._count, "bits": bits,
+                             "tally": self.tally.as_list(),
                              "chunk_bits": self._chunk_bits, "hash_bits": self._hash_bits,
                              "origins": self.origins, "offsets": offsets, "end": at, "crc": crc}).encode()
         start = _data_start(len(header))
@@ -356,6 +384,8 @@ class RefIndex:
         index._count = count
         index.origins = list(header["origins"])
         index._origin_at = {n: k for k, n in enumerate(index.origins)}
+        index._origin_words[:len(index.origins)] = [origin_word(n) for n in index.origins]
+        index.tally = Tally.from_list(header["tally"]) if "tally" in header else index._tally_all()
         return index
 
 

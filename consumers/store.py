@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 
 from dssync import crashpoint
 from dssync.consumers import merge
+from dssync.consumers.digest import Digest, Tally
 from dssync.consumers.packs import Packs
 from dssync.consumers.refindex import Entries, RefIndex, halves
 from dssync.errors import CorruptLogError, CorruptStoreError, LockedError, NotFoundError, ResourceError
@@ -83,26 +84,6 @@ COMPACT_SHARE = 1 / 16
 """Superseded versions are deleted once they number ``COMPACT_MIN`` and a 16th of the rows:
 one scan of the table per that many replacements, and the view's anti-join stays small."""
 
-DIGEST_SQL = """
-SELECT count(*), coalesce(sum(CASE WHEN live AND level = 0 THEN size ELSE 0 END), 0),
-       coalesce(sum(md5_number_upper(line)), 0), coalesce(sum(md5_number_lower(line)), 0)
-FROM (SELECT live, level, size,
-             hex(ref) || ':' || level || ':' || size || ':' || live || ':' || hlc || ':' || origin
-             || ':' || coalesce(hex(children), '') AS line
-      FROM refs)
-"""
-"""A store's digest in one streaming pass, in constant memory: the sum of the MD5 of every
-row's line (the digest columns, pack locations excluded), each 64-bit half summed on its own.
-A sum does not depend on row order, so nothing is sorted or gathered: an ordered
-``string_agg`` of every row would hold about 450 B per row in memory (measured: +900 MB at 2 M
-rows), at an appliance's 64 M rows more than the whole memory budget."""
-
-
-def _digest(row: tuple[Any, ...]) -> Digest:
-    rows, live_bytes, upper, lower = row
-    return Digest(int(rows), int(live_bytes), f"{int(upper) % (1 << 64):016x}{int(lower) % (1 << 64):016x}")
-
-
 DUCKDB_SHARE = 1 / 2
 """DuckDB's part of a store's memory budget; the rest is for Python and its libraries (about
 300 MB), the replay's reads in flight (three of at most 64 MiB) and the Arrow tables of an
@@ -118,15 +99,6 @@ def duckdb_settings(memory_limit: int) -> tuple[int, int]:
     index's memory (about 60 B per reference) is the budget's per-row part."""
     share = int(memory_limit * DUCKDB_SHARE)
     return share, max(1, min(os.cpu_count() or 1, share // BYTES_PER_THREAD))
-
-
-@dataclass(frozen=True)
-class Digest:
-    """An order-independent summary of a store's rows (pack locations excluded, ``DIGEST_SQL``)."""
-
-    rows: int
-    live_bytes: int
-    md5: str
 
 
 @dataclass
@@ -408,44 +380,45 @@ class Store:
         return {refs[k] for k in at[live].tolist()}
 
     def digest(self) -> Digest:
-        row = self._one(DIGEST_SQL)
-        assert row is not None
-        return _digest(row)
+        """The digest of the current rows (``dssync.consumers.digest``): kept by every commit
+        where the reference index is open (no scan); a store opened read-only without it
+        computes it from the rows instead of loading the index."""
+        if self._ref_index is None:
+            return self.digest_of_rows()
+        return Digest.of(self._ref_index.tally)
 
-    def digest_snapshot(self) -> tuple[Digest, dict[str, int]]:
-        """The digest and the offsets it covers, read in one transaction of a separate cursor.
+    def digest_of_rows(self, con: duckdb.DuckDBPyConnection | None = None) -> Digest:
+        """The digest computed from DuckDB's rows, one streaming pass in constant memory:
+        what ``verify`` checks the kept one against. ``con``: a cursor, for another thread."""
+        return Digest.of(self._tally_of_rows(con))
 
-        Safe to call from another thread while this store applies (DuckDB's MVCC gives the
-        cursor a consistent snapshot), so a convergence check never makes the apply path wait
-        for the whole-index scan a digest is.
-        """
-        cur = self.con.cursor()
+    def _tally_of_rows(self, con: duckdb.DuckDBPyConnection | None = None) -> Tally:
+        scratch = RefIndex()  # numbers the origins met, as the entries name them
+        t = Tally()
+        cur = (con or self.con).cursor()
         try:
-            cur.execute("BEGIN TRANSACTION READ ONLY")
-            offsets = {str(k): int(v) for k, v in cur.execute("SELECT source, next_offset FROM offsets").fetchall()}
-            row = cur.execute(DIGEST_SQL).fetchall()[0]
-            cur.execute("COMMIT")
+            reader = cur.sql(CURRENT_SQL).to_arrow_reader(1 << 20)
+            assert reader is not None  # a query that ran always has a result
+            for batch in reader:
+                t = t.plus(Tally.of(self._entries_of(batch, scratch), scratch.origin_words()))
         finally:
             cur.close()
-        return _digest(tuple(row)), offsets
+        return t
 
     def stats(self, con: duckdb.DuckDBPyConnection | None = None) -> dict[str, Any]:
-        """Counts of the index (one scan of it) and the store's files. ``con``: a cursor of this
-        store's connection, for a thread that reads while another applies (``publish_status``)."""
-        rows = (con or self.con).execute(
-            "SELECT count(*), count(*) FILTER (live), count(*) FILTER (live AND level = 0), "
-            "coalesce(sum(size) FILTER (live AND level = 0), 0), count(*) FILTER (level > 0 AND live) FROM refs"
-        ).fetchall()
-        row = rows[0]
+        """Counts of the rows and the store's files: kept by every commit where the reference
+        index is open, else counted by a scan of the rows. ``con``: a cursor of this store's
+        connection, for a thread that reads while another applies (``publish_status``)."""
+        t = self._ref_index.tally if self._ref_index is not None else self._tally_of_rows(con)
         meta = self.meta()
         return {
             "store_id": meta.get("store_id", ""),
             "chunker": meta.get("chunker", ""),
-            "rows": int(row[0]),
-            "live_refs": int(row[1]),
-            "live_segments": int(row[2]),
-            "live_segment_bytes": int(row[3]),
-            "live_higher_refs": int(row[4]),
+            "rows": t.rows,
+            "live_refs": t.live,
+            "live_segments": t.live_segments,
+            "live_segment_bytes": t.live_segment_bytes,
+            "live_higher_refs": t.live_higher,
             "pack_bytes": self.packs.total_bytes(),
             "packs": len(self.packs.ids()),
             "log_resident_bytes": self.packs.log_file_bytes(),
@@ -472,6 +445,20 @@ class Store:
                 yield bytes(r[0]), int(r[1]), int(r[2]), int(r[3])
         finally:
             cur.close()
+
+    def iter_live_groups(self, batch: int = 10_000) -> Iterator[tuple[bytes, int, bytes]]:
+        """(ref, level, children) of every live higher-level reference."""
+        cur = self.con.cursor()
+        try:
+            cur.execute("SELECT ref, level, children FROM refs WHERE live AND level > 0")
+            for r in _fetched(cur, batch):
+                yield bytes(r[0]), int(r[1]), bytes(r[2] or b"")
+        finally:
+            cur.close()
+
+    def kept_digest(self) -> Digest | None:
+        """The digest kept by the commits, None where the reference index is not open."""
+        return Digest.of(self._ref_index.tally) if self._ref_index is not None else None
 
     def rows(self, limit: int | None = None) -> list[Row]:
         sql = "SELECT ref, level, size, live, hlc, origin, pack, pos, children FROM refs ORDER BY ref"

@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 from dssync import config as cfgmod
 from dssync import layout
+from dssync.consumers.digest import Digest
 from dssync.consumers.quarantine import Quarantine, directory
-from dssync.consumers.store import Digest
 from dssync.errors import DssyncError
 from dssync.layout import mirror_state
 from dssync.log.base import LogReader
@@ -27,8 +27,8 @@ from dssync.monitor.monitor import Conditions
 from dssync.sync import protocol
 
 DIGEST_EVERY_S = 60.0
-"""Digests are compared at most this often, and only when the pair is caught up: computing
-one reads the whole index, and the service's traffic must not wait for it often."""
+"""Digests are compared at most this often, and only when the pair is caught up (a request to
+the peer each time; the digests themselves are kept by the commits and cost nothing to read)."""
 
 
 class ProbedService(Protocol):
@@ -214,10 +214,11 @@ class ServiceProbes:
                 {k: v for k, v in my_offsets.items() if layout.source_appliance(k)}:
             self._digest_value = (None, "the peer is at other offsets: not compared")
             return self._digest_value
-        same = theirs["md5"] == mine.md5
+        same = theirs["digest"] == mine.value
         self._digest_value = (0.0 if same else 1.0,
                               f"digests {'equal' if same else 'differ'} at offsets {my_offsets}: "
-                              f"{mine.md5} here, {theirs['md5']} at the peer ({mine.rows} / {theirs['rows']} rows)")
+                              f"{mine.value} here, {theirs['digest']} at the peer "
+                              f"({mine.rows} / {theirs['rows']} rows)")
         return self._digest_value
 
     def close(self) -> None:

@@ -219,9 +219,9 @@ def replay(home: str, from_offset: int | None, as_json: bool) -> None:
     with Appliance(home) as app:  # opens and checks the new store, and publishes its status
         digest = app.store.digest()
     if as_json:
-        emit_json({"records": n, "digest": digest.md5, "rows": digest.rows})
+        emit_json({"records": n, "digest": digest.value, "rows": digest.rows})
     else:
-        click.echo(f"replayed {n} records; store digest {digest.md5} ({digest.rows} rows)")
+        click.echo(f"replayed {n} records; store digest {digest.value} ({digest.rows} rows)")
 
 
 @cli.command()

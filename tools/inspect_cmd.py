@@ -103,13 +103,13 @@ def inspect_store(home: str, refs: int, as_json: bool) -> None:
         doc: dict[str, Any] = {k: live[k] for k in ("store_id", "chunker", "rows", "live_refs", "live_segments",
                                     "live_segment_bytes", "live_higher_refs", "pack_bytes", "packs",
                                     "offsets", "max_hlc") if k in live}
-        doc.update(digest=service.digest()["md5"], source="service")
+        doc.update(digest=service.digest()["digest"], source="service")
     elif store is None:
         doc = snapshot(home)
     else:
         try:
             d = store.digest()
-            doc = {**store.stats(), "digest": d.md5, "source": "live"}
+            doc = {**store.stats(), "digest": d.value, "source": "live"}
             if refs:
                 doc["refs"] = [
                     {"ref": r[0].hex(), "level": r[1], "size": r[2], "live": r[3], "hlc": r[4], "origin": r[5],

@@ -45,14 +45,14 @@ def _store_view(home: str) -> tuple[dict[str, Any], list[list[Any]] | None, Any]
         rows = [[r[0].hex(), r[1], r[2], r[3], r[4], r[5], (r[8] or b"").hex()] for r in store.rows()]
     finally:
         store.close()
-    return {"md5": d.md5, "rows": d.rows, "live_bytes": d.live_bytes}, rows, None
+    return {"digest": d.value, "rows": d.rows, "live_bytes": d.live_bytes}, rows, None
 
 
 def compare_pair(home: str, peer_home: str, max_diffs: int = 20) -> dict[str, Any]:
     """Whether two appliances' stores are identical, and which references differ if not."""
     a, rows_a, get_a = _store_view(home)
     b, rows_b, get_b = _store_view(peer_home)
-    doc: dict[str, Any] = {"identical": a["md5"] == b["md5"], "digests": [a["md5"], b["md5"]],
+    doc: dict[str, Any] = {"identical": a["digest"] == b["digest"], "digests": [a["digest"], b["digest"]],
                            "rows": [a["rows"], b["rows"]], "differing_refs": []}
     if not doc["identical"]:
         ra = {r[0]: r[1:] for r in (rows_a if rows_a is not None else get_a())}
@@ -100,7 +100,8 @@ def verify_cmd(home: str, peer_home: str | None, as_json: bool) -> None:
         emit_json(rep.as_dict())
     else:
         click.echo(f"log: {rep.log_batches} batches, {rep.log_records} records ({rep.events})")
-        click.echo(f"segments: {rep.segments_checked} checked against their references")
+        click.echo(f"segments: {rep.segments_checked} checked against their references; higher references: "
+                   f"{rep.groups_checked} checked against their children")
         if rep.apply_lag:
             click.echo(f"store is {rep.apply_lag} records behind the log (caught up when the home is next opened)")
         click.echo(f"store digest {rep.store_digest}; projection {rep.projection_digest}")

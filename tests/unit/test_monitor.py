@@ -275,24 +275,24 @@ def _probes_over(tmp_path: Path, rows: int) -> Any:
     data = [os.urandom(64) for _ in range(rows)]
     store.apply("log:sha", [LogRecord(i, 0, encode_segment_stored(of, (1 << 40) + i, segment_ref(d), d))
                             for i, d in enumerate(data)])
-    svc = types.SimpleNamespace(digest_snapshot=store.digest_snapshot)  # the one thing _digests asks
+    svc = types.SimpleNamespace(digest_snapshot=lambda: (store.digest(), store.offsets()))  # all _digests asks
     return ServiceProbes(svc), store  # type: ignore[arg-type]
 
 
 def test_the_pair_digests_are_compared_once_caught_up_and_a_difference_raises_an_alarm(tmp_path: Path) -> None:
     probes, store = _probes_over(tmp_path, 50)
-    mine, offsets = store.digest_snapshot()
+    mine, offsets = store.digest(), store.offsets()
     caught_up = {"store:sha": {"lag_records": 0, "status": "idle"}, "mirror:shb": {"lag_records": 0, "status": "ok"}}
     behind = {**caught_up, "mirror:shb": {"lag_records": 7, "status": "ok"}}
-    probes._client = _FakePeer({"md5": mine.md5, "rows": mine.rows, "offsets": offsets})
+    probes._client = _FakePeer({"digest": mine.value, "rows": mine.rows, "offsets": offsets})
     t = 1_800_000_000.0
     assert probes._digests(t, behind)[0] is None  # not compared while a path is behind
     assert probes._digests(t + 1, caught_up)[0] == 0.0
-    probes._client = _FakePeer({"md5": "0" * 32, "rows": mine.rows, "offsets": offsets})
+    probes._client = _FakePeer({"digest": "0" * 32, "rows": mine.rows, "offsets": offsets})
     assert probes._digests(t + 2, caught_up)[0] == 0.0  # compared at most once a minute
     value, evidence = probes._digests(t + 100, caught_up)
     assert value == 1.0 and "differ" in evidence
-    probes._client = _FakePeer({"md5": "0" * 32, "rows": 1, "offsets": {"log:sha": 3}})
+    probes._client = _FakePeer({"digest": "0" * 32, "rows": 1, "offsets": {"log:sha": 3}})
     assert probes._digests(t + 200, caught_up)[0] is None  # other offsets: not comparable
     book = AlarmBook([AlarmSpec("digest_mismatch", "critical", 1, 0, 0, 0)])
     event = book.update("digest_mismatch", "pair", value, evidence, now=t + 100)

@@ -10,6 +10,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dssync.consumers.digest import Tally
 from dssync.consumers.refindex import FIELDS, Entries, RefIndex, halves
 
 
@@ -52,6 +53,8 @@ def test_lookups_are_exact_with_colliding_slots_growth_and_chunks(
     held = index.entries(ids[ids >= 0])
     for k, ref in enumerate(r for r, i in zip(POOL, ids.tolist(), strict=True) if i >= 0):
         assert _row(held, k) == model[ref]
+    # the counts and digest kept by each write are those of the entries held at the end
+    assert index.tally == Tally.of(held, index.origin_words()) == index._tally_all()
 
 
 def test_a_million_random_references_are_all_found_and_absent_ones_are_not() -> None:
@@ -95,6 +98,7 @@ def test_a_saved_index_loads_equal_and_keeps_taking_writes(
     assert ((a >= 0) == (b >= 0)).all() and len(index) == len(loaded)
     ea, eb = index.entries(a[a >= 0]), loaded.entries(b[b >= 0])
     assert all((getattr(ea, f) == getattr(eb, f)).all() for f in FIELDS)
+    assert loaded.tally == index.tally == Tally.of(ea, index.origin_words())
 
 
 def test_a_cut_or_foreign_file_is_not_loaded(tmp_path: Path) -> None:
