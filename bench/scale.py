@@ -16,7 +16,8 @@ step in a fresh process so that its peak resident memory is its own:
   and the time of the checkpoint that follows them (the stall a commit meets when DuckDB
   checkpoints on its own: it would grow with the index if a checkpoint rewrote all of it);
 * ``verify``: ``dssync verify`` of the home;
-* ``pair``: the filled home as the master of a new pair on loopback: pairing (the backup loads
+* ``pair``: the filled home as the master of a new pair on loopback, both appliances with the
+  log's default durability (fsync ``always``, as shipped): pairing (the backup loads
   the whole store by snapshot), then the replication latency of the master's batches at half
   its ingest capacity (append on the master -> committed in the backup's store, the backup's
   own histogram), and the peak memory of each ``serve`` and ``mirror``;
@@ -44,6 +45,7 @@ from typing import Any
 
 import click
 
+from dssync import config as cfgmod
 from dssync.bench.localpair import Node, make_pair
 from dssync.errors import ChildRunError, UsageError
 from dssync.layout import source_name
@@ -255,7 +257,10 @@ def pair_latency(directory: str, home: str, seconds: float) -> dict[str, Any]:
 
     work = os.path.join(directory, "pair")
     shutil.rmtree(work, ignore_errors=True)
-    a, b = make_pair(work, home_a=home, init_a=False, extra_b=("--capacity", str(1 << 50)))
+    cfg = cfgmod.load(home)  # built with fsync "never" for speed; paired as shipped
+    cfg.log.fsync = cfgmod.LogConfig().fsync
+    cfgmod.save(home, cfg)
+    a, b = make_pair(work, home_a=home, init_a=False, fsync=cfg.log.fsync, extra_b=("--capacity", str(1 << 50)))
     try:
         a.start("serve")
         t0 = time.perf_counter()
