@@ -58,8 +58,9 @@ RING_INTERVAL_S = 0.05
 """How often it looks anyway where the file mirror rings its doorbell (``dssync.doorbell``)."""
 STATUS_EVERY_S = 1.0
 STATUS_COST_FACTOR = 20
-"""``status.json`` is rewritten every ``STATUS_EVERY_S``, or less often when the index scan it
-takes grows (a large store): at most one ``STATUS_COST_FACTOR``-th of the loop's time."""
+"""``status.json`` is rewritten every ``STATUS_EVERY_S``, or less often when writing it takes
+longer (the counts are kept by the commits; the log's and packs' files are listed): at most one
+``STATUS_COST_FACTOR``-th of the loop's time."""
 
 
 class _LockedSink:
@@ -312,7 +313,7 @@ class Service:
                 if now - last_status > status_every:
                     with self.lock:
                         extra = {**self.app.status_extra(), "sync_state": self.config.sync.state}
-                    self.app.store.publish_status(extra)  # a scan of the index: traffic does not wait
+                    self.app.store.publish_status(extra)  # kept counts: no scan of the rows
                     last_status = time.monotonic()
                     status_every = max(STATUS_EVERY_S, STATUS_COST_FACTOR * (last_status - now))
                 if not n:

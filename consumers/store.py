@@ -788,8 +788,9 @@ class Store:
 
     def publish_status(self, extra: dict[str, Any]) -> None:
         """Write ``status.json`` atomically: what tools show while another process owns the store.
-        The counts are read on a cursor of their own (DuckDB's MVCC gives it a consistent view),
-        so a caller may run this without holding up threads that apply meanwhile."""
+        The counts are the ones the commits keep (a whole tally, read at once), or where the
+        index is not open a scan on a cursor of its own (DuckDB's MVCC gives it a consistent
+        view), so a caller may run this without holding up threads that apply meanwhile."""
         doc = {"written_at_ms": time.time_ns() // 1_000_000, **self.stats(self._status_cursor), **extra}
         write_json(os.path.join(self.directory, "status.json"), doc)
 
