@@ -261,21 +261,25 @@ class RefIndex:
             return
         replaced = Tally.of(self.entries(ids[held]), self._origin_words)
         self._write(ids[held], e.take(held))
-        self.tally = self.tally.plus(replaced, -1)
         if not held.all():
-            self.add(e.take(~held))
-        self.tally = self.tally.plus(Tally.of(e.take(held), self._origin_words))
+            self._add(e.take(~held))
+        # one assignment: a reader on another thread sees the tally before this write or after
+        self.tally = self.tally.plus(replaced, -1).plus(Tally.of(e, self._origin_words))
 
     def add(self, e: Entries) -> None:
         """Add ``e``: distinct references the index does not hold (a bulk load's rows)."""
         if not len(e):
             return
+        self._add(e)
+        self.tally = self.tally.plus(Tally.of(e, self._origin_words))
+
+    def _add(self, e: Entries) -> None:
+        """``add`` without counting ``e`` in the tally."""
         self._grow_for(self._count + len(e))
         self._append(e)  # filled before any slot points at them
         slots, bits = self._table
         self._place(slots, bits, e.lo, np.arange(self._count, self._count + len(e), dtype=np.uint32))
         self._count += len(e)
-        self.tally = self.tally.plus(Tally.of(e, self._origin_words))
 
     def _tally_all(self) -> Tally:
         """The tally of every entry, counted chunk by chunk (an index saved without one)."""
@@ -296,8 +300,8 @@ class RefIndex:
         ``load`` must be given back to use the file: the store keeps both in its DuckDB file.
 
         The layout: ``MAGIC``, the header's length and CRC32C, the header (JSON: the table's
-        shape, the origins, the tally, each column's offset and the CRC32C of the data), then the slots
-        and each chunk's columns, each aligned to ``ALIGN`` bytes."""
+        shape, the origins, the tally, each column's offset and the CRC32C of the data), then
+        the slots and each chunk's columns, each aligned to ``ALIGN`` bytes."""
         slots, bits = self._table
         parts: list[np.ndarray] = [slots]
         for c, columns in enumerate(self._chunks):
@@ -342,8 +346,8 @@ class RefIndex:
 
         Opening reads the file once to check it (through the page cache, at the checksum's
         speed: ~11 GB/s once cached; from the disk, in order, with the kernel told so: 3.2 GB/s
-        on this project's machine against 1.2 without), then maps it copy-on-write: its pages come in as lookups
-        touch them, and changes stay in this process's memory."""
+        on this project's machine against 1.2 without), then maps it copy-on-write: its pages
+        come in as lookups touch them, and changes stay in this process's memory."""
         try:
             with open(path, "rb") as f:
                 if f.read(len(MAGIC)) != MAGIC:
