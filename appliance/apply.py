@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 
@@ -27,6 +26,7 @@ from dssync.appliance.home import Appliance
 from dssync.consumers.consumer import Consumer
 from dssync.consumers.quarantine import Quarantine
 from dssync.errors import OffsetOutOfRangeError, PairingRefusedError, TransientError
+from dssync.fairlock import FairLock
 from dssync.hlc import LOGICAL_BITS, MAX_DRIFT_MS
 from dssync.log.base import LogReader
 from dssync.log.factory import open_peer_log
@@ -41,7 +41,7 @@ BATCH_RECORDS = 5_000
 lock waits little."""
 
 
-def drain(consumer: Consumer, lock: threading.RLock, stopped: Callable[[], bool]) -> int:
+def drain(consumer: Consumer, lock: FairLock, stopped: Callable[[], bool]) -> int:
     """Apply ``consumer``'s log up to its end, one transaction per lock hold; return the
     records applied."""
     applied = 0
@@ -57,7 +57,7 @@ def drain(consumer: Consumer, lock: threading.RLock, stopped: Callable[[], bool]
 class PeerApplier:
     """Applies the peer's log to the store of ``app`` (module docstring)."""
 
-    def __init__(self, home: str, config: cfgmod.Config, app: Appliance, lock: threading.RLock,
+    def __init__(self, home: str, config: cfgmod.Config, app: Appliance, lock: FairLock,
                  stopping: StopFlag, identity: Callable[[], protocol.Identity],
                  note_refusal: Callable[[str, str], None]) -> None:
         self.home, self.config, self.app, self.lock, self.stopping = home, config, app, lock, stopping

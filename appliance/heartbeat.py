@@ -7,11 +7,11 @@ a quiet path (idle) from a dead one (its lag in seconds grows).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 from dssync.appliance.home import Appliance
 from dssync.errors import DssyncError
+from dssync.fairlock import FairLock
 from dssync.schemas import encode
 
 log = logging.getLogger("dssync.service")
@@ -20,7 +20,7 @@ log = logging.getLogger("dssync.service")
 class Heartbeat:
     """Writes a heartbeat when nothing else was written for ``every`` seconds (``tick``)."""
 
-    def __init__(self, app: Appliance, lock: threading.RLock, every: float) -> None:
+    def __init__(self, app: Appliance, lock: FairLock, every: float) -> None:
         self.app, self.lock, self.every = app, lock, every
         self.next = time.monotonic() + every
         self.end = -1

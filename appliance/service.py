@@ -39,6 +39,7 @@ from dssync.consumers.quarantine import Quarantine
 from dssync.consumers.store import Row
 from dssync.doorbell import Doorbell
 from dssync.errors import DssyncError, LockedError, NotFoundError, TransientError
+from dssync.fairlock import FairLock
 from dssync.layout import log_dir, mirror_states, run_dir, service_file
 from dssync.log.base import LogReader
 from dssync.log.factory import open_log_reader
@@ -67,7 +68,7 @@ class _LockedSink:
     """The optimizer's view of the appliance, one lock acquisition per call, so that traffic
     and the mirror's apply interleave window by window instead of waiting for a whole stream."""
 
-    def __init__(self, app: Appliance, lock: threading.RLock) -> None:
+    def __init__(self, app: Appliance, lock: FairLock) -> None:
         self.app, self.lock = app, lock
 
     def known(self, refs: list[bytes]) -> set[bytes]:
@@ -90,7 +91,7 @@ class Service:
         """Open the appliance at ``home``. ``stopping``: the process's stop request (SIGTERM
         routed to it by ``serve``); every loop of the service ends when it is up."""
         self.home = home
-        self.lock = threading.RLock()
+        self.lock = FairLock()
         self.stopping = stopping or StopFlag()
         self.restart = False
         self.token = secrets.token_hex(16)

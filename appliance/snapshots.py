@@ -19,20 +19,20 @@ import json
 import logging
 import os
 import shutil
-import threading
 from collections.abc import Callable
 
 from dssync import config as cfgmod
 from dssync import crashpoint, layout
 from dssync.consumers.consumer import Consumer
 from dssync.consumers.store import Store
+from dssync.fairlock import FairLock
 from dssync.log.filelog import FileLog
 from dssync.sync import protocol, snapshot
 
 log = logging.getLogger("dssync.service")
 
 
-def load(store: Store, lock: threading.RLock | None, directory: str, peer: str, label: str, covers_to: int,
+def load(store: Store, lock: FairLock | None, directory: str, peer: str, label: str, covers_to: int,
          stopped: Callable[[], bool] = lambda: False) -> int | None:
     """Apply the snapshot log at ``directory`` to ``store``, a transaction at a time under
     ``lock`` (traffic interleaves), then read ``peer``'s log on from ``covers_to``; keep the
@@ -78,7 +78,7 @@ def keep(home: str, peer: str, directory: str, label: str, log_inside: bool) -> 
     os.rename(directory, os.path.join(kept, "log"))
 
 
-def fetch_and_load(home: str, store: Store, lock: threading.RLock | None, sync_cfg: cfgmod.SyncConfig,
+def fetch_and_load(home: str, store: Store, lock: FairLock | None, sync_cfg: cfgmod.SyncConfig,
                    me: protocol.Identity, peer: str, label: str) -> tuple[int, int]:
     """Download ``peer``'s snapshot over the sync interface (no lock held: traffic goes on),
     load it and keep it; return (events loaded, the offset of ``peer``'s log read on from)."""
@@ -94,7 +94,7 @@ def fetch_and_load(home: str, store: Store, lock: threading.RLock | None, sync_c
     return events, covers_to
 
 
-def load_mirrored(home: str, store: Store, lock: threading.RLock, peer: str,
+def load_mirrored(home: str, store: Store, lock: FairLock, peer: str,
                   stopped: Callable[[], bool]) -> int:
     """Load the snapshot the file mirror downloaded for ``peer``, once it has fully arrived
     (its ``snapshot.json`` is written last); return the records applied (0 if not there yet)."""
