@@ -47,7 +47,7 @@ import click
 
 from dssync import config as cfgmod
 from dssync.bench.localpair import Node, make_pair
-from dssync.errors import ChildRunError, UsageError
+from dssync.errors import ChildRunError, DssyncError, UsageError
 from dssync.layout import source_name
 from dssync.tools.output import emit_json
 
@@ -341,7 +341,10 @@ def measure_size(directory: str, segments: int, ingest_mb: int, samples: int, pr
     if pair_seconds > 0:
         if progress:
             click.echo(f"  pairing and replication at half load at {segments:,} segments ...", err=True)
-        out["pair"] = pair_latency(directory, home, pair_seconds)
+        try:
+            out["pair"] = pair_latency(directory, home, pair_seconds)
+        except DssyncError as exc:  # a service that does not answer: this size failed, not the others
+            raise ChildRunError(f"the pair step failed: {exc.message}", hint=exc.hint) from None
     out["log_bytes"] = _dir_bytes(os.path.join(home, "log"))
     out["index_bytes"] = out["replay"]["index_bytes"]
     out["index_bytes_per_segment"] = round(out["index_bytes"] / segments, 1)
