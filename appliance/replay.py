@@ -61,7 +61,7 @@ def replay(home: str, from_offset: int | None = None,
             applied = replay_log(log, fresh, source_name(cfg.name), start, progress)
             for p in peers:
                 applied += _replay_peer(home, p, fresh, progress)
-            fresh.rewrite_file()  # full row groups: no seconds-long checkpoints later (Store.rewrite)
+            fresh.rewrite_file()  # full row groups: no seconds-long checkpoints later (Store.rewrite_file)
         except BaseException:
             fresh.close()
             shutil.rmtree(target, ignore_errors=True)

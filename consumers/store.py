@@ -608,38 +608,22 @@ class Store:
             if self._superseded >= max(COMPACT_MIN, len(self._index) * COMPACT_SHARE):
                 self.compact(con)
 
-    def rewrite(self) -> None:
-        """Rewrite the table of row versions whole, without the superseded ones, then checkpoint.
+    def rewrite_file(self) -> None:
+        """Write the table of row versions, without the superseded ones, into a new DuckDB file
+        renamed over this one. For the end of a replay, on a store no other thread or cursor
+        uses (the connection is closed and opened again).
 
-        For the end of a bulk build (a replay, a snapshot load): it commits a read at a time,
-        and each commit that DuckDB writes straight to the file ends in a partly filled row
-        group. DuckDB's checkpoint merges a few such row groups each time it runs, which costs
-        seconds at scale on whichever commit triggers it (measured at 16 M rows: 180 partial
-        row groups, 3.5 s per checkpoint, 25 row groups merged each time); a table written in
-        one statement has full row groups, and a later checkpoint after a small apply takes
-        milliseconds. The rows keep their order (``seq``). The file keeps the old table's blocks
-        as free space for later writes (``rewrite_file`` gives a store nothing else uses a file
-        of its own size).
+        A replay commits a read at a time, and each commit that DuckDB writes straight to the
+        file ends in a partly filled row group. DuckDB's checkpoint merges a few such row groups
+        each time it runs, which costs seconds at scale on whichever commit triggers it
+        (measured at 16 M rows: 180 partial row groups, 3.5 s per checkpoint, 25 row groups
+        merged each time); a table written in one statement has full row groups, and a later
+        checkpoint after a small apply takes milliseconds. The rows keep their order (``seq``),
+        and the new file holds none of the old table's blocks.
 
         The copy runs on one thread: a parallel copy ends each thread's share in a partial row
         group (measured at 64 M rows: 308 partial of 767, and a checkpoint after 400 applies
         took 7.2 s; copied on one thread, 1 partial of 556 and 26 ms)."""
-        with _one_thread(self.con), _transaction(self.con):
-            self.con.execute("CREATE TABLE ref_rows_new AS SELECT * FROM ref_rows WHERE seq NOT IN "
-                             "(SELECT seq FROM superseded)" if self._superseded else
-                             "CREATE TABLE ref_rows_new AS SELECT * FROM ref_rows")
-            self.con.execute("DROP VIEW refs")
-            self.con.execute("DROP TABLE ref_rows")
-            self.con.execute("ALTER TABLE ref_rows_new RENAME TO ref_rows")
-            self.con.execute("DELETE FROM superseded")
-            self.con.execute(f"CREATE VIEW refs AS {REFS_SQL}")
-        self._superseded = 0
-        self.con.execute("CHECKPOINT")
-
-    def rewrite_file(self) -> None:
-        """``rewrite`` into a new DuckDB file renamed over this one: the same full row groups
-        in a file without the old table's blocks. For a store no other thread or cursor uses
-        (a replay's new store): the connection is closed and opened again."""
         self.compact()
         fresh = self.path + ".rewrite"
         for leftover in (fresh, fresh + ".wal"):
@@ -649,7 +633,7 @@ class Store:
         try:
             name = self.con.execute("SELECT current_database()").fetchall()[0][0]
             self.con.execute(f"ATTACH '{fresh}' AS rewritten")
-            with _one_thread(self.con):  # full row groups (``rewrite``)
+            with _one_thread(self.con):  # full row groups (above)
                 self.con.execute(f'COPY FROM DATABASE "{name}" TO rewritten')
             self.con.execute("DETACH rewritten")
         except duckdb.IOException as exc:

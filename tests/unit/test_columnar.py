@@ -203,12 +203,10 @@ def test_rows_stay_last_writer_wins_through_compaction_rewrites_a_reopen_and_a_s
     store = Store(d, create=True, fsync=False)
     for n, at in enumerate(range(0, len(values), chunk)):
         store.apply("log:x", [LogRecord(i, 0, values[i]) for i in range(at, min(len(values), at + chunk))])
-        if n % every == 0 and n % 3 == 1:
+        if n % every == 0 and n % 2 == 1:
             store.compact()
-        elif n % every == 0 and n % 3 == 2:
-            store.rewrite_file()
         elif n % every == 0:
-            store.rewrite()
+            store.rewrite_file()
     store.close()
     store = Store(d)
     want = _model(values)
