@@ -14,6 +14,7 @@ later (a broker down, a full disk); a peer that does not answer or refuses the p
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -71,6 +72,8 @@ class PeerApplier:
         self._started: set[str] = set()
         self.latency: dict[str, LatencyHistogram] = {}
         """Replication latency by peer (``dssync.monitor.latency``), from the first apply."""
+        self.snapshot_loading: dict[str, int] = {}
+        """By peer whose mirrored snapshot is being loaded: the records applied so far."""
 
     def _consumer(self, peer: str, log: LogReader) -> Consumer:
         """A consumer of ``peer``'s log whose commits are observed in ``latency``."""
@@ -110,7 +113,12 @@ class PeerApplier:
             return self._apply_peer_topic()
         total = 0
         for peer in layout.pending_snapshots(self.home):
-            loaded = snapshots.load_mirrored(self.home, self.app.store, self.lock, peer, self._stopped)
+            self.snapshot_loading[peer] = 0
+            try:
+                loaded = snapshots.load_mirrored(self.home, self.app.store, self.lock, peer, self._stopped,
+                                                 functools.partial(self.snapshot_loading.__setitem__, peer))
+            finally:
+                del self.snapshot_loading[peer]
             if loaded:
                 self._started.discard(layout.source_name(peer))
                 self._drop(layout.source_name(peer))

@@ -145,6 +145,9 @@ class Service:
         with self.lock:
             return self.app.store.digest(), self.app.store.offsets()
 
+    def snapshot_loading(self) -> dict[str, int]:
+        return dict(self.applier.snapshot_loading)
+
     # ------------------------------------------------------------------ serving the peer
 
     def log_reader(self) -> FileLog:

@@ -33,11 +33,13 @@ log = logging.getLogger("dssync.service")
 
 
 def load(store: Store, lock: FairLock | None, directory: str, peer: str, label: str, covers_to: int,
-         stopped: Callable[[], bool] = lambda: False) -> int | None:
+         stopped: Callable[[], bool] = lambda: False,
+         progress: Callable[[int], None] = lambda applied: None) -> int | None:
     """Apply the snapshot log at ``directory`` to ``store``, a transaction at a time under
     ``lock`` (traffic interleaves), then read ``peer``'s log on from ``covers_to``; keep the
     snapshot. Returns the records applied, or None when stopped before the end (nothing moved:
-    the next load starts again)."""
+    the next load starts again). ``progress`` is told the records applied so far after each
+    step (the lag monitor's sign that a long load moves)."""
     guard = lock if lock is not None else contextlib.nullcontext()
     source = layout.snapshot_source(peer, label)
     reader = FileLog(directory)
@@ -52,6 +54,7 @@ def load(store: Store, lock: FairLock | None, directory: str, peer: str, label: 
             if not r.applied:
                 break
             applied += r.applied
+            progress(applied)
             crashpoint.reached("snapshot.step-applied")
     finally:
         reader.close()
@@ -97,8 +100,8 @@ def fetch_and_load(home: str, store: Store, lock: FairLock | None, sync_cfg: cfg
     return events, covers_to
 
 
-def load_mirrored(home: str, store: Store, lock: FairLock, peer: str,
-                  stopped: Callable[[], bool]) -> int:
+def load_mirrored(home: str, store: Store, lock: FairLock, peer: str, stopped: Callable[[], bool],
+                  progress: Callable[[int], None] = lambda applied: None) -> int:
     """Load the snapshot the file mirror downloaded for ``peer``, once it has fully arrived
     (its ``snapshot.json`` is written last); return the records applied (0 if not there yet)."""
     path = layout.snapshot_dir(home, peer)
@@ -108,7 +111,7 @@ def load_mirrored(home: str, store: Store, lock: FairLock, peer: str,
     with open(meta_path, encoding="utf-8") as f:
         meta = json.load(f)
     applied = load(store, lock, os.path.join(path, "log"), meta["peer"], str(meta["epoch"]),
-                   int(meta["covers_to"]), stopped)
+                   int(meta["covers_to"]), stopped, progress)
     if applied is None:
         return 0
     crashpoint.reached("snapshot.loaded")

@@ -4,7 +4,8 @@ Statuses, from best to worst:
 
 * ``idle``: nothing to consume and nothing new arrived in the window (a quiet link is idle,
   never "lagging");
-* ``ok``: caught up, or behind but making progress;
+* ``ok``: caught up, or behind but making progress (a snapshot loading counts: the position
+  moves only once it is loaded);
 * ``growing``: behind at every sample of a full window, and the lag never decreased;
 * ``stalled``: behind, the consumer runs, yet its position did not move over a full window;
 * ``stopped``: behind and the consumer does not run (its process is gone or silent);
@@ -39,6 +40,7 @@ class Sample:
     oldest_ms: int | None  # append time of the first record not consumed yet (None when caught up)
     consumer_alive: bool | None = None  # None: not known
     error: str = ""  # set when the path could not be measured
+    snapshot_events: int | None = None  # a snapshot being loaded instead: its events done so far
 
     @property
     def lag_seconds(self) -> float:
@@ -112,6 +114,12 @@ class PathWindow:
             v.status = "stopped"
             v.evidence = f"consumer not running; {lag} records ({last.lag_bytes} bytes) waiting, oldest " \
                          f"{last.lag_seconds:.1f} s old"
+            return v
+        if last.snapshot_events is not None and first.snapshot_events is not None \
+                and last.snapshot_events > first.snapshot_events and span > 0:
+            # catching up by a snapshot: the position moves only once it is loaded
+            v.evidence = f"{lag} records behind, loading a snapshot of them: {last.snapshot_events} events " \
+                         f"so far ({(last.snapshot_events - first.snapshot_events) / span:.0f}/s)"
             return v
         if full and last.position == first.position:
             v.status = "stalled"

@@ -9,6 +9,7 @@ the peer's log as the service reads it, and the refusals it noted.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from typing import Any, Protocol
 
@@ -61,6 +62,10 @@ class ProbedService(Protocol):
 
     def digest_snapshot(self) -> tuple[Digest, dict[str, int]]:
         """The store's digest and the offsets it covers, without blocking traffic."""
+        ...
+
+    def snapshot_loading(self) -> dict[str, int]:
+        """By peer whose snapshot the store is loading: the records applied so far."""
         ...
 
 
@@ -136,9 +141,17 @@ class ServiceProbes:
         s = measure_log(log, offsets.get(layout.source_name(peer), 0), now, True)
         if s.error:
             self._reset(peer)
-        return s
+        loading = self.svc.snapshot_loading().get(peer)
+        return s if loading is None else dataclasses.replace(s, snapshot_events=loading)
 
     def _measure_mirror(self, peer: str, now: float) -> Sample:
+        s = self._measure_mirror_log(peer, now)
+        state = mirror_state(self.svc.home, peer)
+        if state.get("state") == "bootstrapping" and "snapshot_events" in state:
+            return dataclasses.replace(s, snapshot_events=int(state["snapshot_events"]))
+        return s
+
+    def _measure_mirror_log(self, peer: str, now: float) -> Sample:
         svc = self.svc
         state = mirror_state(svc.home, peer)
         alive = mirror_alive(state, now)

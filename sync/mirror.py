@@ -198,7 +198,9 @@ class Mirror(MirrorService):
         os.makedirs(snap_dir)  # from now on the service pauses the old mirror log
         self.state["repairing"] = repair
         self._set("bootstrapping", f"loading a snapshot of {self.peer.name}" + (" to repair a gap" if repair else ""))
-        covers_to, events, store_id = snapshot.download(client, os.path.join(snap_dir, "log"))
+        self.state["snapshot_events"] = 0
+        covers_to, events, store_id = snapshot.download(client, os.path.join(snap_dir, "log"), self._downloaded)
+        self.state.pop("snapshot_events", None)
         if self.out is not None:
             self.out.close()
             self.out = None
@@ -212,6 +214,12 @@ class Mirror(MirrorService):
                            "events": events, "store_id": store_id}, durable=True)
         self.bell.ring()
         self._set("connected", f"snapshot of {events} events loaded; mirroring from offset {covers_to}")
+
+    def _downloaded(self, events: int) -> None:
+        """A snapshot's download went on: say so in the state file (the monitor reads it as
+        progress, and as the mirror being alive, while its position waits for the end)."""
+        self.state["snapshot_events"] = events
+        self._save()
 
     def refetch(self, until: int, timeout_s: float) -> int:
         """Copy the peer's log into the mirror log until it reaches offset ``until`` (how far the

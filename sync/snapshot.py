@@ -11,7 +11,7 @@ ordinary log batches (offsets from 0), and land in a snapshot log the service re
 from __future__ import annotations
 
 import http.client
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from dssync.consumers.packs import Packs
 from dssync.consumers.store import Row
@@ -56,14 +56,16 @@ def batches(events: Iterator[bytes], timestamp_ms: int) -> Iterator[bytes]:
         offset += len(values)
 
 
-def download(client: PeerClient, directory: str) -> tuple[int, int, str]:
+def download(client: PeerClient, directory: str,
+             progress: Callable[[int], None] = lambda events: None) -> tuple[int, int, str]:
     """Fetch the peer's snapshot into a new file log at ``directory``.
 
     Returns (covers_to, events, store_id): the snapshot holds the effect of the peer's own
     log below ``covers_to``. The reply's headers and every batch are authenticated (chained
     tags, ``auth.StreamTags``) and a batch is written only once its tag is checked; the stream
     must end with its end frame. A broken or refused transfer raises ``TransientError`` or
-    ``PairingRefusedError`` (retry from scratch); nothing of it is loaded.
+    ``PairingRefusedError`` (retry from scratch); nothing of it is loaded. ``progress`` is told
+    the events received so far after each read (a large store's transfer takes minutes).
     """
     resp, tag = client.request("/v1/snapshot")
     peer = client.cfg.peer
@@ -96,6 +98,7 @@ def download(client: PeerClient, directory: str) -> tuple[int, int, str]:
                     tags.check(raw, frame_tag, peer)
                     snap.append_raw(raw)
                     events += batchfmt.check_header(raw[: batchfmt.HEADER_SIZE])[2]
+                progress(events)
             snap.flush()
         finally:
             snap.close()

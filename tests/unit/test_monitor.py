@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -107,6 +108,22 @@ def test_a_stalled_consumer_is_stalled_and_raises_store_or_mirror_alarms_after_t
     # rising 60 s, held 15 s: raised no earlier than 60+60+15 s in, and within one interval of it
     assert 135 <= lag_raise.at - 1_800_000_000.0 <= 135 + CFG.interval_s
     assert "stuck" in reports[-1]["paths"]["mirror:shb"]["evidence"]
+
+
+def test_a_consumer_loading_a_snapshot_is_ok_while_the_load_moves_and_stalled_once_it_stops() -> None:
+    # a pairing: 1 M records behind from the start; the position moves only when the snapshot
+    # of them is loaded, which goes on at 10 k events/s until t=200 and then hangs
+    def loading(t: float) -> Sample:
+        s = sample(t, 1_000_000 + int(t * 100), 0, oldest_age=600 + t)
+        return dataclasses.replace(s, snapshot_events=int(min(t, 200) * 10_000))
+
+    _m, reports, rec = run(loading, 400)
+    st = statuses(reports)
+    assert set(st[:20]) == {"ok"}
+    assert "loading a snapshot" in reports[19]["paths"]["mirror:shb"]["evidence"]
+    assert st[-1] == "stalled"
+    first_stall = next(e.at for e in rec.delivered if e.alarm == "mirror_stopped") - 1_800_000_000.0
+    assert first_stall > 200
 
 
 def test_a_stopped_consumer_is_stopped_then_clears_once_caught_up_with_paired_incidents() -> None:
