@@ -6,7 +6,8 @@ peer's batches, a snapshot being loaded a step at a time, status and digest requ
 (a loop of apply steps) almost always wins against a thread that was woken to take it, because
 the waker still holds the interpreter when the woken thread gets a core. Measured on a backup
 loading a 64 M-event snapshot in 5,000-event steps: ``dssync status`` waited past its 30 s
-timeout three times in five, and the optimizer's windows wait the same way.
+timeout three times in six, and the optimizer's windows wait the same way; with this lock the
+same requests answered in 6-37 ms.
 
 ``FairLock.release`` hands the lock straight to the thread that has waited longest, which is
 its owner before it runs again: a thread that loops over the lock waits its turn behind every
