@@ -115,11 +115,13 @@ class PathWindow:
             v.evidence = f"consumer not running; {lag} records ({last.lag_bytes} bytes) waiting, oldest " \
                          f"{last.lag_seconds:.1f} s old"
             return v
-        if last.snapshot_events is not None and first.snapshot_events is not None \
-                and last.snapshot_events > first.snapshot_events and span > 0:
+        began = next((x for x in w if x.snapshot_events is not None), None)  # the window's first count
+        if began is not None and began.snapshot_events is not None and last.snapshot_events is not None \
+                and last.snapshot_events > began.snapshot_events and last.t > began.t:
             # catching up by a snapshot: the position moves only once it is loaded
+            rate_loaded = (last.snapshot_events - began.snapshot_events) / (last.t - began.t)
             v.evidence = f"{lag} records behind, loading a snapshot of them: {last.snapshot_events} events " \
-                         f"so far ({(last.snapshot_events - first.snapshot_events) / span:.0f}/s)"
+                         f"so far ({rate_loaded:.0f}/s)"
             return v
         if full and last.position == first.position:
             v.status = "stalled"

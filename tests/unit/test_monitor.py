@@ -112,10 +112,10 @@ def test_a_stalled_consumer_is_stalled_and_raises_store_or_mirror_alarms_after_t
 
 def test_a_consumer_loading_a_snapshot_is_ok_while_the_load_moves_and_stalled_once_it_stops() -> None:
     # a pairing: 1 M records behind from the start; the position moves only when the snapshot
-    # of them is loaded, which goes on at 10 k events/s until t=200 and then hangs
+    # of them is loaded, which starts at t=25, goes on at 10 k events/s until t=200, then hangs
     def loading(t: float) -> Sample:
         s = sample(t, 1_000_000 + int(t * 100), 0, oldest_age=600 + t)
-        return dataclasses.replace(s, snapshot_events=int(min(t, 200) * 10_000))
+        return s if t < 25 else dataclasses.replace(s, snapshot_events=int((min(t, 200) - 25) * 10_000))
 
     _m, reports, rec = run(loading, 400)
     st = statuses(reports)
